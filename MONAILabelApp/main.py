@@ -1,0 +1,82 @@
+"""SegLoop's MONAI Label app: wiring only. Models, training and checks live in ``segloop``.
+
+Start it with the real MONAI Label server::
+
+    monailabel start_server --app MONAILabelApp --studies sample_data/studies \
+        --conf models segmentation --conf network unetr_cpu
+
+Every ``--conf`` option is listed in README.md (and by ``segloop conf``).
+"""
+
+import logging
+import os
+import sys
+from typing import Dict
+
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.config import TaskConfig
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+import segloop
+from segloop.app import check_infer_image
+from segloop.configs import TASK_CONFIGS
+from segloop.configs.options import parse_options
+from segloop.datastore import SegLoopDatastore
+
+logger = logging.getLogger(__name__)
+
+
+class SegLoopApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        try:
+            self.options = parse_options(conf)
+        except ValueError as e:
+            sys.exit(f"SegLoop: invalid configuration: {e}")
+        unknown = [m for m in self.options.models if m not in TASK_CONFIGS]
+        if unknown:
+            sys.exit(f"SegLoop: unknown model(s) {unknown}; available: {sorted(TASK_CONFIGS)}")
+
+        remote = studies.startswith(("http://", "https://"))
+        default_model_dir = os.path.join(app_dir, "model") if remote else os.path.join(studies, ".segloop", "model")
+        self.model_dir = conf.get("model_dir") or default_model_dir
+        os.makedirs(self.model_dir, exist_ok=True)
+
+        self.models: Dict[str, TaskConfig] = {}
+        for name in self.options.models:
+            self.models[name] = TASK_CONFIGS[name]()
+            self.models[name].init(name, self.model_dir, conf, None)
+
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="SegLoop",
+            description="Human-in-the-loop 3D CT segmentation: automatic model trained on this campaign's labels",
+            version=segloop.__version__,
+            labels=self.options.labels,
+        )
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return SegLoopDatastore(
+            self.studies,
+            labels=self.options.labels,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+        )
+
+    def init_infers(self):
+        return {name: config.infer() for name, config in self.models.items()}
+
+    def init_trainers(self):
+        return {name: t for name, config in self.models.items() if (t := config.trainer())}
+
+    def init_strategies(self):
+        return {"random": Random(), "first": First()}
+
+    def infer(self, request, datastore=None):
+        check_infer_image(request, datastore or self.datastore())
+        return super().infer(request, datastore)

@@ -1,0 +1,48 @@
+# SegLoop: the two commands that matter are `make serve` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+SAMPLE ?= sample_data
+STUDIES ?= $(SAMPLE)/studies
+SAMPLE_CASES ?= 8
+SAMPLE_SEED ?= 0
+SAMPLE_LABELLED ?= 4
+CONF ?=
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+# MONAI Label's launcher runs `python` from PATH: make it the venv's.
+export PATH := $(abspath $(BIN)):$(PATH)
+export MONAI_LABEL_TRACKING_ENABLED := false
+
+.PHONY: install sample-data serve test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar off -e '.[test]'
+	touch $@
+
+# Generated once; delete the folder to regenerate.
+$(SAMPLE)/studies: | install
+	$(BIN)/segloop sample-data --out $(SAMPLE) --cases $(SAMPLE_CASES) --seed $(SAMPLE_SEED) --labelled $(SAMPLE_LABELLED)
+
+sample-data: $(SAMPLE)/studies
+
+serve: install
+	@if [ "$(STUDIES)" = "$(SAMPLE)/studies" ]; then $(MAKE) --no-print-directory sample-data; fi
+	@echo "SegLoop: serving $(STUDIES) at http://$(HOST):$(PORT)/"
+	$(BIN)/monailabel start_server --app MONAILabelApp --studies $(STUDIES) --host $(HOST) --port $(PORT) \
+		--conf models segmentation $(CONF)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/segloop bench infer
+
+clean:
+	rm -rf $(SAMPLE)/studies $(SAMPLE)/ground_truth MONAILabelApp/logs MONAILabelApp/model .pytest_cache

@@ -1,0 +1,57 @@
+"""TaskConfig for the automatic segmentation model: one network, its infer task and trainer."""
+
+import logging
+import os
+from typing import Any, Dict
+
+from monailabel.interfaces.config import TaskConfig
+
+from segloop.configs.options import parse_options, resolve_device
+from segloop.infers import SegmentationInfer
+from segloop.networks import build_network
+from segloop.trainers import SegmentationTrainer
+
+logger = logging.getLogger(__name__)
+
+
+class Segmentation(TaskConfig):
+    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.options = parse_options(conf)
+        self.labels = self.options.labels
+        self.device = resolve_device(self.options.device)
+        # Model files, MONAI Label style: [starting checkpoint, published]; the last existing one serves.
+        self.published_path = os.path.join(model_dir, f"{name}.pt")
+        self.path = [p for p in (self.options.checkpoint, self.published_path) if p]
+        self.network = build_network(self.options.network, len(self.labels) + 1, self.options.roi_size)
+        logger.info(
+            f"{name}: network={self.options.network} roi={self.options.roi_size} "
+            f"spacing={self.options.target_spacing} labels={self.labels} device={self.device}"
+        )
+
+    def infer(self):
+        return SegmentationInfer(
+            path=self.path,
+            network=self.network,
+            labels=self.labels,
+            target_spacing=self.options.target_spacing,
+            roi_size=self.options.roi_size,
+            hu_window=self.options.hu_window,
+            model_name=self.name,
+            device=self.device,
+        )
+
+    def trainer(self):
+        return SegmentationTrainer(
+            model_dir=os.path.join(self.model_dir, self.name),
+            network=self.network,
+            labels=self.labels,
+            target_spacing=self.options.target_spacing,
+            roi_size=self.options.roi_size,
+            publish_path=self.published_path,
+            pretrained_path=self.options.checkpoint,
+            hu_window=self.options.hu_window,
+            device=self.device,
+            max_epochs=self.options.max_epochs,
+            description=f"Train {self.name} ({self.options.network}) on the final labels",
+        )

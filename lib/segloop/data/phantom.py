@@ -1,0 +1,188 @@
+"""Synthetic abdominal CT phantoms with organ and tumour labels.
+
+Each case is an axis-aligned CT volume in Hounsfield units (int16) with an exact label map
+(uint8, ``liver=1, spleen=2, kidney=3, tumor=4``; 0 is background).
+
+Anatomy is defined in RAS+ world millimetres (+x towards the patient's right, +y anterior,
++z superior) and then sampled on a voxel grid whose affine is either
+
+* ``"RAS"``: voxel index i grows towards +x (patient's right), j towards anterior;
+* ``"LPS"``: i grows towards the patient's left and j towards posterior (how a DICOM series
+  converted without reorientation is stored).
+
+Either way the liver lies on the patient's right in world space, so an orientation bug in the
+pipeline shows up as a mirrored segmentation.
+
+Intensities (HU) follow a portal-venous abdominal CT: fat about -100, muscle/soft tissue 30-50,
+liver 50-80, spleen a little brighter or darker than liver, kidneys enhanced (130-190), bone 300+,
+hypodense tumours 25-60 HU below their host organ, air in the bowel, Gaussian noise 8-20 HU.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from segloop.labels import DEFAULT_LABELS
+
+LIVER, SPLEEN, KIDNEY, TUMOR = (DEFAULT_LABELS[k] for k in ("liver", "spleen", "kidney", "tumor"))
+
+
+@dataclass
+class CaseSpec:
+    """The random draw behind one case; saved next to the ground truth for reproducibility."""
+
+    case_id: str
+    orientation: str  # "RAS" or "LPS"
+    shape: Tuple[int, int, int]  # voxels (i, j, k)
+    spacing: Tuple[float, float, float]  # mm per voxel along i, j, k
+    body_scale: float  # 1.0 = adult abdomen about 330 mm wide
+    noise_hu: float
+    liver_hu: float
+    tumors: int
+
+
+def _grid(shape, spacing, orientation, rng) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """World RAS coordinates (mm) of the voxel centres, as broadcastable 1-D arrays, and the affine."""
+    signs = np.array([1.0, 1.0, 1.0]) if orientation == "RAS" else np.array([-1.0, -1.0, 1.0])
+    direction = np.diag(signs * np.asarray(spacing))
+    # Centre the volume on the abdomen with a few mm of random table offset.
+    centre = np.array([0.0, 0.0, 0.0]) + rng.uniform(-8, 8, size=3)
+    origin = centre - direction @ ((np.asarray(shape) - 1) / 2.0)
+    affine = np.eye(4)
+    affine[:3, :3] = direction
+    affine[:3, 3] = origin
+    axes = [origin[a] + direction[a, a] * np.arange(shape[a]) for a in range(3)]
+    x = axes[0][:, None, None]
+    y = axes[1][None, :, None]
+    z = axes[2][None, None, :]
+    return x, y, z, affine
+
+
+def _smooth_field(rng, shape, sigma_vox, amplitude) -> np.ndarray:
+    """Low-frequency random field (mean 0, max |value| about ``amplitude``) on a coarse grid."""
+    coarse = rng.standard_normal(tuple(max(4, s // 8) for s in shape))
+    coarse = ndimage.gaussian_filter(coarse, sigma=max(1.0, sigma_vox / 8))
+    coarse *= amplitude / (np.abs(coarse).max() + 1e-6)
+    zoom = [s / c for s, c in zip(shape, coarse.shape)]
+    return ndimage.zoom(coarse, zoom, order=1)[: shape[0], : shape[1], : shape[2]]
+
+
+def _ellipsoid(x, y, z, centre, radii, wobble: Optional[np.ndarray] = None) -> np.ndarray:
+    """Boolean mask of an ellipsoid (mm); ``wobble`` perturbs the normalised radius (irregular shape)."""
+    r2 = ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((z - centre[2]) / radii[2]) ** 2
+    if wobble is not None:
+        return r2 <= (1.0 + wobble) ** 2
+    return r2 <= 1.0
+
+
+def draw_spec(case_id: str, rng: np.random.Generator) -> CaseSpec:
+    """Draw acquisition and anatomy parameters for one case."""
+    in_plane = float(rng.uniform(0.6, 1.6))
+    slice_mm = float(rng.uniform(1.5, 5.0))
+    fov_xy = float(rng.uniform(300, 400))
+    nxy = int(min(round(fov_xy / in_plane), 320))
+    fov_z = float(rng.uniform(170, 240))
+    nz = int(np.clip(round(fov_z / slice_mm), 36, 120))
+    # The body must fit the field of view: small FOVs (fine in-plane spacing) image smaller patients.
+    body_scale = float(min(1.0, 0.88 * nxy * in_plane / 330.0, 0.9 * nz * slice_mm / 220.0))
+    return CaseSpec(
+        case_id=case_id,
+        orientation=str(rng.choice(["RAS", "LPS"])),
+        shape=(nxy, nxy, nz),
+        spacing=(round(in_plane, 4), round(in_plane, 4), round(slice_mm, 4)),
+        body_scale=round(body_scale, 4),
+        noise_hu=round(float(rng.uniform(8, 20)), 2),
+        liver_hu=round(float(rng.uniform(50, 80)), 2),
+        tumors=int(rng.integers(1, 4)),
+    )
+
+
+def render_case(spec: CaseSpec, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render one case. Returns ``(image_hu int16 (I,J,K), label uint8 (I,J,K), affine 4x4 float)``."""
+    x, y, z, affine = _grid(spec.shape, spec.spacing, spec.orientation, rng)
+    shape = spec.shape
+    s = spec.body_scale
+    jitter = lambda mm: rng.uniform(-mm, mm) * s  # noqa: E731  (small random organ displacement)
+
+    image = np.full(shape, -1000.0, dtype=np.float32)  # air
+    label = np.zeros(shape, dtype=np.uint8)
+
+    # Body: elliptic cylinder, fat shell around a soft-tissue core.
+    body_a, body_b = 165 * s * rng.uniform(0.9, 1.05), 115 * s * rng.uniform(0.9, 1.05)
+    body = (x / body_a) ** 2 + (y / body_b) ** 2 <= 1.0
+    core = (x / (body_a - 18 * s)) ** 2 + (y / (body_b - 15 * s)) ** 2 <= 1.0
+    body = np.broadcast_to(body, shape)
+    core = np.broadcast_to(core, shape)
+    image[body] = -100
+    image[core] = 35
+
+    # Lung bases above the liver dome (posterior, superior), bowel gas pockets.
+    lung_z = 95 * s
+    lungs = core & (z > lung_z) & (y < 20 * s)
+    image[np.broadcast_to(lungs, shape)] = -850
+    for _ in range(int(rng.integers(4, 9))):
+        c = (rng.uniform(-60, 60) * s, rng.uniform(10, 70) * s, rng.uniform(-60, 30) * s)
+        image[_ellipsoid(x, y, z, c, np.array([12, 10, 14]) * s * rng.uniform(0.6, 1.4))] = -900
+
+    # Spine and aorta: bright structures that are not labelled.
+    spine = ((x / (20 * s)) ** 2 + ((y + 70 * s) / (20 * s)) ** 2 <= 1.0) & np.ones_like(z, dtype=bool)
+    image[spine] = 450
+    aorta = (((x + 10 * s) / (11 * s)) ** 2 + ((y + 35 * s) / (11 * s)) ** 2 <= 1.0) & np.ones_like(z, dtype=bool)
+    image[aorta] = 170
+
+    wobble = _smooth_field(rng, shape, sigma_vox=20, amplitude=0.12)
+
+    # Liver: large ellipsoid on the patient's right (+x in RAS), upper abdomen.
+    liver_c = np.array([70 * s + jitter(8), 5 * s + jitter(8), 45 * s + jitter(10)])
+    liver_r = np.array([68, 82, 72]) * s * rng.uniform(0.88, 1.12, size=3)
+    liver = _ellipsoid(x, y, z, liver_c, liver_r, wobble) & core & ~np.broadcast_to(lungs, shape)
+    # A notch medially so the liver is not a plain ellipsoid.
+    liver &= ~_ellipsoid(x, y, z, liver_c + np.array([-55, -40, -30]) * s, np.array([35, 40, 40]) * s)
+    image[liver] = spec.liver_hu
+    label[liver] = LIVER
+
+    # Spleen: left posterior upper quadrant.
+    spleen_hu = spec.liver_hu + rng.choice([-1, 1]) * rng.uniform(8, 20)
+    spleen_c = np.array([-80 * s + jitter(6), -35 * s + jitter(6), 45 * s + jitter(8)])
+    spleen = _ellipsoid(x, y, z, spleen_c, np.array([24, 48, 52]) * s * rng.uniform(0.85, 1.15, 3), wobble)
+    spleen &= core & ~liver
+    image[spleen] = spleen_hu
+    label[spleen] = SPLEEN
+
+    # Kidneys: both sides, posterior, lower; enhanced parenchyma.
+    kidney_hu = rng.uniform(130, 190)
+    for side in (1, -1):
+        c = np.array([side * 62 * s + jitter(5), -55 * s + jitter(5), -15 * s + jitter(8)])
+        kidney = _ellipsoid(x, y, z, c, np.array([25, 28, 52]) * s * rng.uniform(0.88, 1.12, 3), wobble)
+        kidney &= core & ~liver & ~spleen
+        image[kidney] = kidney_hu
+        label[kidney] = KIDNEY
+
+    # Tumours: hypodense spheres inside the liver (and sometimes one in a kidney).
+    hosts = [(LIVER, liver_c, liver_r * 0.55)] * spec.tumors
+    if rng.uniform() < 0.3:
+        hosts.append((KIDNEY, np.array([62 * s, -55 * s, -15 * s]), np.array([10, 10, 25]) * s))
+    for host, centre, spread in hosts:
+        c = centre + rng.uniform(-1, 1, 3) * spread
+        radius = rng.uniform(7, 18) * s
+        tumor = _ellipsoid(x, y, z, c, np.array([radius, radius, radius]) * rng.uniform(0.8, 1.2, 3))
+        tumor &= label == host
+        image[tumor] = (spec.liver_hu if host == LIVER else kidney_hu) - rng.uniform(25, 60)
+        label[tumor] = TUMOR
+
+    # Acquisition: partial-volume blur in-plane/through-plane, then noise.
+    sigma = [0.6 / sp for sp in spec.spacing]
+    image = ndimage.gaussian_filter(image, sigma=[max(0.4, v) for v in sigma])
+    image += rng.normal(0.0, spec.noise_hu, size=shape).astype(np.float32)
+    image = np.clip(image, -1024, 3071).astype(np.int16)
+    return image, label, affine
+
+
+def generate_case(case_id: str, seed: int, index: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict]:
+    """Deterministic case ``index`` for ``seed``: (image HU int16, label uint8, affine, spec dict)."""
+    rng = np.random.default_rng([seed, index])
+    spec = draw_spec(case_id, rng)
+    image, label, affine = render_case(spec, rng)
+    return image, label, affine, asdict(spec)

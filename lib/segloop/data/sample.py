@@ -1,0 +1,69 @@
+"""Write a folder of synthetic studies: images for the datastore, ground truth kept apart.
+
+Layout of ``out``::
+
+    out/studies/case_000.nii.gz ...           images (int16 HU) - point the server here
+    out/studies/labels/final/case_000.nii.gz  only for the first ``labelled`` cases
+    out/ground_truth/case_000.nii.gz ...      labels for every case (never read by the server)
+    out/ground_truth/cases.json               labels map and the random draw of every case
+"""
+
+import os
+import time
+from typing import Callable, Optional
+
+import nibabel as nib
+import numpy as np
+
+from segloop.data.phantom import generate_case
+from segloop.io import atomic_path, atomic_write_json
+from segloop.labels import DEFAULT_LABELS
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str) -> None:
+    """Save with both qform and sform set (code 1, scanner), atomically."""
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def write_sample_data(
+    out: str,
+    cases: int = 8,
+    seed: int = 0,
+    labelled: int = 0,
+    progress: Optional[Callable[[str], None]] = print,
+) -> dict:
+    """Generate ``cases`` phantoms under ``out``; returns the manifest written to ``cases.json``.
+
+    Existing files are overwritten; the same ``seed`` always yields the same volumes.
+    """
+    if cases < 1:
+        raise ValueError("cases must be >= 1")
+    if not 0 <= labelled <= cases:
+        raise ValueError(f"labelled must be between 0 and cases ({cases}), got {labelled}")
+    studies = os.path.join(out, "studies")
+    truth = os.path.join(out, "ground_truth")
+    final = os.path.join(studies, "labels", "final")
+    for d in (studies, truth):
+        os.makedirs(d, exist_ok=True)
+    manifest = {"labels": dict(DEFAULT_LABELS), "seed": seed, "cases": []}
+    start = time.time()
+    for i in range(cases):
+        case_id = f"case_{i:03d}"
+        image, label, affine, spec = generate_case(case_id, seed, i)
+        save_nifti(image, affine, os.path.join(studies, f"{case_id}.nii.gz"))
+        save_nifti(label, affine, os.path.join(truth, f"{case_id}.nii.gz"))
+        if i < labelled:
+            os.makedirs(final, exist_ok=True)
+            save_nifti(label, affine, os.path.join(final, f"{case_id}.nii.gz"))
+        manifest["cases"].append(spec)
+        if progress:
+            progress(
+                f"[{i + 1}/{cases}] {case_id}: {spec['orientation']} {tuple(spec['shape'])} voxels at "
+                f"{tuple(spec['spacing'])} mm ({time.time() - start:.1f} s)"
+            )
+    atomic_write_json(os.path.join(truth, "cases.json"), manifest)
+    return manifest

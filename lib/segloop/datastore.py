@@ -1,0 +1,90 @@
+"""Local datastore that validates what it stores and never leaves a half-written file.
+
+Differences from MONAI Label's ``LocalDatastore`` (which it extends, so the folder layout,
+``datastore_v2.json`` and every endpoint stay the same):
+
+* image ids and label tags must be plain names (no ``../``); unknown ids answer 404;
+* an uploaded image must be a readable 3-D NIfTI; an existing id is not silently overwritten;
+* a label must be on the image's exact grid (shape and affine) and use only known label indices;
+* images, labels and ``datastore_v2.json`` are written to a temporary file and renamed.
+"""
+
+import logging
+import os
+import time
+from typing import Any, Dict, Mapping
+
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+
+from segloop.errors import conflict, not_found
+from segloop.io import atomic_copy, atomic_path
+from segloop.validation import check_id, check_label_matches, read_header
+
+logger = logging.getLogger(__name__)
+
+
+class SegLoopDatastore(LocalDatastore):
+    def __init__(self, datastore_path: str, labels: Mapping[str, int], **kwargs):
+        self.label_map = dict(labels)
+        super().__init__(datastore_path, **kwargs)
+
+    def _image_file(self, image_id: str) -> str:
+        uri = self.get_image_uri(check_id(image_id))
+        if not uri:
+            raise not_found(f"image {image_id!r} is not in the datastore")
+        return uri
+
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        derived, ext = self._to_id(os.path.basename(image_filename))
+        image_id = check_id(image_id or derived)
+        if ext not in (".nii", ".nii.gz"):
+            ext = ".nii.gz" if image_filename.endswith(".nii.gz") else ext
+        read_header(image_filename, what=f"image {image_id!r}")
+        if self._datastore.objects.get(image_id):
+            raise conflict(f"image {image_id!r} already exists; remove it first or choose another id")
+        name = self._filename(image_id, ext)
+        dest = os.path.join(self._datastore.image_path(), name)
+        with FileLock(self._lock_file):
+            atomic_copy(image_filename, dest)
+            info = dict(image_info or {}, ts=int(time.time()), name=name)
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        logger.info(f"Added image {image_id} ({name})")
+        return image_id
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        image_file = self._image_file(image_id)
+        label_tag = check_id(label_tag, what="label tag")
+        check_label_matches(label_filename, read_header(image_file), self.label_map)
+        obj = self._datastore.objects[image_id]
+        _, ext = self._to_id(os.path.basename(label_filename))
+        name = self._filename(image_id, ext)
+        label_dir = self._datastore.label_path(label_tag)
+        with FileLock(self._lock_file):
+            os.makedirs(label_dir, exist_ok=True)
+            atomic_copy(label_filename, os.path.join(label_dir, name))
+            info = dict(label_info or {}, ts=int(time.time()), name=name)
+            obj.labels[label_tag] = DataModel(info=info, ext=ext)
+            self._update_datastore_file(lock=False)
+        logger.info(f"Saved label {label_tag}/{name}")
+        return image_id
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        check_id(label_id, what="label id")
+        check_id(label_tag, what="label tag")
+        return super().get_label_uri(label_id, label_tag)
+
+    def _update_datastore_file(self, lock=True):
+        def write():
+            self._ignore_event_config = True
+            with atomic_path(self._datastore_config_path) as tmp:
+                with open(tmp, "w") as f:
+                    f.write(self._datastore.model_dump_json(exclude={"base_path"}, indent=2))
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()

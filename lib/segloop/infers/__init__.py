@@ -1,0 +1,3 @@
+from segloop.infers.segmentation import SegmentationInfer
+
+__all__ = ["SegmentationInfer"]

@@ -1,0 +1,114 @@
+"""Automatic multi-label segmentation infer task (MONAI Label ``BasicInferTask``).
+
+Request: ``image`` (datastore id or uploaded NIfTI). Response: a label map (uint8, storage
+indices of the label map, 0 = background) with exactly the input's shape and affine, and a JSON
+result naming the model and its checkpoint.
+"""
+
+import logging
+import os
+from typing import Callable, Dict, Mapping, Sequence
+
+import torch
+from monai.data import MetaTensor
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.transforms import Activationsd, AsDiscreted, EnsureTyped, SqueezeDimd
+
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from segloop.errors import bad_request, conflict
+from segloop.validation import read_header
+from segloop.transforms import DEFAULT_HU_WINDOW, channels_to_storage, load_and_normalize
+
+logger = logging.getLogger(__name__)
+
+
+class SegmentationInfer(BasicInferTask):
+    def __init__(
+        self,
+        path: Sequence[str],
+        network: torch.nn.Module,
+        labels: Mapping[str, int],
+        target_spacing: Sequence[float],
+        roi_size: Sequence[int],
+        hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+        model_name: str = "segmentation",
+        device: str = "cuda",
+        description: str = "Automatic CT segmentation (UNETR-style) trained on this campaign's labels",
+        **kwargs,
+    ):
+        super().__init__(
+            path=list(path),
+            network=network,
+            type=InferType.SEGMENTATION,
+            labels=dict(labels),
+            dimension=3,
+            description=description,
+            roi_size=tuple(roi_size),
+            config={"device": device, "result_dtype": "uint8", "sw_batch_size": 1, "sw_overlap": 0.25},
+            **kwargs,
+        )
+        self.target_spacing = tuple(target_spacing)
+        self.hu_window = tuple(hu_window)
+        self.model_name = model_name
+
+    def is_valid(self) -> bool:
+        # Listed in /info even before the first training; requests then get a clear 409.
+        return True
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return load_and_normalize(self.target_spacing, self.hu_window)
+
+    def inferer(self, data=None) -> Inferer:
+        data = data or {}
+        return SlidingWindowInferer(
+            roi_size=self.roi_size,
+            sw_batch_size=int(data.get("sw_batch_size", 1)),
+            overlap=float(data.get("sw_overlap", 0.25)),
+            mode="gaussian",
+        )
+
+    def inverse_transforms(self, data=None):
+        return []  # invert every invertible pre-transform (Spacingd, Orientationd) on the probabilities
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        transforms = [
+            EnsureTyped(keys="pred", device="cpu"),
+            AsDiscreted(keys="pred", argmax=True),
+            SqueezeDimd(keys="pred", dim=0),
+        ]
+        to_storage = channels_to_storage(self.labels)
+        return transforms + ([to_storage] if to_storage else [])
+
+    def run_inferer(self, data: Dict, convert_to_batch=True, device="cuda"):
+        data = super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)
+        image = data[self.input_key]
+        # Softmax before inverting, so resampling interpolates probabilities, not logits; keep the
+        # image's transform history on the output so Spacingd/Orientationd can be inverted.
+        probs = torch.softmax(torch.as_tensor(data[self.output_label_key]).float(), dim=0)
+        data[self.output_label_key] = MetaTensor(
+            probs.cpu(), meta=dict(image.meta), applied_operations=list(image.applied_operations)
+        )
+        return data
+
+    def __call__(self, request, callbacks=None):
+        checkpoint = self.get_path()
+        if not checkpoint:
+            raise conflict(
+                f"Model '{self.model_name}' is not trained yet: submit a few final labels and train it "
+                f"(POST /train/{self.model_name}) before asking for automatic segmentation."
+            )
+        image = request.get("image")
+        if not isinstance(image, str) or not os.path.isfile(image):
+            raise bad_request("No image to segment: give a datastore image id or upload a NIfTI file.")
+        read_header(image)
+        result_file, result_json = super().__call__(request, callbacks)
+        result_json.update(
+            {
+                "model": self.model_name,
+                "checkpoint": os.path.basename(checkpoint),
+                "checkpoint_mtime": os.path.getmtime(checkpoint),
+            }
+        )
+        return result_file, result_json

@@ -1,0 +1,42 @@
+"""Crash-safe file writes: write to a temporary file in the target folder, then ``os.replace``.
+
+A reader (the infer task polling a checkpoint's mtime, the server reading its datastore JSON)
+sees either the old file or the new one, never half of one.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(dest: str) -> Iterator[str]:
+    """Yield a temporary path next to ``dest``; on success it replaces ``dest`` atomically."""
+    folder = os.path.dirname(os.path.abspath(dest)) or "."
+    os.makedirs(folder, exist_ok=True)
+    suffix = "".join(os.path.basename(dest).partition(".")[1:])  # keep ".nii.gz" so writers pick the format
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_copy(src: str, dest: str) -> None:
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def atomic_write_json(dest: str, obj: Any) -> None:
+    with atomic_path(dest) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())

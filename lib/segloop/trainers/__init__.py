@@ -1,0 +1,3 @@
+from segloop.trainers.segmentation import SegmentationTrainer
+
+__all__ = ["SegmentationTrainer"]

@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+# Exact pins that install together on Python 3.11 (see README "Versions").
+INSTALL_REQUIRES = [
+    "monailabel==0.8.5",
+    "monai==1.5.2",  # 1.6.x breaks Spacingd inside MONAI Label inference
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "pydicom==2.4.5",  # monailabel 0.8.5 needs pydicom<3
+    "dicomweb-client==0.59.1",
+    "pynetdicom==2.1.1",
+    "pytorch-ignite==0.4.11",
+    "nibabel==5.4.2",
+    "numpy==1.26.4",
+    "scipy==1.17.1",
+    "matplotlib==3.11.2",
+    "fastapi==0.165.0",
+    "requests==2.34.2",
+    "psutil==7.2.2",
+]
+
+setup(
+    name="segloop",
+    version="0.1.0",
+    description="Human-in-the-loop 3D medical image segmentation: a MONAI Label app and a 3D Slicer module",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    python_requires=">=3.10,<3.13",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest==9.2.0", "pytest-timeout==2.4.0"]},
+    entry_points={"console_scripts": ["segloop=segloop.cli:main"]},
+)
