@@ -1,0 +1,83 @@
+"""The infer task returns its label map on the input's exact grid, for RAS and LPS inputs.
+
+The network here is a fixed per-voxel rule (a known function of intensity), not a trained model:
+its output is predictable in the model's RAS/3 mm space, so any error in reorientation,
+resampling or inversion shows up as a shifted, mirrored or resized result.
+"""
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from segloop.data.phantom import generate_case
+from segloop.data.sample import save_nifti
+from segloop.errors import ClientError
+from segloop.evaluation.metrics import dice_per_label
+from segloop.infers import SegmentationInfer
+from segloop.labels import DEFAULT_LABELS
+
+
+class IntensityRule(torch.nn.Module):
+    """Channel 1 ('liver') wins where the normalised intensity exceeds 0.5, background elsewhere."""
+
+    def forward(self, x):
+        logits = torch.zeros((x.shape[0], 5, *x.shape[2:]), dtype=x.dtype)
+        logits[:, 1] = 20 * (x[:, 0] - 0.5)
+        return logits
+
+
+def infer_task(tmp_path, roi=(64, 64, 64), spacing=(3.0, 3.0, 3.0)):
+    checkpoint = tmp_path / "rule.pt"
+    torch.save({"model": IntensityRule().state_dict()}, checkpoint)
+    return SegmentationInfer(
+        path=[str(checkpoint)], network=IntensityRule(), labels=DEFAULT_LABELS,
+        target_spacing=spacing, roi_size=roi, device="cpu",
+    )
+
+
+@pytest.mark.parametrize("orientation_index", [0, 1, 2, 3])
+def test_output_has_input_shape_affine_and_unmirrored_content(tmp_path, orientation_index):
+    image, label, affine, spec = generate_case("geo", seed=21, index=orientation_index)
+    # Encode the liver as the only bright tissue, so the rule's answer is the true liver mask.
+    liver = label == DEFAULT_LABELS["liver"]
+    encoded = np.where(liver, 200, -1000).astype(np.int16)
+    path = str(tmp_path / "geo.nii.gz")
+    save_nifti(encoded, affine, path)
+
+    result_file, result = infer_task(tmp_path)({"image": path})
+    out = nib.load(result_file)
+    pred = np.asarray(out.dataobj)
+    assert out.shape == image.shape
+    assert np.allclose(out.affine, affine, atol=1e-4)
+    assert set(np.unique(pred)) <= {0, 1}
+    dice = dice_per_label(pred, liver.astype(np.uint8), {"liver": 1})["liver"]
+    mirrored = dice_per_label(pred[::-1], liver.astype(np.uint8), {"liver": 1})["liver"]
+    assert dice > 0.9, (spec["orientation"], dice)
+    assert mirrored < 0.5 * dice
+    assert result["model"] == "segmentation"
+    os.unlink(result_file)
+
+
+def test_orientations_covered_by_the_cases_above():
+    assert {generate_case("g", 21, i)[3]["orientation"] for i in range(4)} == {"RAS", "LPS"}
+
+
+def test_untrained_model_answers_409(tmp_path):
+    task = SegmentationInfer(
+        path=[str(tmp_path / "missing.pt")], network=IntensityRule(), labels=DEFAULT_LABELS,
+        target_spacing=(3, 3, 3), roi_size=(64, 64, 64), device="cpu",
+    )
+    with pytest.raises(ClientError) as e:
+        task({"image": "whatever.nii.gz"})
+    assert e.value.status_code == 409 and "not trained yet" in e.value.message
+
+
+def test_corrupt_upload_answers_400(tmp_path):
+    bad = tmp_path / "corrupt.nii.gz"
+    bad.write_bytes(b"this is not a NIfTI file")
+    with pytest.raises(ClientError) as e:
+        infer_task(tmp_path)({"image": str(bad)})
+    assert e.value.status_code == 400 and "NIfTI" in e.value.message

@@ -1,0 +1,41 @@
+import pytest
+
+from segloop.configs.options import parse_options
+from segloop.labels import channel_map, parse_labels
+from segloop.networks import PRESETS
+
+
+def test_defaults_follow_the_network_preset():
+    o = parse_options({})
+    assert o.network == "unetr_cpu" and o.models == ["segmentation"]
+    assert o.roi_size == PRESETS["unetr_cpu"].roi_size and o.target_spacing == PRESETS["unetr_cpu"].target_spacing
+    assert o.labels == {"liver": 1, "spleen": 2, "kidney": 3, "tumor": 4}
+    o = parse_options({"network": "segresnet", "target_spacing": "[1.5, 1.5, 3]", "roi_size": "[64, 64, 32]"})
+    assert o.target_spacing == (1.5, 1.5, 3.0) and o.roi_size == (64, 64, 32)
+
+
+@pytest.mark.parametrize(
+    "conf, message",
+    [
+        ({"network": "vnet"}, "unknown network"),
+        ({"roi_size": "[60, 64, 64]"}, "multiples of 16"),
+        ({"target_spacing": "[1, 2]"}, "JSON list of 3"),
+        ({"target_spacing": "[0, 1, 1]"}, "positive"),
+        ({"hu_window": "[300, -100]"}, "low < high"),
+        ({"checkpoint": "https://example.org/model.pt"}, "never downloads"),
+        ({"checkpoint": "/nonexistent/model.pt"}, "not found"),
+        ({"labels": "{liver: 1}"}, "JSON object"),
+        ({"labels": '{"liver": 0}'}, "1..255"),
+        ({"labels": '{"liver": 1, "spleen": 1}'}, "unique"),
+        ({"max_epochs": "many"}, "integer"),
+    ],
+)
+def test_bad_options_say_what_is_wrong(conf, message):
+    with pytest.raises(ValueError, match=message):
+        parse_options(conf)
+
+
+def test_labels_sorted_by_index_and_channel_map_for_sparse_maps():
+    labels = parse_labels('{"tumor": 4, "liver": 1}')
+    assert list(labels) == ["liver", "tumor"]
+    assert channel_map(labels) == {0: 0, 1: 1, 4: 2}
