@@ -1,0 +1,113 @@
+"""End to end through the real ``monailabel start_server`` and MONAI Label's own client."""
+
+import os
+import shutil
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+
+from segloop.data.sample import save_nifti
+from segloop.evaluation.server import running_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(sample_root, tmp_path_factory):
+    studies = str(tmp_path_factory.mktemp("e2e") / "studies")
+    shutil.copytree(os.path.join(sample_root, "studies"), studies)
+    log = str(tmp_path_factory.mktemp("logs") / "server.log")
+    with running_server(studies, log_path=log) as handle:
+        handle.studies = studies
+        yield handle
+
+
+def truth(sample_root, case_id):
+    return os.path.join(sample_root, "ground_truth", f"{case_id}.nii.gz")
+
+
+def wait_for_training(client, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = client.train_status()
+        if status["status"] not in ("SUBMITTED", "RUNNING"):
+            return status
+        time.sleep(2)
+    raise TimeoutError("training did not finish")
+
+
+def test_full_annotation_round_trip(server, sample_root, tmp_path):
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+
+    info = client.info()
+    assert info["name"] == "SegLoop"
+    assert info["labels"] == {"liver": 1, "spleen": 2, "kidney": 3, "tumor": 4}
+    assert "segmentation" in info["models"] and "segmentation" in info["trainers"]
+    assert {"random", "first"} <= set(info["strategies"])
+
+    # Before any training the model answers 409 with a message, not random output.
+    r = requests.post(f"{server.url}/infer/segmentation", params={"image": "case_000"})
+    assert r.status_code == 409 and "not trained yet" in r.json()["detail"]
+
+    sample = client.next_sample("first", {})
+    assert sample["id"] == "case_000"
+
+    # A user uploads a CT of their own, then labels it and two more cases.
+    own = os.path.join(sample_root, "studies", "case_005.nii.gz")
+    assert client.upload_image(own, image_id="my_ct")["image"] == "my_ct"
+    for image_id, case in [("my_ct", "case_005"), ("case_000", "case_000"), ("case_001", "case_001")]:
+        client.save_label(image_id, truth(sample_root, case), tag="final", params={"annotator": "dr_test"})
+    assert sorted(client.datastore()["objects"]["my_ct"]["labels"]) == ["final"]
+
+    started = client.train_start("segmentation", {"max_epochs": 2, "val_split": 0.0})
+    assert started["status"] in ("SUBMITTED", "RUNNING")
+    status = wait_for_training(client)
+    assert status["status"] == "DONE", status
+    assert any("progress: epoch" in line for line in status["details"])  # progress is reported
+    stats = client.info()["train_stats"]["segmentation"]
+    assert stats["progress"]["epoch"] == 2 and stats["progress"]["percent"] == 100.0
+    assert os.path.exists(os.path.join(server.studies, ".segloop", "model", "segmentation.pt"))
+
+    # Inference on a stored case returns a label map on the input's exact grid.
+    image_path = os.path.join(server.studies, "case_002.nii.gz")
+    result_file, params = client.infer("segmentation", "case_002", {})
+    out, ref = nib.load(result_file), nib.load(image_path)
+    assert out.shape == ref.shape and np.allclose(out.affine, ref.affine, atol=1e-4)
+    values = set(np.unique(np.asarray(out.dataobj)).tolist())
+    assert values <= {0, 1, 2, 3, 4} and len(values) > 1
+    assert params["model"] == "segmentation" and params["checkpoint"] == "segmentation.pt"
+
+    # ... and on an uploaded file that is not in the datastore.
+    result_file, _ = client.infer("segmentation", "", {}, file=os.path.join(sample_root, "studies", "case_003.nii.gz"))
+    assert nib.load(result_file).shape == nib.load(os.path.join(sample_root, "studies", "case_003.nii.gz")).shape
+
+
+def test_bad_requests_get_clear_client_errors(server, sample_root, tmp_path):
+    url = server.url
+    r = requests.post(f"{url}/infer/segmentation", params={"image": "/etc/passwd"})
+    assert r.status_code == 400 and "invalid image id" in r.json()["detail"]
+    r = requests.post(f"{url}/infer/segmentation", params={"image": "no_such_case"})
+    assert r.status_code == 404
+
+    wrong = str(tmp_path / "wrong.nii.gz")
+    save_nifti(np.zeros((10, 10, 10), np.uint8), np.eye(4), wrong)
+    with open(wrong, "rb") as f:
+        r = requests.put(f"{url}/datastore/label", params={"image": "case_004", "tag": "final"}, files={"label": f})
+    assert r.status_code == 422 and "does not match the image shape" in r.json()["detail"]
+
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"not an image")
+    with open(corrupt, "rb") as f:
+        r = requests.put(f"{url}/datastore/", params={"image": "bad_upload"}, files={"file": ("x.nii.gz", f)})
+    assert r.status_code == 400 and "NIfTI" in r.json()["detail"]
+    assert "bad_upload" not in requests.get(f"{url}/datastore/", params={"output": "all"}).json()["objects"]
+
+    client = MONAILabelClient(url, tmpdir=str(tmp_path))
+    with pytest.raises(MONAILabelClientException):
+        client.save_label("case_004", wrong, tag="final")
+    assert "final" not in client.datastore()["objects"]["case_004"]["labels"]
