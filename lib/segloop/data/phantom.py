@@ -18,7 +18,7 @@ liver 50-80, spleen a little brighter or darker than liver, kidneys enhanced (13
 hypodense tumours 25-60 HU below their host organ, air in the bowel, Gaussian noise 8-20 HU.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -77,6 +77,11 @@ def _ellipsoid(x, y, z, centre, radii, wobble: Optional[np.ndarray] = None) -> n
     return r2 <= 1.0
 
 
+def fitting_body_scale(shape: Tuple[int, int, int], spacing: Tuple[float, float, float]) -> float:
+    """Largest patient (1.0 = adult) that fits the field of view; small FOVs image smaller patients."""
+    return round(float(min(1.0, 0.88 * shape[0] * spacing[0] / 330.0, 0.9 * shape[2] * spacing[2] / 220.0)), 4)
+
+
 def draw_spec(case_id: str, rng: np.random.Generator) -> CaseSpec:
     """Draw acquisition and anatomy parameters for one case."""
     in_plane = float(rng.uniform(0.6, 1.6))
@@ -85,14 +90,13 @@ def draw_spec(case_id: str, rng: np.random.Generator) -> CaseSpec:
     nxy = int(min(round(fov_xy / in_plane), 320))
     fov_z = float(rng.uniform(170, 240))
     nz = int(np.clip(round(fov_z / slice_mm), 36, 120))
-    # The body must fit the field of view: small FOVs (fine in-plane spacing) image smaller patients.
-    body_scale = float(min(1.0, 0.88 * nxy * in_plane / 330.0, 0.9 * nz * slice_mm / 220.0))
+    spacing = (round(in_plane, 4), round(in_plane, 4), round(slice_mm, 4))
     return CaseSpec(
         case_id=case_id,
         orientation=str(rng.choice(["RAS", "LPS"])),
         shape=(nxy, nxy, nz),
-        spacing=(round(in_plane, 4), round(in_plane, 4), round(slice_mm, 4)),
-        body_scale=round(body_scale, 4),
+        spacing=spacing,
+        body_scale=fitting_body_scale((nxy, nxy, nz), spacing),
         noise_hu=round(float(rng.uniform(8, 20)), 2),
         liver_hu=round(float(rng.uniform(50, 80)), 2),
         tumors=int(rng.integers(1, 4)),
@@ -180,9 +184,22 @@ def render_case(spec: CaseSpec, rng: np.random.Generator) -> Tuple[np.ndarray, n
     return image, label, affine
 
 
-def generate_case(case_id: str, seed: int, index: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict]:
-    """Deterministic case ``index`` for ``seed``: (image HU int16, label uint8, affine, spec dict)."""
+def generate_case(
+    case_id: str,
+    seed: int,
+    index: int,
+    shape: Optional[Tuple[int, int, int]] = None,
+    spacing: Optional[Tuple[float, float, float]] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict]:
+    """Deterministic case ``index`` for ``seed``: (image HU int16, label uint8, affine, spec dict).
+
+    ``shape`` (voxels) and ``spacing`` (mm) fix the grid instead of drawing it, e.g. for benchmarks.
+    """
     rng = np.random.default_rng([seed, index])
     spec = draw_spec(case_id, rng)
+    if shape is not None or spacing is not None:
+        shape = tuple(shape or spec.shape)
+        spacing = tuple(spacing or spec.spacing)
+        spec = replace(spec, shape=shape, spacing=spacing, body_scale=fitting_body_scale(shape, spacing))
     image, label, affine = render_case(spec, rng)
     return image, label, affine, asdict(spec)

@@ -10,7 +10,7 @@ Layout of ``out``::
 
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -35,10 +35,14 @@ def write_sample_data(
     seed: int = 0,
     labelled: int = 0,
     progress: Optional[Callable[[str], None]] = print,
+    shape: Optional[Tuple[int, int, int]] = None,
+    spacing: Optional[Tuple[float, float, float]] = None,
+    first_index: int = 0,
 ) -> dict:
     """Generate ``cases`` phantoms under ``out``; returns the manifest written to ``cases.json``.
 
-    Existing files are overwritten; the same ``seed`` always yields the same volumes.
+    Existing files are overwritten; the same ``seed`` always yields the same volumes. ``shape`` and
+    ``spacing`` fix the grid of every case; ``first_index`` numbers cases from there (case_{index}).
     """
     if cases < 1:
         raise ValueError("cases must be >= 1")
@@ -51,18 +55,18 @@ def write_sample_data(
         os.makedirs(d, exist_ok=True)
     manifest = {"labels": dict(DEFAULT_LABELS), "seed": seed, "cases": []}
     start = time.time()
-    for i in range(cases):
+    for n, i in enumerate(range(first_index, first_index + cases)):
         case_id = f"case_{i:03d}"
-        image, label, affine, spec = generate_case(case_id, seed, i)
+        image, label, affine, spec = generate_case(case_id, seed, i, shape=shape, spacing=spacing)
         save_nifti(image, affine, os.path.join(studies, f"{case_id}.nii.gz"))
         save_nifti(label, affine, os.path.join(truth, f"{case_id}.nii.gz"))
-        if i < labelled:
+        if n < labelled:
             os.makedirs(final, exist_ok=True)
             save_nifti(label, affine, os.path.join(final, f"{case_id}.nii.gz"))
         manifest["cases"].append(spec)
         if progress:
             progress(
-                f"[{i + 1}/{cases}] {case_id}: {spec['orientation']} {tuple(spec['shape'])} voxels at "
+                f"[{n + 1}/{cases}] {case_id}: {spec['orientation']} {tuple(spec['shape'])} voxels at "
                 f"{tuple(spec['spacing'])} mm ({time.time() - start:.1f} s)"
             )
     atomic_write_json(os.path.join(truth, "cases.json"), manifest)

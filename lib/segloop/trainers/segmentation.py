@@ -81,7 +81,7 @@ class SegmentationTrainer(BasicTrainTask):
             "val_split": 0.2,
             "from_scratch": False,
             "max_seconds": 0,
-            "lr": 1e-3,
+            "lr": 3e-3,
             "samples_per_case": 2,
             "dataset": ["CacheDataset", "Dataset", "PersistentDataset", "SmartCacheDataset"],
             "multi_gpu": False,
@@ -109,7 +109,7 @@ class SegmentationTrainer(BasicTrainTask):
         return self._network
 
     def optimizer(self, context: Context):
-        return torch.optim.AdamW(context.network.parameters(), lr=float(context.request.get("lr", 1e-3)), weight_decay=1e-5)
+        return torch.optim.AdamW(context.network.parameters(), lr=float(context.request.get("lr", 3e-3)), weight_decay=1e-5)
 
     def loss_function(self, context: Context):
         return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
