@@ -78,5 +78,6 @@ class SegLoopApp(MONAILabelApp):
         return {"random": Random(), "first": First()}
 
     def infer(self, request, datastore=None):
-        check_infer_image(request, datastore or self.datastore())
+        sessions = self.sessions()
+        check_infer_image(request, datastore or self.datastore(), sessions.store_path if sessions else None)
         return super().infer(request, datastore)

@@ -2,7 +2,7 @@
 
 import os
 import tempfile
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from segloop.errors import not_found
 from segloop.validation import check_id
@@ -14,13 +14,23 @@ def is_upload_tempfile(path: str) -> bool:
     return os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp")
 
 
-def check_infer_image(request: Dict[str, Any], datastore) -> None:
-    """Upstream accepts any server path as ``image``; SegLoop accepts a datastore id or an upload."""
+def is_inside(path: str, folder: Optional[str]) -> bool:
+    if not folder:
+        return False
+    root = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), root]) == root
+
+
+def check_infer_image(request: Dict[str, Any], datastore, sessions_folder: Optional[str] = None) -> None:
+    """Upstream accepts any server path as ``image``; SegLoop accepts a datastore id, an uploaded
+    file, or the image of a MONAI Label session (``session_id``), which lives in ``sessions_folder``.
+    """
     image = request.get("image")
     if not isinstance(image, str) or not image:
         return  # MONAI Label itself answers that an image is missing
-    if os.path.isabs(image) and is_upload_tempfile(image) and os.path.isfile(image):
-        return
+    if os.path.isabs(image) and os.path.exists(image):
+        if is_upload_tempfile(image) or (request.get("session") and is_inside(image, sessions_folder)):
+            return
     check_id(image)
     if not datastore.get_image_uri(image):
         raise not_found(f"image {image!r} is not in the datastore")

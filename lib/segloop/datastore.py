@@ -38,8 +38,6 @@ class SegLoopDatastore(LocalDatastore):
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
         derived, ext = self._to_id(os.path.basename(image_filename))
         image_id = check_id(image_id or derived)
-        if ext not in (".nii", ".nii.gz"):
-            ext = ".nii.gz" if image_filename.endswith(".nii.gz") else ext
         read_header(image_filename, what=f"image {image_id!r}")
         if self._datastore.objects.get(image_id):
             raise conflict(f"image {image_id!r} already exists; remove it first or choose another id")

@@ -21,6 +21,7 @@ class Segmentation(TaskConfig):
         self.labels = self.options.labels
         self.device = resolve_device(self.options.device)
         # Model files, MONAI Label style: [starting checkpoint, published]; the last existing one serves.
+        os.makedirs(model_dir, exist_ok=True)
         self.published_path = os.path.join(model_dir, f"{name}.pt")
         self.path = [p for p in (self.options.checkpoint, self.published_path) if p]
         self.network = build_network(self.options.network, len(self.labels) + 1, self.options.roi_size)
