@@ -21,6 +21,8 @@ from monailabel.tasks.activelearning.random import Random
 
 import segloop
 from segloop.app import check_infer_image
+from segloop.campaign.api import build_router
+from segloop.campaign.loop import CampaignLoop
 from segloop.configs import TASK_CONFIGS
 from segloop.configs.options import parse_options
 from segloop.datastore import SegLoopDatastore
@@ -48,6 +50,13 @@ class SegLoopApp(MONAILabelApp):
             self.models[name] = TASK_CONFIGS[name]()
             self.models[name].init(name, self.model_dir, conf, None)
 
+        self.model_trainers = {name: config.trainer() for name, config in self.models.items()}
+        # The live loop of each trainable model: versions, automatic retraining, edit effort.
+        self.loops: Dict[str, CampaignLoop] = {
+            name: CampaignLoop(name, self.models[name].registry, self.options, self.datastore, trainer.config)
+            for name, trainer in self.model_trainers.items()
+        }
+
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -72,7 +81,7 @@ class SegLoopApp(MONAILabelApp):
         return {name: config.infer() for name, config in self.models.items()}
 
     def init_trainers(self):
-        return {name: t for name, config in self.models.items() if (t := config.trainer())}
+        return dict(self.model_trainers)
 
     def init_strategies(self):
         return {"random": Random(), "first": First()}
@@ -80,4 +89,26 @@ class SegLoopApp(MONAILabelApp):
     def infer(self, request, datastore=None):
         sessions = self.sessions()
         check_infer_image(request, datastore or self.datastore(), sessions.store_path if sessions else None)
-        return super().infer(request, datastore)
+        result = super().infer(request, datastore)
+        loop = self.loops.get(request.get("model"))
+        image = request.get("image")
+        if loop and result.get("file") and image and not os.path.isabs(image):  # a datastore image
+            loop.on_inferred(image, result["file"], result["params"].get("model_version"))
+        return result
+
+    def on_save_label(self, image_id, label_id):
+        super().on_save_label(image_id, label_id)
+        return {"edit_effort": {n: loop.on_label_saved(image_id) for n, loop in self.loops.items()}}
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        from monailabel.app import app as fastapi_app  # the running server (not there in train subprocesses)
+
+        fastapi_app.include_router(build_router(lambda: self.loops))
+        for loop in self.loops.values():
+            loop.on_server_start()
+
+    def info(self):
+        info = super().info()
+        info["segloop"] = {name: loop.summary() for name, loop in self.loops.items()}
+        return info

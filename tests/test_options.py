@@ -28,6 +28,8 @@ def test_defaults_follow_the_network_preset():
         ({"labels": '{"liver": 0}'}, "1..255"),
         ({"labels": '{"liver": 1, "spleen": 1}'}, "unique"),
         ({"max_epochs": "many"}, "integer"),
+        ({"retrain_every": "0"}, ">= 1"),
+        ({"auto_train": "maybe"}, "true or false"),
     ],
 )
 def test_bad_options_say_what_is_wrong(conf, message):

@@ -17,11 +17,11 @@ def test_training_resumes_from_the_published_model_unless_from_scratch(tmp_path)
     torch.save({"model": {}}, start)
     config = make_config(tmp_path, checkpoint=start)
     trainer = config.trainer()
-    trainer._current_request = {}
+    trainer._run = {"request": {}}
     assert trainer.load_path("unused") == str(start)  # nothing published yet: the configured checkpoint
     torch.save({"model": {}}, config.published_path)
     assert trainer.load_path("unused") == config.published_path  # fine-tune the serving model
-    trainer._current_request = {"from_scratch": True}
+    trainer._run = {"request": {"from_scratch": True}}
     assert trainer.load_path("unused") is None
     assert config.infer().get_path() == config.published_path  # the published model serves
 

@@ -5,6 +5,7 @@ sees either the old file or the new one, never half of one.
 """
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -40,3 +41,14 @@ def atomic_write_json(dest: str, obj: Any) -> None:
             json.dump(obj, f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf (e.g. Dice of a label absent from every validation case) become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -21,7 +21,13 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "hu_window": (json.dumps(list(DEFAULT_HU_WINDOW)), "JSON [low,high] HU mapped to [0,1]"),
     "device": ("auto", "auto (cuda if available), cpu or cuda[:N]"),
     "checkpoint": ("", "local path of a starting checkpoint (.pt); never downloaded"),
-    "max_epochs": ("50", "default epochs per training run"),
+    "max_epochs": ("50", "default epochs per manual training run"),
+    "auto_train": ("true", "retrain automatically when final labels are submitted"),
+    "retrain_every": ("1", "new final labels that start an automatic run"),
+    "retrain_max_seconds": ("60", "time budget of an automatic (incremental) run"),
+    "retrain_debounce_s": ("2", "wait this long after a label so a burst lands in one run"),
+    "replay_ratio": ("1.0", "earlier labels replayed per new label in incremental runs"),
+    "promotion_tolerance": ("0.02", "a new version serves unless its validation mean Dice is lower by more"),
 }
 
 
@@ -36,6 +42,12 @@ class SegLoopOptions:
     device: str
     checkpoint: Optional[str]
     max_epochs: int
+    auto_train: bool
+    retrain_every: int
+    retrain_max_seconds: float
+    retrain_debounce_s: float
+    replay_ratio: float
+    promotion_tolerance: float
 
 
 def _json_list(conf: Mapping[str, str], key: str, length: int, cast) -> Optional[tuple]:
@@ -49,6 +61,18 @@ def _json_list(conf: Mapping[str, str], key: str, length: int, cast) -> Optional
         return tuple(cast(v) for v in value)
     except (ValueError, TypeError):
         raise ValueError(f"--conf {key} must be a JSON list of {length} numbers, got {raw!r}") from None
+
+
+def _number(conf: Mapping[str, str], key: str, cast, minimum: float):
+    raw = conf.get(key) or OPTIONS[key][0]
+    try:
+        value = cast(raw)
+    except ValueError:
+        kind = "an integer" if cast is int else "a number"
+        raise ValueError(f"--conf {key} must be {kind}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"--conf {key} must be >= {minimum}, got {value}")
+    return value
 
 
 def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
@@ -70,10 +94,10 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
             raise ValueError(f"--conf checkpoint: file not found: {checkpoint}")
     device = conf.get("device") or "auto"
     models = [m.strip() for m in (conf.get("models") or OPTIONS["models"][0]).split(",") if m.strip()]
-    try:
-        max_epochs = int(conf.get("max_epochs") or OPTIONS["max_epochs"][0])
-    except ValueError:
-        raise ValueError(f"--conf max_epochs must be an integer, got {conf.get('max_epochs')!r}") from None
+    max_epochs = _number(conf, "max_epochs", int, minimum=1)
+    auto_train = (conf.get("auto_train") or OPTIONS["auto_train"][0]).lower()
+    if auto_train not in ("true", "false"):
+        raise ValueError(f"--conf auto_train must be true or false, got {auto_train!r}")
     return SegLoopOptions(
         models=models,
         labels=parse_labels(conf.get("labels")),
@@ -84,6 +108,12 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         device=device,
         checkpoint=os.path.abspath(checkpoint) if checkpoint else None,
         max_epochs=max_epochs,
+        auto_train=auto_train == "true",
+        retrain_every=_number(conf, "retrain_every", int, minimum=1),
+        retrain_max_seconds=_number(conf, "retrain_max_seconds", float, minimum=1),
+        retrain_debounce_s=_number(conf, "retrain_debounce_s", float, minimum=0),
+        replay_ratio=_number(conf, "replay_ratio", float, minimum=0),
+        promotion_tolerance=_number(conf, "promotion_tolerance", float, minimum=0),
     )
 
 

@@ -6,6 +6,7 @@ from typing import Any, Dict
 
 from monailabel.interfaces.config import TaskConfig
 
+from segloop.campaign.registry import ModelRegistry
 from segloop.configs.options import parse_options, resolve_device
 from segloop.infers import SegmentationInfer
 from segloop.networks import build_network
@@ -22,7 +23,8 @@ class Segmentation(TaskConfig):
         self.device = resolve_device(self.options.device)
         # Model files, MONAI Label style: [starting checkpoint, published]; the last existing one serves.
         os.makedirs(model_dir, exist_ok=True)
-        self.published_path = os.path.join(model_dir, f"{name}.pt")
+        self.registry = ModelRegistry(model_dir, name)
+        self.published_path = self.registry.serving_path  # the serving version
         self.path = [p for p in (self.options.checkpoint, self.published_path) if p]
         self.network = build_network(self.options.network, len(self.labels) + 1, self.options.roi_size)
         logger.info(
@@ -49,10 +51,12 @@ class Segmentation(TaskConfig):
             labels=self.labels,
             target_spacing=self.options.target_spacing,
             roi_size=self.options.roi_size,
-            publish_path=self.published_path,
+            registry=self.registry,
             pretrained_path=self.options.checkpoint,
             hu_window=self.options.hu_window,
             device=self.device,
             max_epochs=self.options.max_epochs,
+            promotion_tolerance=self.options.promotion_tolerance,
+            replay_ratio=self.options.replay_ratio,
             description=f"Train {self.name} ({self.options.network}) on the final labels",
         )

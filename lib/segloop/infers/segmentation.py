@@ -5,6 +5,7 @@ indices of the label map, 0 = background) with exactly the input's shape and aff
 result naming the model and its checkpoint.
 """
 
+import copy
 import logging
 import os
 from typing import Callable, Dict, Mapping, Sequence
@@ -17,6 +18,7 @@ from monai.transforms import Activationsd, AsDiscreted, EnsureTyped, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from segloop.campaign.registry import VERSION_KEY
 from segloop.errors import bad_request, conflict
 from segloop.validation import read_header
 from segloop.transforms import DEFAULT_HU_WINDOW, channels_to_storage, load_and_normalize
@@ -81,6 +83,36 @@ class SegmentationInfer(BasicInferTask):
         to_storage = channels_to_storage(self.labels)
         return transforms + ([to_storage] if to_storage else [])
 
+    def _get_network(self, device, data):
+        """Load the serving checkpoint (weights only), reloading when its file is replaced.
+
+        The publisher replaces the file atomically, so a request either uses the network it already
+        holds or loads the new version whole; the version number stored in the checkpoint goes into
+        the result JSON of the request that used it.
+        """
+        path = self.get_path()
+        if not path:
+            raise conflict(self._not_trained_message())
+        mtime = os.stat(path).st_mtime
+        cached = self._networks.get(device)
+        if not cached or cached[1] != mtime:
+            checkpoint = torch.load(path, map_location=torch.device(device), weights_only=True)
+            network = copy.deepcopy(self.network).to(torch.device(device))
+            network.load_state_dict(checkpoint.get("model", checkpoint))
+            network.eval()
+            cached = (network, mtime, checkpoint.get(VERSION_KEY))
+            self._networks[device] = cached
+            logger.info(f"{self.model_name}: loaded {os.path.basename(path)} (version {cached[2]})")
+        if data is not None:
+            data.setdefault("result", {})["model_version"] = cached[2]
+        return cached[0]
+
+    def _not_trained_message(self) -> str:
+        return (
+            f"Model '{self.model_name}' is not trained yet: submit a few final labels and train it "
+            f"(POST /train/{self.model_name}) before asking for automatic segmentation."
+        )
+
     def run_inferer(self, data: Dict, convert_to_batch=True, device="cuda"):
         data = super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)
         image = data[self.input_key]
@@ -95,20 +127,11 @@ class SegmentationInfer(BasicInferTask):
     def __call__(self, request, callbacks=None):
         checkpoint = self.get_path()
         if not checkpoint:
-            raise conflict(
-                f"Model '{self.model_name}' is not trained yet: submit a few final labels and train it "
-                f"(POST /train/{self.model_name}) before asking for automatic segmentation."
-            )
+            raise conflict(self._not_trained_message())
         image = request.get("image")
         if not isinstance(image, str) or not os.path.isfile(image):
             raise bad_request("No image to segment: give a datastore image id or upload a NIfTI file.")
         read_header(image)
         result_file, result_json = super().__call__(request, callbacks)
-        result_json.update(
-            {
-                "model": self.model_name,
-                "checkpoint": os.path.basename(checkpoint),
-                "checkpoint_mtime": os.path.getmtime(checkpoint),
-            }
-        )
+        result_json.update({"model": self.model_name, "checkpoint": os.path.basename(checkpoint)})
         return result_file, result_json

@@ -1,0 +1,43 @@
+"""Score a set of weights on validation cases: per-label Dice at the model's working resolution.
+
+Used to decide promotion: the candidate and the serving version are scored on the very same
+cases in the same run, so their figures are comparable even as the validation set grows.
+"""
+
+import copy
+from typing import Dict, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import Dataset
+from monai.inferers import Inferer
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+from monai.transforms import Compose
+
+
+def score_weights(
+    network: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    datalist: Sequence[Dict],
+    transforms: Sequence,
+    inferer: Inferer,
+    labels: Mapping[str, int],
+    device: torch.device,
+) -> Dict[str, float]:
+    """Mean Dice per label name over ``datalist`` (labels absent everywhere are left out), plus ``mean``."""
+    net = copy.deepcopy(network).to(device)
+    net.load_state_dict(state_dict)
+    net.eval()
+    channels = len(labels) + 1
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    for item in Dataset(list(datalist), Compose(list(transforms))):
+        with torch.no_grad():
+            logits = inferer(item["image"][None].to(device), net)
+        pred = one_hot(torch.argmax(logits, dim=1, keepdim=True), channels)
+        metric(pred.cpu(), one_hot(torch.as_tensor(item["label"])[None].long(), channels))
+    per_channel = metric.aggregate().cpu().numpy()
+    names = sorted(labels, key=labels.get)
+    scores = {name: float(v) for name, v in zip(names, per_channel) if np.isfinite(v)}
+    scores["mean"] = float(np.mean(list(scores.values()))) if scores else float("nan")
+    return scores
