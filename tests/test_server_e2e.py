@@ -1,4 +1,7 @@
-"""End to end through the real ``monailabel start_server`` and MONAI Label's own client."""
+"""End to end through the real ``monailabel start_server`` and MONAI Label's own client.
+
+Automatic retraining is off here: this is the manual path (press train, then infer).
+"""
 
 import os
 import shutil
@@ -22,7 +25,7 @@ def server(sample_root, tmp_path_factory):
     studies = str(tmp_path_factory.mktemp("e2e") / "studies")
     shutil.copytree(os.path.join(sample_root, "studies"), studies)
     log = str(tmp_path_factory.mktemp("logs") / "server.log")
-    with running_server(studies, log_path=log) as handle:
+    with running_server(studies, conf={"auto_train": "false"}, log_path=log) as handle:
         handle.studies = studies
         yield handle
 

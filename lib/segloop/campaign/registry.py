@@ -21,7 +21,9 @@ the server process reads the registry and serves rollbacks.
 """
 
 import datetime
+import json
 import os
+import shutil
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -49,8 +51,6 @@ class ModelRegistry:
 
     # -- reading -------------------------------------------------------------------------------
     def _read(self) -> Dict[str, Any]:
-        import json
-
         if not os.path.exists(self.path):
             return {"serving": None, "running": None, "versions": [], "events": []}
         with open(self.path) as f:
@@ -99,7 +99,8 @@ class ModelRegistry:
             state["running"] = None
             state["events"].append({"event": "interrupted", "run": running, "time": now_iso()})
             atomic_write_json(self.path, state)
-            return running
+        shutil.rmtree(os.path.join(self.folder, f"run_{running['run_id']}"), ignore_errors=True)
+        return running
 
     def record(
         self, record: Dict[str, Any], state_dict: Optional[Dict[str, torch.Tensor]], promote: bool
