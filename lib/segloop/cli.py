@@ -26,6 +26,12 @@ def _bench_infer(args) -> int:
     return bench_main(args)
 
 
+def _bench_loop(args) -> int:
+    from segloop.evaluation.bench_loop import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-cases", type=int, default=24)
     p.add_argument("--skip-upstream", action="store_true")
     p.set_defaults(func=_bench_infer)
+
+    p = bench.add_parser("loop", help="label-to-serving time, learning curve, /infer latency during training")
+    p.add_argument("--out", default="benchmarks/results/loop.json")
+    p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")
+    p.add_argument("--labels", type=int, default=6, help="labels submitted one by one")
+    p.add_argument("--run-seconds", type=float, default=30.0, help="budget of each automatic run")
+    p.add_argument("--requests", type=int, default=5, help="timed /infer requests, idle and during training")
+    p.add_argument("--skip-upstream", action="store_true")
+    p.set_defaults(func=_bench_loop)
     return parser
 
 

@@ -16,7 +16,8 @@ stable hash-based split. Every run ends as a numbered version in the model regis
 
 Request options (besides MONAI Label's ``max_epochs``, ``val_split``, ``dataset`` ...):
 ``from_scratch``, ``incremental``, ``max_seconds`` (time budget checked at epoch ends; 0 = none),
-``lr``, ``samples_per_case``, ``replay_ratio``, ``promotion_tolerance``.
+``lr``, ``samples_per_case``, ``replay_ratio``, ``promotion_tolerance``, ``nice`` (CPU priority of
+the run, default 10: inference requests keep their speed while a run trains).
 """
 
 import logging
@@ -83,6 +84,16 @@ def select_incremental(
     return {"new": new, "replay": random.Random(seed).sample(old, k)}
 
 
+def lower_priority(nice: int) -> None:
+    """Run this process at niceness ``nice`` (absolute, so repeated runs do not keep lowering it)."""
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        if nice > current:
+            os.setpriority(os.PRIO_PROCESS, 0, min(19, nice))
+    except (AttributeError, OSError):  # not on this platform / not permitted: train at normal priority
+        pass
+
+
 class SegmentationTrainer(BasicTrainTask):
     def __init__(
         self,
@@ -119,6 +130,7 @@ class SegmentationTrainer(BasicTrainTask):
             "samples_per_case": 2,
             "replay_ratio": replay_ratio,
             "promotion_tolerance": promotion_tolerance,
+            "nice": 10,  # CPU priority of training runs: interactive inference comes first
             "dataset": ["CacheDataset", "Dataset", "PersistentDataset", "SmartCacheDataset"],
             "multi_gpu": False,
             "tracking": ["None", "mlflow"],
@@ -246,6 +258,7 @@ class SegmentationTrainer(BasicTrainTask):
         serving = self.registry.serving()
         self._run = {"request": request, "parent": serving}
         self._context, self._progress = None, None
+        lower_priority(int(request.get("nice", 10)))
         self.registry.start_run(request["run_id"], {k: request.get(k) for k in ("incremental", "max_seconds", "max_epochs")})
         start = time.time()
         try:
