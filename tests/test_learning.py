@@ -26,3 +26,21 @@ def test_default_model_learns_liver_on_held_out_cases(tmp_path, capsys):
     # Chance level: the liver fills about 4% of these volumes, so a blind guess scores well under 0.1.
     assert mean["liver"] > 0.6
     assert all(np.isfinite(v) for v in scores["case_008"].values())
+
+
+def test_unchanged_cases_are_not_decoded_again_across_runs(tmp_path):
+    """Runs share a persistent cache of the deterministic pre-processing, keyed by label timestamp."""
+    import os
+
+    root = str(tmp_path)
+    write_sample_data(root, cases=2, seed=9, labelled=2, progress=None)
+    studies = f"{root}/studies"
+    first = train(studies, {"max_epochs": 1, "val_split": 0.0})
+    cache = os.path.join(studies, ".segloop", "model", "segmentation", "cache")
+    entries = sorted(os.listdir(cache))
+    assert len(entries) == 2  # one pre-processed entry per labelled case
+    mtimes = {e: os.path.getmtime(os.path.join(cache, e)) for e in entries}
+    second = train(studies, {"max_epochs": 1, "val_split": 0.0})
+    assert sorted(os.listdir(cache)) == entries  # reused, not rebuilt
+    assert {e: os.path.getmtime(os.path.join(cache, e)) for e in entries} == mtimes
+    assert first["stats"]["version"]["version"] == 1 and second["stats"]["version"]["parent"] == 1

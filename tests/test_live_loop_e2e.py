@@ -3,13 +3,12 @@
 import os
 import shutil
 import threading
-import time
 
 import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from segloop.evaluation.server import running_server
+from segloop.evaluation.server import running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +24,7 @@ def model_state(url):
 
 
 def wait_until(predicate, timeout=300, every=1.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, every, what)
 
 
 def idle(url):

@@ -5,7 +5,6 @@ Automatic retraining is off here: this is the manual path (press train, then inf
 
 import os
 import shutil
-import time
 
 import nibabel as nib
 import numpy as np
@@ -15,7 +14,7 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from segloop.data.sample import save_nifti
-from segloop.evaluation.server import running_server
+from segloop.evaluation.server import running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +34,9 @@ def truth(sample_root, case_id):
 
 
 def wait_for_training(client, timeout=600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = client.train_status()
-        if status["status"] not in ("SUBMITTED", "RUNNING"):
-            return status
-        time.sleep(2)
-    raise TimeoutError("training did not finish")
+    return wait_for(
+        lambda: (s := client.train_status())["status"] not in ("SUBMITTED", "RUNNING") and s, timeout, 2, "training"
+    )
 
 
 def test_full_annotation_round_trip(server, sample_root, tmp_path):

@@ -28,18 +28,8 @@ import requests
 from segloop.data.sample import save_nifti, write_sample_data
 from segloop.evaluation.bench_infer import upstream_radiology_app
 from segloop.evaluation.metrics import dice_per_label
-from segloop.evaluation.server import running_server
+from segloop.evaluation.server import running_server, wait_for
 from segloop.labels import DEFAULT_LABELS
-
-
-def wait_for(predicate, timeout: float, every: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("benchmark step timed out")
 
 
 def model_state(url: str) -> Dict:

@@ -15,6 +15,17 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", 
 SEGLOOP_APP = os.path.join(REPO_ROOT, "MONAILabelApp")
 
 
+def wait_for(predicate, timeout: float, every: float = 0.5, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` s pass."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Mapping, Sequence
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
-from monai.transforms import Activationsd, AsDiscreted, EnsureTyped, SqueezeDimd
+from monai.transforms import AsDiscreted, EnsureTyped, SqueezeDimd
 
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask

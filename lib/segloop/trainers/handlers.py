@@ -1,7 +1,6 @@
 """Ignite handlers for training runs: progress reporting and the time budget."""
 
 import logging
-import os
 import time
 from typing import Any, Dict, Optional
 

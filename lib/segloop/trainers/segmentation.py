@@ -32,11 +32,13 @@ import torch
 from ignite.engine import Events
 from ignite.handlers import TerminateOnNan
 from monai.handlers import MeanDice, from_engine
+from monai.data import PersistentDataset
 from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
 from monai.transforms import (
     AsDiscreted,
-    RandCropByPosNegLabeld,
+    Compose,
+    RandCropByLabelClassesd,
     RandScaleIntensityd,
     RandShiftIntensityd,
     SelectItemsd,
@@ -131,7 +133,7 @@ class SegmentationTrainer(BasicTrainTask):
             "replay_ratio": replay_ratio,
             "promotion_tolerance": promotion_tolerance,
             "nice": 10,  # CPU priority of training runs: interactive inference comes first
-            "dataset": ["CacheDataset", "Dataset", "PersistentDataset", "SmartCacheDataset"],
+            "dataset": ["PersistentDataset", "CacheDataset", "Dataset"],
             "multi_gpu": False,
             "tracking": ["None", "mlflow"],
         }
@@ -172,13 +174,16 @@ class SegmentationTrainer(BasicTrainTask):
     def train_pre_transforms(self, context: Context):
         return load_and_normalize(self.target_spacing, self.hu_window, "label", self.label_map) + [
             SpatialPadd(keys=("image", "label"), spatial_size=self.roi_size),
-            RandCropByPosNegLabeld(
+            # Every class (background included) is a crop centre equally often, so small organs and
+            # tumours are seen as often as the liver.
+            RandCropByLabelClassesd(
                 keys=("image", "label"),
                 label_key="label",
                 spatial_size=self.roi_size,
-                pos=3,
-                neg=1,
+                num_classes=self.num_channels,
+                ratios=[1] * self.num_channels,
                 num_samples=int(context.request.get("samples_per_case", 2)),
+                warn=False,
             ),
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
@@ -200,6 +205,19 @@ class SegmentationTrainer(BasicTrainTask):
 
     def val_additional_metrics(self, context: Context):
         return per_label_dice(self.label_map)
+
+    def _dataset(self, context, datalist, is_train, replace_rate=0.25):
+        """PersistentDataset keeps its cache across runs (MONAI Label's is per run): a case whose
+        image and label are unchanged is not decoded and resampled again. Items carry their label
+        timestamp, so a re-edited label hashes to a new cache entry."""
+        if context.dataset_type != "PersistentDataset":
+            return super()._dataset(context, datalist, is_train, replace_rate)
+        transforms = self.train_pre_transforms(context) if is_train else self.val_pre_transforms(context)
+        return PersistentDataset(datalist, Compose(transforms), cache_dir=self.cache_dir), datalist
+
+    @property
+    def cache_dir(self) -> str:
+        return os.path.join(self._model_dir, "cache")
 
     def pre_process(self, request, datastore):
         datalist = datastore.datalist()
@@ -255,6 +273,9 @@ class SegmentationTrainer(BasicTrainTask):
 
     def train(self, rank, world_size, request, datalist):
         request = dict(request, name=f"run_{request['run_id']}")  # one output folder per run
+        for key in ("dataset", "dataloader", "tracking"):  # a choice list left as is means its default
+            if isinstance(request.get(key), list):
+                request[key] = request[key][0]
         serving = self.registry.serving()
         self._run = {"request": request, "parent": serving}
         self._context, self._progress = None, None
