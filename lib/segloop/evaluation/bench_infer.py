@@ -107,7 +107,7 @@ def main(args) -> int:
     # Held-out cases must not be trained on: they have no final label in the datastore.
     held_ids = [f"case_{i:03d}" for i in range(args.train_cases, args.train_cases + held_out)]
     print(f"Training the default model for {args.train_minutes:g} min on {args.train_cases} cases ...", flush=True)
-    run = train(train_studies, {"max_epochs": 100000, "max_seconds": args.train_minutes * 60, "val_split": 0.0})
+    run = train(train_studies, {"max_epochs": 100000, "max_seconds": args.train_minutes * 60, "val_split": 0.0, "seed": 0})
     scores = evaluate(train_studies, os.path.join(train_root, "ground_truth"), held_ids)
     report["training"] = {
         "budget_min": args.train_minutes,

@@ -17,7 +17,7 @@ stable hash-based split. Every run ends as a numbered version in the model regis
 Request options (besides MONAI Label's ``max_epochs``, ``val_split``, ``dataset`` ...):
 ``from_scratch``, ``incremental``, ``max_seconds`` (time budget checked at epoch ends; 0 = none),
 ``lr``, ``samples_per_case``, ``replay_ratio``, ``promotion_tolerance``, ``nice`` (CPU priority of
-the run, default 10: inference requests keep their speed while a run trains).
+the run, default 10: inference requests keep their speed while a run trains), ``seed``.
 """
 
 import logging
@@ -44,6 +44,7 @@ from monai.transforms import (
     SelectItemsd,
     SpatialPadd,
 )
+from monai.utils import set_determinism
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.utils.others.generic import strtobool
 
@@ -280,6 +281,8 @@ class SegmentationTrainer(BasicTrainTask):
         self._run = {"request": request, "parent": serving}
         self._context, self._progress = None, None
         lower_priority(int(request.get("nice", 10)))
+        if request.get("seed") is not None:  # reproducible runs (tests, benchmarks)
+            set_determinism(seed=int(request["seed"]))
         self.registry.start_run(request["run_id"], {k: request.get(k) for k in ("incremental", "max_seconds", "max_epochs")})
         start = time.time()
         try:
