@@ -4,7 +4,7 @@ import os
 import pytest
 
 from segloop.io import atomic_path, atomic_write_json
-from segloop.trainers.split import stable_split
+from segloop.trainers.split import case_key, stable_split
 
 
 def items(n):
@@ -23,6 +23,22 @@ def test_split_is_stable_as_the_datastore_grows():
 def test_split_trains_on_everything_when_too_few_cases():
     assert stable_split(items(1), 0.5) == (items(1), [])
     assert stable_split(items(5), 0.0) == (items(5), [])
+    assert stable_split(items(2), 0.01) == (items(2), [])
+
+
+def test_small_campaigns_validate_only_on_cases_no_run_trained_on():
+    trained_on, val_before = set(), set()
+    for n in range(1, 15):
+        train, val = stable_split(items(n), 0.01, keep_val=val_before, ever_trained=trained_on)
+        train_ids, val_ids = {case_key(d) for d in train}, {case_key(d) for d in val}
+        assert not train_ids & val_ids and len(train_ids | val_ids) == n
+        assert not val_ids & trained_on  # never validate on a case some earlier run trained on
+        assert val_before <= val_ids  # the validation set only grows
+        if n >= 3:
+            assert val_ids
+        trained_on |= train_ids
+        val_before = val_ids
+    assert len(val_before) == 1  # with a tiny fraction the one guaranteed case is all
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

@@ -230,9 +230,15 @@ class SegmentationTrainer(BasicTrainTask):
 
     def partition_datalist(self, context: Context, shuffle=False):
         request = context.request
-        train, val = stable_split(context.datalist, float(request.get("val_split", 0.2)))
-        latest = self.registry.latest_record()
-        seen = latest.get("labels_seen", {}) if latest else {}
+        history = self.registry.state()["versions"]
+        latest = history[-1] if history else {}
+        train, val = stable_split(
+            context.datalist,
+            float(request.get("val_split", 0.2)),
+            keep_val=set(latest.get("validation_cases", [])),
+            ever_trained={case for v in history for case in v.get("labels_used", [])},
+        )
+        seen = latest.get("labels_seen", {})
         run = {
             "labels_seen": {case_key(d): d.get("label_ts") for d in context.datalist},
             "validation_cases": sorted(case_key(d) for d in val),
