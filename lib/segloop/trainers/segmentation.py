@@ -56,6 +56,7 @@ from segloop.transforms import DEFAULT_HU_WINDOW, load_and_normalize
 
 logger = logging.getLogger(__name__)
 
+VALIDATE_EVERY = 20  # training iterations between validation rounds during a run
 DEFAULT_LR = 3e-3  # AdamW; on a small UNETR 3e-3 beat 1e-3 and 3e-4 (held-out liver Dice after 150 s)
 
 
@@ -251,6 +252,10 @@ class SegmentationTrainer(BasicTrainTask):
             run["replay_labels"] = sorted(case_key(d) for d in parts["replay"])
         run["labels_used"] = sorted(case_key(d) for d in train)
         self._run.update(run)
+        # With few cases an epoch is one or two iterations: validate every ~VALIDATE_EVERY iterations,
+        # not every epoch, or validation eats the run's time budget.
+        iterations_per_epoch = max(1, math.ceil(len(train) / int(request.get("train_batch_size", 1))))
+        self._val_interval = max(1, math.ceil(VALIDATE_EVERY / iterations_per_epoch))
         logger.info(f"Training on {len(train)} case(s) ({len(run['new_labels'])} new); validating on {len(val)}")
         return train, val
 
@@ -330,10 +335,8 @@ class SegmentationTrainer(BasicTrainTask):
         }
 
     def _candidate_weights(self) -> Dict[str, torch.Tensor]:
-        """The run's best-on-validation checkpoint (or best-on-training without validation cases)."""
-        path = os.path.join(self._context.output_dir, self._key_metric_filename)
-        if not os.path.exists(path):
-            path = os.path.join(self._context.output_dir, self._final_filename)
+        """The run's final weights (scored against the serving version before they can serve)."""
+        path = os.path.join(self._context.output_dir, self._final_filename)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         return checkpoint.get(self._model_dict_key, checkpoint)
 
