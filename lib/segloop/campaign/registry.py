@@ -63,20 +63,10 @@ class ModelRegistry:
     def serving(self) -> Optional[int]:
         return self.state()["serving"]
 
-    def version(self, number: int) -> Dict[str, Any]:
-        for record in self.state()["versions"]:
-            if record["version"] == number:
-                return record
-        raise not_found(f"model {self.name!r} has no version {number}")
-
     def latest_record(self) -> Optional[Dict[str, Any]]:
         """The most recent run of any status (its ``labels_seen`` tells which labels are not new)."""
         versions = self.state()["versions"]
         return versions[-1] if versions else None
-
-    def serving_record(self) -> Optional[Dict[str, Any]]:
-        serving = self.serving()
-        return self.version(serving) if serving is not None else None
 
     def checkpoint_path(self, number: int) -> str:
         return os.path.join(self.versions_dir, f"v{number:04d}.pt")
