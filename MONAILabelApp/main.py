@@ -3,7 +3,7 @@
 Start it with the real MONAI Label server::
 
     monailabel start_server --app MONAILabelApp --studies sample_data/studies \
-        --conf models segmentation --conf network unetr_cpu
+        --conf models segmentation,prompt --conf network unetr_cpu
 
 Every ``--conf`` option is listed in README.md (and by ``segloop conf``).
 """
@@ -62,7 +62,7 @@ class SegLoopApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="SegLoop",
-            description="Human-in-the-loop 3D CT segmentation: automatic model trained on this campaign's labels",
+            description="Human-in-the-loop 3D CT segmentation: automatic and prompt-able models trained on this campaign's labels",
             version=segloop.__version__,
             labels=self.options.labels,
         )
@@ -90,7 +90,8 @@ class SegLoopApp(MONAILabelApp):
         sessions = self.sessions()
         check_infer_image(request, datastore or self.datastore(), sessions.store_path if sessions else None)
         result = super().infer(request, datastore)
-        loop = self.loops.get(request.get("model"))
+        model = request.get("model")
+        loop = self.loops.get(model) if getattr(self.models.get(model), "proposes_full_labels", False) else None
         image = request.get("image")
         if loop and result.get("file") and image and not os.path.isabs(image):  # a datastore image
             loop.on_inferred(image, result["file"], result["params"].get("model_version"))

@@ -9,13 +9,17 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from segloop.labels import parse_labels
+from segloop.prompts.text import parse_vocabulary
 from segloop.networks import DEFAULT_NETWORK, check_roi_size, get_preset
+from segloop.networks.prompt import DEFAULT_PROMPT_NETWORK, get_prompt_preset
 from segloop.transforms import DEFAULT_HU_WINDOW
 
 OPTIONS: Dict[str, Tuple[str, str]] = {
-    "models": ("segmentation", "comma-separated task names to serve"),
+    "models": ("segmentation,prompt", "comma-separated task names to serve: segmentation, prompt"),
     "labels": ("", 'JSON name->index map, e.g. {"liver":1,"spleen":2}; default: the sample labels'),
     "network": (DEFAULT_NETWORK, "unetr_cpu (CPU-sized UNETR), unetr (full size, GPU) or segresnet"),
+    "prompt_network": (DEFAULT_PROMPT_NETWORK, "prompt model size: prompt_cpu (CPU default) or prompt (GPU)"),
+    "label_vocabulary": ("", 'JSON (or a JSON file) {label: {"description": ..., "synonyms": [...]}} for text prompts'),
     "target_spacing": ("", "JSON [x,y,z] mm the model works at; default: the network preset's"),
     "roi_size": ("", "JSON [x,y,z] voxels of the network input; default: the network preset's"),
     "hu_window": (json.dumps(list(DEFAULT_HU_WINDOW)), "JSON [low,high] HU mapped to [0,1]"),
@@ -36,6 +40,7 @@ class SegLoopOptions:
     models: List[str]
     labels: Dict[str, int]
     network: str
+    prompt_network: str
     target_spacing: Tuple[float, float, float]
     roi_size: Tuple[int, int, int]
     hu_window: Tuple[float, float]
@@ -78,6 +83,8 @@ def _number(conf: Mapping[str, str], key: str, cast, minimum: float):
 def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
     """Validate every option up front so a typo stops the server with a clear message."""
     network = conf.get("network") or OPTIONS["network"][0]
+    prompt_network = conf.get("prompt_network") or OPTIONS["prompt_network"][0]
+    get_prompt_preset(prompt_network)
     preset = get_preset(network)
     spacing = _json_list(conf, "target_spacing", 3, float) or preset.target_spacing
     if min(spacing) <= 0:
@@ -98,10 +105,13 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
     auto_train = (conf.get("auto_train") or OPTIONS["auto_train"][0]).lower()
     if auto_train not in ("true", "false"):
         raise ValueError(f"--conf auto_train must be true or false, got {auto_train!r}")
+    labels = parse_labels(conf.get("labels"))
+    parse_vocabulary(conf.get("label_vocabulary"), list(labels))  # a bad vocabulary stops the server
     return SegLoopOptions(
         models=models,
-        labels=parse_labels(conf.get("labels")),
+        labels=labels,
         network=network,
+        prompt_network=prompt_network,
         target_spacing=spacing,  # type: ignore[arg-type]
         roi_size=roi,
         hu_window=window,  # type: ignore[arg-type]

@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 
 
 class Segmentation(TaskConfig):
+    proposes_full_labels = True  # its /infer result is the automatic proposal edit effort is measured on
+
     def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
         self.options = parse_options(conf)

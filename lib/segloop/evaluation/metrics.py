@@ -7,6 +7,17 @@ import torch
 from monai.metrics import DiceMetric
 
 
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean masks of equal shape (1.0 when both are empty)."""
+    if pred.shape != truth.shape:
+        raise ValueError(f"shape mismatch: prediction {pred.shape} vs ground truth {truth.shape}")
+    if not truth.any() and not pred.any():
+        return 1.0
+    metric = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
+    p, t = (torch.as_tensor(np.ascontiguousarray(m))[None, None].float() for m in (pred, truth))
+    return float(metric(p, t)[0, 0])
+
+
 def dice_per_label(pred: np.ndarray, truth: np.ndarray, labels: Mapping[str, int]) -> Dict[str, float]:
     """Dice of each label (storage index) between two integer label maps of equal shape.
 

@@ -25,9 +25,9 @@ def build_task_config(studies: str, conf: Optional[Mapping[str, str]] = None, na
     return config
 
 
-def train(studies: str, request: Mapping, conf: Optional[Mapping[str, str]] = None) -> Dict:
-    """One training run on the datastore's final labels; returns the run's stats and wall time."""
-    config = build_task_config(studies, conf)
+def train(studies: str, request: Mapping, conf: Optional[Mapping[str, str]] = None, name: str = "segmentation") -> Dict:
+    """One training run of model ``name`` on the datastore's final labels; returns its stats and wall time."""
+    config = build_task_config(studies, conf, name)
     datastore = SegLoopDatastore(studies, labels=config.labels)
     start = time.time()
     stats = config.trainer()(dict(request), datastore)

@@ -340,6 +340,13 @@ class SegmentationTrainer(BasicTrainTask):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         return checkpoint.get(self._model_dict_key, checkpoint)
 
+    def _score(self, weights: Mapping[str, torch.Tensor], context: Context) -> Dict[str, float]:
+        """Per-label validation Dice (and ``mean``) of ``weights``: decides promotion."""
+        return score_weights(
+            self._network, weights, context.val_datalist, self.val_pre_transforms(context),
+            self.val_inferer(context), self.label_map, context.device,
+        )
+
     def _decide(self, start: float) -> Dict:
         context = self._context
         candidate = self._candidate_weights()
@@ -348,18 +355,12 @@ class SegmentationTrainer(BasicTrainTask):
         if not context.val_datalist:
             promote, reason = True, "no validation cases yet: promoted without comparison"
         else:
-            def score(weights):
-                return score_weights(
-                    self._network, weights, context.val_datalist, self.val_pre_transforms(context),
-                    self.val_inferer(context), self.label_map, context.device,
-                )
-
-            fields["val_dice"] = score(candidate)
+            fields["val_dice"] = self._score(candidate, context)
             if not os.path.exists(self.registry.serving_path):
                 promote, reason = True, "first version"
             else:
                 parent = torch.load(self.registry.serving_path, map_location="cpu", weights_only=True)
-                fields["parent_val_dice"] = score(parent.get("model", parent))
+                fields["parent_val_dice"] = self._score(parent.get("model", parent), context)
                 new, old = fields["val_dice"]["mean"], fields["parent_val_dice"]["mean"]
                 promote = new >= old - tolerance
                 reason = (

@@ -1,0 +1,65 @@
+"""TaskConfig for the prompt-able (SegVol-style) model: points, boxes, label / text prompts."""
+
+import logging
+import os
+from typing import Any, Dict
+
+from monailabel.interfaces.config import TaskConfig
+
+from segloop.campaign.registry import ModelRegistry
+from segloop.configs.options import parse_options, resolve_device
+from segloop.infers.prompt import PromptInfer
+from segloop.networks.prompt import build_prompt_network, get_prompt_preset
+from segloop.prompts.text import LabelMatcher, parse_vocabulary
+from segloop.trainers.prompt import PromptTrainer
+
+logger = logging.getLogger(__name__)
+
+
+class Prompt(TaskConfig):
+    proposes_full_labels = False  # one structure per request: not an automatic proposal of the case
+
+    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.options = parse_options(conf)
+        self.labels = self.options.labels
+        self.device = resolve_device(self.options.device)
+        self.preset = get_prompt_preset(self.options.prompt_network)
+        self.matcher = LabelMatcher(parse_vocabulary(conf.get("label_vocabulary"), list(self.labels)))
+        os.makedirs(model_dir, exist_ok=True)
+        self.registry = ModelRegistry(model_dir, name)
+        self.path = [self.registry.serving_path]
+        self.network = build_prompt_network(self.options.prompt_network, len(self.labels))
+        logger.info(
+            f"{name}: network={self.preset.name} roi={self.preset.roi_size} zoom-out {self.preset.coarse_spacing} mm, "
+            f"zoom-in {self.preset.fine_spacing} mm, labels={self.labels} device={self.device}"
+        )
+
+    def infer(self):
+        return PromptInfer(
+            path=self.path,
+            network=self.network,
+            labels=self.labels,
+            preset=self.preset,
+            matcher=self.matcher,
+            hu_window=self.options.hu_window,
+            model_name=self.name,
+            device=self.device,
+        )
+
+    def trainer(self):
+        return PromptTrainer(
+            model_dir=os.path.join(self.model_dir, self.name),
+            network=self.network,
+            labels=self.labels,
+            roi_size=self.preset.roi_size,
+            coarse_spacing=self.preset.coarse_spacing,
+            fine_spacing=self.preset.fine_spacing,
+            registry=self.registry,
+            hu_window=self.options.hu_window,
+            device=self.device,
+            max_epochs=self.options.max_epochs,
+            promotion_tolerance=self.options.promotion_tolerance,
+            replay_ratio=self.options.replay_ratio,
+            description=f"Train {self.name} ({self.preset.name}) with simulated clicks, boxes and label prompts",
+        )

@@ -1,0 +1,1 @@
+"""Prompts for the SegVol-style model: request parsing, geometry, dense encoding, text, simulation."""

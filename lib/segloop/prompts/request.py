@@ -1,0 +1,111 @@
+"""Parse an ``/infer`` request of the prompt model into a :class:`Prompt` in the image's IJK grid.
+
+Accepted, all coordinates are voxel indices (IJK) of the image as stored, as the MONAI Label
+Slicer plugin sends them:
+
+* DeepGrow (upstream plugin, point tools): ``foreground`` / ``background`` lists of ``[i, j, k]``
+  plus ``label`` (the segment name);
+* DeepEdit: one point list per label name plus ``background``; the points of ``label`` are the
+  positive clicks, the points of every other label are negatives for this structure;
+* ``box``: two opposite corners ``[[i0, j0, k0], [i1, j1, k1]]``; the plugin's ``roi``
+  ``[i0, i1, j0, j1, k0, k1]`` is read the same way;
+* ``text``: free text or a label name (see :mod:`segloop.prompts.text`).
+
+At least a positive click, a box, or a label / text prompt is needed. Malformed or out-of-image
+prompts raise a 4xx naming the offending value and the image size.
+"""
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from segloop.errors import bad_request, unprocessable
+from segloop.prompts.encoding import Point, Prompt
+from segloop.prompts.text import LabelMatcher
+
+MAX_POINTS = 100  # per list; more is a client bug, not an annotation
+
+
+def _point(value: Any, what: str, shape: Sequence[int]) -> Point:
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 3
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+    ):
+        raise bad_request(f"{what} must be [i, j, k] voxel indices, got {value!r}")
+    if not all(-0.5 <= v <= s - 0.5 for v, s in zip(value, shape)):
+        raise unprocessable(f"{what} {list(value)} is outside the image (size {list(shape)} voxels, IJK)")
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+def _points(value: Any, what: str, shape: Sequence[int]) -> List[Point]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise bad_request(f"{what} must be a list of [i, j, k] points, got {value!r}")
+    if len(value) > MAX_POINTS:
+        raise bad_request(f"{what}: {len(value)} points, at most {MAX_POINTS} allowed")
+    return [_point(p, f"{what} point", shape) for p in value]
+
+
+def _box(request: Mapping, shape: Sequence[int]) -> Optional[Tuple[Point, Point]]:
+    if request.get("box") not in (None, [], ""):
+        corners = request["box"]
+        if not isinstance(corners, (list, tuple)) or len(corners) != 2:
+            raise bad_request(f"box must be two corners [[i0, j0, k0], [i1, j1, k1]], got {corners!r}")
+    elif request.get("roi") not in (None, [], ""):
+        roi = request["roi"]
+        if not isinstance(roi, (list, tuple)) or len(roi) != 6:
+            raise bad_request(f"roi must be [i0, i1, j0, j1, k0, k1], got {roi!r}")
+        corners = [roi[0::2], roi[1::2]]
+    else:
+        return None
+    a, b = (np.asarray(_point(list(c), "box corner", shape)) for c in corners)
+    return tuple(float(v) for v in np.minimum(a, b)), tuple(float(v) for v in np.maximum(a, b))  # type: ignore
+
+
+def parse_prompt(
+    request: Mapping[str, Any], shape: Sequence[int], labels: Mapping[str, int], matcher: LabelMatcher
+) -> Tuple[Prompt, Dict[str, Any]]:
+    """The prompt of ``request`` for an image of ``shape`` voxels, and notes for the result JSON.
+
+    ``labels`` is the name -> storage index map; the prompt's class index is the label's position
+    in ascending index order (1..N), 0 when no label prompt applies.
+    """
+    order = {name: c for c, name in enumerate(sorted(labels, key=labels.get), start=1)}
+    notes: Dict[str, Any] = {}
+    positive = _points(request.get("foreground"), "foreground", shape)
+    negative = _points(request.get("background"), "background", shape)
+
+    label_name = request.get("label")
+    if not isinstance(label_name, str) or label_name not in order and _looks_like_path(label_name):
+        label_name = None  # an uploaded previous mask, not a name
+    for name in order:  # DeepEdit: point lists keyed by label name
+        if isinstance(request.get(name), list) and request.get(name):
+            points = _points(request[name], f"points of {name!r}", shape)
+            (positive if name == label_name else negative).extend(points)
+
+    target = None
+    text = request.get("text")
+    if text not in (None, ""):
+        target = matcher.resolve(text)
+        notes["text_matched"] = target
+    elif label_name:
+        target = label_name if label_name in order else matcher.lookup(label_name)
+        if target is None:
+            if not positive and request.get("box") is None and request.get("roi") is None:
+                raise unprocessable(f"label {label_name!r} is not known; known labels: {list(order)}")
+            notes["label_prompt"] = f"ignored: {label_name!r} is not one of {list(order)}; clicks alone decide"
+
+    prompt = Prompt(positive=positive, negative=negative, box=_box(request, shape), label=order.get(target, 0))
+    if not prompt.positive and prompt.box is None and not prompt.label:
+        raise bad_request(
+            "the prompt model needs at least one foreground click, a box, or a label / text prompt "
+            f"(known labels: {list(order)})"
+        )
+    notes["target"] = target
+    return prompt, notes
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or value.endswith((".nii", ".nii.gz", ".nrrd"))

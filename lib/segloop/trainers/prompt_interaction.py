@@ -1,0 +1,114 @@
+"""Training-time prompt simulation: turn labelled crops into prompted one-structure tasks.
+
+An ``iteration_update`` for MONAI's ``SupervisedTrainer`` (the role DeepEdit's ``Interaction``
+plays upstream). Each batch item is a crop of ``2 x roi`` voxels at the fine spacing with its
+multi-label map (network channels: 0 background, 1..N labels). For each item:
+
+1. a **view**: the whole crop halved (the zoom-out scale) or an ``roi`` window at full
+   resolution around a random voxel of a structure (the zoom-in scale);
+2. a **target** class present in the view and a **prompt**: a click inside one component, that
+   component's jittered box, the label alone, or clicks/box together with the label. Without a
+   label prompt the target is the clicked / boxed component; with one, the whole class;
+3. up to ``max_interactions`` **simulated corrections** without gradients: the model predicts,
+   the next click goes to the centre of the largest error (positive in a miss, negative in a false
+   positive) and the prediction becomes the previous-mask prompt (DeepEdit / SAM-Med3D).
+
+The returned batch is ``image`` [B, 5, roi] (CT + prompt channels), ``label`` [B, 1, roi]
+(binary target) and ``class_index`` [B] (the label prompt), trained by the engine's own step.
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from segloop.prompts.encoding import Prompt, encode_prompts
+from segloop.prompts.simulation import jittered_box, next_click, random_click, region_centre
+
+MODES = ("click", "click+label", "box", "box+label", "label")
+MODE_WEIGHTS = (0.3, 0.2, 0.15, 0.1, 0.25)
+
+
+class PromptInteraction:
+    def __init__(self, roi_size: Sequence[int], max_interactions: int = 2, seed: Optional[int] = None):
+        self.roi_size = tuple(int(v) for v in roi_size)
+        self.max_interactions = max_interactions
+        self.rng = np.random.default_rng(seed)
+
+    # -- views and targets ---------------------------------------------------------------------
+    def view(self, image: torch.Tensor, label: torch.Tensor) -> Tuple[torch.Tensor, np.ndarray]:
+        """Zoom-out (halved crop) or zoom-in (roi window at full resolution) of one item."""
+        lab = label[0].cpu().numpy().astype(np.int64)
+        if self.rng.random() < 0.5 or not (lab > 0).any():
+            small = F.avg_pool3d(image[None].float(), 2)[0]
+            return self._fit(small), self._fit_label(lab[::2, ::2, ::2])
+        centre = np.asarray(random_click(lab > 0, self.rng))
+        jitter = self.rng.integers(-8, 9, 3)
+        size = np.asarray(self.roi_size)
+        start = np.clip(centre + jitter - size // 2, 0, np.maximum(np.asarray(lab.shape) - size, 0))
+        window = tuple(slice(int(a), int(a) + int(s)) for a, s in zip(start, size))
+        return self._fit(image[(slice(None), *window)]), self._fit_label(lab[window])
+
+    def _fit(self, image: torch.Tensor) -> torch.Tensor:
+        pad = [p for s, r in zip(reversed(image.shape[1:]), reversed(self.roi_size)) for p in (0, max(0, r - s))]
+        return F.pad(image, pad)[(slice(None), *(slice(0, r) for r in self.roi_size))]
+
+    def _fit_label(self, label: np.ndarray) -> np.ndarray:
+        return self._fit(torch.as_tensor(label)[None])[0].numpy()
+
+    def prompt(self, label: np.ndarray) -> Tuple[Prompt, np.ndarray]:
+        """A random prompt on ``label`` (class channels) and the binary target it asks for."""
+        present = [c for c in np.unique(label) if c > 0]
+        if not present:
+            return Prompt(), np.zeros(label.shape, bool)
+        cls = int(self.rng.choice(present))
+        whole = label == cls
+        components, count = ndimage.label(whole)
+        component = components == self.rng.integers(1, count + 1)
+        mode = MODES[self.rng.choice(len(MODES), p=MODE_WEIGHTS)]
+        with_label = mode.endswith("label")
+        prompt = Prompt(label=cls if with_label else 0)
+        if mode.startswith("click"):
+            centre = self.rng.random() < 0.5
+            prompt.positive.append(region_centre(component) if centre else random_click(component, self.rng))
+        elif mode.startswith("box"):
+            prompt.box = jittered_box(component, self.rng)
+        return prompt, (whole if with_label else component)
+
+    # -- the iteration -------------------------------------------------------------------------
+    def __call__(self, engine, batchdata: Dict) -> Dict:
+        images, labels = batchdata["image"], batchdata["label"]
+        views, prompts, targets = [], [], []
+        for b in range(images.shape[0]):
+            image, label = self.view(images[b], labels[b])
+            prompt, target = self.prompt(label)
+            views.append(image)
+            prompts.append(prompt)
+            targets.append(target)
+        previous: List = [None] * len(views)
+        device = engine.state.device if hasattr(engine.state, "device") else images.device
+        for _ in range(int(self.rng.integers(0, self.max_interactions + 1))):
+            x, cls = self._inputs(views, prompts, previous)
+            with torch.no_grad():
+                logits = engine.network(x.to(device), label=cls.to(device))
+            for b, target in enumerate(targets):
+                prediction = (logits[b, 0] > 0).cpu().numpy()
+                click = next_click(prediction, target)
+                if click is not None:
+                    (prompts[b].positive if click[1] else prompts[b].negative).append(click[0])
+                previous[b] = torch.sigmoid(logits[b, 0]).cpu()
+        x, cls = self._inputs(views, prompts, previous)
+        batch = {
+            "image": x,
+            "label": torch.as_tensor(np.stack(targets)[:, None], dtype=torch.float32),
+            "class_index": cls,
+        }
+        return engine._iteration(engine, batch)
+
+    def _inputs(self, views, prompts, previous) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = torch.stack(
+            [torch.cat([v.float().cpu(), encode_prompts(p, self.roi_size, prev)]) for v, p, prev in zip(views, prompts, previous)]
+        )
+        return x, torch.tensor([p.label for p in prompts], dtype=torch.long)

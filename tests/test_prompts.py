@@ -1,0 +1,259 @@
+"""Prompt model pieces: IJK <-> model-space geometry, dense encoding, request parsing, text
+matching, simulated clicks, the network and the zoom-out-zoom-in pipeline.
+
+The pipeline tests use fixed rules instead of a trained network ("segment whatever the prompt
+channel marks"): their answer is known in the model's RAS grid, so a mirrored, shifted or
+resized mapping of clicks or of the result shows up as a wrong mask on the input grid.
+"""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from segloop.data.phantom import generate_case
+from segloop.data.sample import save_nifti
+from segloop.errors import ClientError
+from segloop.evaluation.metrics import dice
+from segloop.infers.prompt import PromptInfer
+from segloop.labels import DEFAULT_LABELS
+from segloop.networks.prompt import PROMPT_PRESETS, PromptSegNet
+from segloop.prompts.encoding import Prompt, encode_prompts, to_grid, transform_points
+from segloop.prompts.request import parse_prompt
+from segloop.prompts.simulation import jittered_box, next_click, region_centre
+from segloop.prompts.text import LabelMatcher, parse_vocabulary
+from segloop.prompts.zoom import ZoomOutZoomIn, ras_grid, resample, world_bounds
+
+LABELS = dict(DEFAULT_LABELS)
+MATCHER = LabelMatcher(parse_vocabulary(None, list(LABELS)))
+PRESET = PROMPT_PRESETS["prompt_cpu"]
+
+
+class ChannelRule(torch.nn.Module):
+    """Logits = +10 where prompt channel ``channel`` exceeds 0.5, -10 elsewhere (input [B, 5, ...])."""
+
+    def __init__(self, channel: int):
+        super().__init__()
+        self.channel = channel
+
+    def forward(self, x, label=None):
+        return 20 * (x[:, 1 + self.channel : 2 + self.channel] > 0.5).float() - 10
+
+
+def case(index):
+    image, label, affine, spec = generate_case("p", seed=5, index=index)
+    return MetaTensor(torch.as_tensor(image[None].astype(np.float32)), affine=torch.as_tensor(affine)), label, affine, spec
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3])
+def test_click_in_ijk_lands_on_the_same_organ_in_model_space(index):
+    image, label, affine, spec = case(index)
+    liver = label == LABELS["liver"]
+    click = region_centre(liver)
+    lo, hi = world_bounds(affine, label.shape)
+    grid = ras_grid(lo, hi, PRESET.coarse_spacing)
+    mapped = to_grid(Prompt(positive=[click]), affine, grid.affine)
+    model_label = resample(torch.as_tensor(label[None], dtype=torch.float32), affine, grid, mode="nearest")[0]
+    channels = encode_prompts(mapped, grid.shape)
+    peak = np.unravel_index(int(torch.argmax(channels[0])), grid.shape)
+    assert int(model_label[peak]) == LABELS["liver"], spec["orientation"]
+    # and back: model voxel -> IJK is the inverse mapping
+    back = transform_points(mapped.positive, grid.affine, affine)[0]
+    assert np.allclose(back, click, atol=1e-6)
+
+
+def test_box_corners_stay_ordered_after_an_axis_flip():
+    lps = np.diag([-2.0, -2.0, 3.0, 1.0])
+    prompt = to_grid(Prompt(box=((2, 3, 4), (10, 12, 8))), lps, np.eye(4))
+    lo, hi = np.asarray(prompt.box[0]), np.asarray(prompt.box[1])
+    assert (lo <= hi).all()
+    assert np.allclose(lo, [-20, -24, 12]) and np.allclose(hi, [-4, -6, 24])
+
+
+def test_encoding_channels():
+    prompt = Prompt(positive=[(5, 5, 5)], negative=[(20, 20, 20)], box=((2, 2, 2), (6, 7, 8)), label=2)
+    ch = encode_prompts(prompt, (32, 32, 32), previous=torch.ones(32, 32, 32))
+    assert ch.shape == (4, 32, 32, 32)
+    assert float(ch[0, 5, 5, 5]) == pytest.approx(1.0) and float(ch[0, 20, 20, 20]) < 1e-3
+    assert float(ch[1, 20, 20, 20]) == pytest.approx(1.0)
+    assert int(ch[2].sum()) == 5 * 6 * 7 and float(ch[2, 6, 7, 8]) == 1.0 and float(ch[2, 7, 7, 8]) == 0.0
+    assert float(ch[3].min()) == 1.0
+    assert float(encode_prompts(Prompt(positive=[(99, 0, 0)]), (8, 8, 8))[0].sum()) == 0.0  # outside: dropped
+
+
+# -- requests ------------------------------------------------------------------------------------
+SHAPE = (64, 48, 20)
+
+
+def test_deepgrow_request_of_the_upstream_plugin():
+    prompt, notes = parse_prompt(
+        {"label": "spleen", "foreground": [[10, 11, 3]], "background": [[40, 20, 5]]}, SHAPE, LABELS, MATCHER
+    )
+    assert prompt.positive == [(10, 11, 3)] and prompt.negative == [(40, 20, 5)]
+    assert prompt.label == 2 and notes["target"] == "spleen"
+
+
+def test_deepedit_request_points_keyed_by_label():
+    request = {"label": "kidney", "kidney": [[5, 5, 5]], "liver": [[30, 30, 10]], "background": [[1, 1, 1]]}
+    prompt, _ = parse_prompt(request, SHAPE, LABELS, MATCHER)
+    assert prompt.positive == [(5, 5, 5)]
+    assert sorted(prompt.negative) == [(1, 1, 1), (30, 30, 10)]
+    assert prompt.label == 3
+
+
+def test_box_roi_and_text():
+    prompt, notes = parse_prompt({"box": [[30, 40, 10], [10, 5, 2]], "text": "renal tumour"}, SHAPE, LABELS, MATCHER)
+    assert prompt.box == ((10, 5, 2), (30, 40, 10)) and prompt.label == 4 and notes["text_matched"] == "tumor"
+    roi, _ = parse_prompt({"roi": [10, 30, 5, 40, 2, 10]}, SHAPE, LABELS, MATCHER)
+    assert roi.box == prompt.box and roi.label == 0
+
+
+def test_non_contiguous_labels_use_class_order():
+    prompt, _ = parse_prompt({"text": "tumor"}, SHAPE, {"liver": 1, "tumor": 7}, LabelMatcher(parse_vocabulary(None, ["liver", "tumor"])))
+    assert prompt.label == 2
+
+
+@pytest.mark.parametrize(
+    "request_, status, words",
+    [
+        ({"foreground": [[64, 0, 0]]}, 422, "outside the image"),
+        ({"foreground": [[-3, 0, 0]]}, 422, "outside the image"),
+        ({"foreground": [[1, 2]]}, 400, "[i, j, k]"),
+        ({"foreground": "1,2,3"}, 400, "list of"),
+        ({"foreground": [[1, "a", 2]]}, 400, "[i, j, k]"),
+        ({"box": [[1, 2, 3]]}, 400, "two corners"),
+        ({"roi": [1, 2, 3]}, 400, "i0, i1"),
+        ({"background": [[1, 1, 1]]}, 400, "at least one foreground click"),
+        ({}, 400, "at least one foreground click"),
+        ({"label": "pancreas"}, 422, "not known"),
+        ({"text": "pancreas"}, 422, "known labels"),
+        ({"text": "organ"}, 422, "ambiguous"),
+        ({"foreground": [[1, 1, 1]] * 101}, 400, "at most"),
+    ],
+)
+def test_bad_prompts_get_clear_4xx(request_, status, words):
+    with pytest.raises(ClientError) as e:
+        parse_prompt(request_, SHAPE, LABELS, MATCHER)
+    assert e.value.status_code == status and words in e.value.message, e.value.message
+
+
+def test_unknown_segment_name_with_clicks_is_ignored_not_fatal():
+    prompt, notes = parse_prompt({"label": "Segment_1", "foreground": [[3, 3, 3]]}, SHAPE, LABELS, MATCHER)
+    assert prompt.label == 0 and "ignored" in notes["label_prompt"]
+
+
+# -- text ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, label",
+    [("Liver", "liver"), ("hepar", "liver"), ("the LEFT kidney", "kidney"), ("renal tumour", "tumor"),
+     ("splenic tissue", "spleen"), ("a lesion in the kidney", "tumor"), ("hepatic parenchyma", "liver")],
+)
+def test_text_prompts_resolve_to_labels(text, label):
+    assert MATCHER.resolve(text) == label
+
+
+def test_unknown_text_names_known_labels_and_closest_matches():
+    with pytest.raises(ClientError) as e:
+        MATCHER.resolve("brain")
+    assert e.value.status_code == 422
+    assert "liver" in e.value.message and "closest" in e.value.message
+
+
+def test_vocabulary_from_conf():
+    vocabulary = parse_vocabulary('{"liver": {"synonyms": ["foie"]}}', list(LABELS))
+    assert LabelMatcher(vocabulary).resolve("Foie") == "liver"
+    with pytest.raises(ValueError, match="unknown labels"):
+        parse_vocabulary('{"pancreas": {"synonyms": []}}', list(LABELS))
+    with pytest.raises(ValueError, match="file not found"):
+        parse_vocabulary("/nonexistent/vocabulary.json", list(LABELS))
+
+
+# -- simulation ----------------------------------------------------------------------------------
+def test_next_click_goes_to_the_centre_of_the_largest_error():
+    target = np.zeros((30, 30, 30), bool)
+    target[5:25, 5:25, 5:25] = True
+    prediction = target.copy()
+    prediction[5:25, 5:25, 5:12] = False  # a large miss
+    prediction[26:29, 26:29, 26:29] = True  # a small false positive
+    (voxel, positive) = next_click(prediction, target)
+    assert positive and target[voxel] and not prediction[voxel]
+    assert 8 <= voxel[0] <= 21 and 8 <= voxel[1] <= 21  # inside the missed slab, away from its border
+    prediction = target.copy()
+    prediction[0:4, :, :] = True
+    voxel, positive = next_click(prediction, target)
+    assert not positive and prediction[voxel] and not target[voxel]
+    assert next_click(target, target) is None
+
+
+def test_jittered_box_stays_in_the_image():
+    mask = np.zeros((20, 20, 20), bool)
+    mask[0:5, 15:20, 8:12] = True
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lo, hi = jittered_box(mask, rng, jitter=0.3)
+        assert all(0 <= a <= b <= 19 for a, b in zip(lo, hi))
+
+
+# -- network -------------------------------------------------------------------------------------
+def test_network_shapes_and_label_conditioning():
+    torch.manual_seed(0)
+    net = PromptSegNet(num_labels=4, init_filters=8, blocks_down=(1, 1, 1), feature_size=8).eval()
+    x = torch.rand(2, 5, 32, 32, 16)
+    with torch.no_grad():
+        out = net(x, label=torch.tensor([1, 3]))
+        same = net(x, label=torch.tensor([1, 1]))
+    assert out.shape == (2, 1, 32, 32, 16)
+    assert torch.allclose(out[0], same[0]) and not torch.allclose(out[1], same[1])
+
+
+# -- zoom-out-zoom-in ----------------------------------------------------------------------------
+@pytest.mark.parametrize("index", [0, 1])
+def test_pipeline_returns_the_prompted_region_on_the_input_grid(index):
+    image, label, affine, spec = case(index)
+    liver = label == LABELS["liver"]
+    lo, hi = (tuple(float(v) for v in c) for c in (np.argwhere(liver).min(0), np.argwhere(liver).max(0)))
+    pipeline = ZoomOutZoomIn(ChannelRule(channel=2), PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
+    mask, details = pipeline(image, Prompt(box=(lo, hi)))
+    box = np.zeros(label.shape, bool)
+    box[int(lo[0]) : int(hi[0]) + 1, int(lo[1]) : int(hi[1]) + 1, int(lo[2]) : int(hi[2]) + 1] = True
+    assert mask.shape == label.shape
+    assert dice(mask, box) > 0.9, (spec["orientation"], dice(mask, box))
+    assert dice(mask[::-1], box) < 0.9 * dice(mask, box)
+    assert details["roi_mm"] is not None
+
+
+def test_pipeline_click_blob_sits_on_the_click():
+    image, label, affine, spec = case(1)
+    click = region_centre(label == LABELS["spleen"])
+    pipeline = ZoomOutZoomIn(ChannelRule(channel=0), PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
+    mask, _ = pipeline(image, Prompt(positive=[click]))
+    assert mask[click] and 0 < mask.sum() < 2000
+    centroid = np.argwhere(mask).mean(0)
+    spacing = np.abs(np.diag(affine))[:3]
+    assert np.linalg.norm((centroid - np.asarray(click)) * spacing) < 4.0  # mm
+
+
+def test_infer_task_writes_the_input_grid_and_reports_the_target(tmp_path):
+    image, label, affine, spec = generate_case("p", seed=5, index=1)
+    path = str(tmp_path / "img.nii.gz")
+    save_nifti(image, affine, path)
+    checkpoint = tmp_path / "rule.pt"
+    torch.save({"model": {}}, checkpoint)
+    task = PromptInfer(
+        path=[str(checkpoint)], network=ChannelRule(0), labels=LABELS, preset=PRESET, matcher=MATCHER, device="cpu"
+    )
+    click = [int(v) for v in region_centre(label == LABELS["kidney"])]
+    result_file, result = task({"image": path, "label": "kidney", "foreground": [click], "background": []})
+    out = nib.load(result_file)
+    assert out.shape == image.shape and np.allclose(out.affine, affine, atol=1e-4)
+    assert np.asarray(out.dataobj)[tuple(click)] == 1
+    assert result["target"] == "kidney" and result["label_names"] == {"kidney": 1}
+    with pytest.raises(ClientError) as e:
+        task({"image": path, "foreground": [[999, 0, 0]]})
+    assert e.value.status_code == 422
+    previous = tmp_path / "previous.nii.gz"
+    save_nifti(np.zeros((4, 4, 4), np.uint8), affine, str(previous))
+    with pytest.raises(ClientError) as e:
+        task({"image": path, "label": str(previous), "text": "kidney"})
+    assert e.value.status_code == 422 and "previous mask" in e.value.message
