@@ -13,6 +13,7 @@ from segloop.evaluation.server import running_server, wait_for
 pytestmark = pytest.mark.slow
 
 CONF = {
+    "models": "segmentation",  # the automatic model's loop; the prompt model's is in test_prompt_e2e
     "retrain_max_seconds": "4",
     "retrain_debounce_s": "1",
     "promotion_tolerance": "1.0",  # promotion itself is unit-tested; here every finished run serves

@@ -7,7 +7,7 @@ from segloop.networks import PRESETS
 
 def test_defaults_follow_the_network_preset():
     o = parse_options({})
-    assert o.network == "unetr_cpu" and o.models == ["segmentation"]
+    assert o.network == "unetr_cpu" and o.models == ["segmentation", "prompt"] and o.prompt_network == "prompt_cpu"
     assert o.roi_size == PRESETS["unetr_cpu"].roi_size and o.target_spacing == PRESETS["unetr_cpu"].target_spacing
     assert o.labels == {"liver": 1, "spleen": 2, "kidney": 3, "tumor": 4}
     o = parse_options({"network": "segresnet", "target_spacing": "[1.5, 1.5, 3]", "roi_size": "[64, 64, 32]"})
@@ -30,6 +30,9 @@ def test_defaults_follow_the_network_preset():
         ({"max_epochs": "many"}, "integer"),
         ({"retrain_every": "0"}, ">= 1"),
         ({"auto_train": "maybe"}, "true or false"),
+        ({"prompt_network": "sam"}, "unknown prompt network"),
+        ({"label_vocabulary": '{"pancreas": {"synonyms": []}}'}, "unknown labels"),
+        ({"label_vocabulary": "{not json"}, "must be JSON"),
     ],
 )
 def test_bad_options_say_what_is_wrong(conf, message):

@@ -32,6 +32,18 @@ def _bench_loop(args) -> int:
     return bench_main(args)
 
 
+def _eval_interactive(args) -> int:
+    from segloop.evaluation.interactive import main as eval_main
+
+    return eval_main(args)
+
+
+def _bench_prompt(args) -> int:
+    from segloop.evaluation.bench_prompt import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("conf", help="list the app's --conf options and defaults")
     p.set_defaults(func=_conf)
+
+    evaluate = sub.add_parser("eval", help="evaluations").add_subparsers(dest="eval", required=True)
+    p = evaluate.add_parser("interactive", help="prompt model: Dice per click, NoC@85/90, box and text Dice, latency")
+    p.add_argument("--studies", required=True, help="datastore folder whose serving prompt model is evaluated")
+    p.add_argument("--ground-truth", required=True, help="folder of <case>.nii.gz ground-truth label maps")
+    p.add_argument("--cases", default="", help="comma-separated case ids (default: those without a final label)")
+    p.add_argument("--clicks", type=int, default=10)
+    p.add_argument("--out", default="benchmarks/results", help="folder for interactive.json / interactive.png")
+    p.set_defaults(func=_eval_interactive)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("infer", help="/infer latency and server memory: SegLoop vs upstream radiology app")
@@ -64,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=5, help="timed /infer requests, idle and during training")
     p.add_argument("--skip-upstream", action="store_true")
     p.set_defaults(func=_bench_loop)
+
+    p = bench.add_parser("prompt", help="train the prompt model on a CPU budget, then the interactive evaluation")
+    p.add_argument("--out", default="benchmarks/results", help="folder for interactive.json / interactive.png")
+    p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")
+    p.add_argument("--train-minutes", type=float, default=15.0)
+    p.add_argument("--train-cases", type=int, default=16)
+    p.add_argument("--held-out", type=int, default=4)
+    p.add_argument("--clicks", type=int, default=10)
+    p.set_defaults(func=_bench_prompt)
     return parser
 
 

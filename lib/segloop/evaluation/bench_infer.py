@@ -132,7 +132,7 @@ def main(args) -> int:
     os.makedirs(model_dir, exist_ok=True)
     shutil.copy(os.path.join(train_studies, ".segloop", "model", "segmentation.pt"), model_dir)
     print("Timing SegLoop /infer/segmentation ...", flush=True)
-    with running_server(seg_studies, log_path=os.path.join(work, "segloop_server.log")) as handle:
+    with running_server(seg_studies, conf={"models": "segmentation"}, log_path=os.path.join(work, "segloop_server.log")) as handle:
         report["segloop"] = {"model": "segmentation (unetr_cpu)", **time_infer(handle, "segmentation", image_ids, args.requests)}
     print(json.dumps(report["segloop"]), flush=True)
 

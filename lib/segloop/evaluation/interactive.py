@@ -163,3 +163,65 @@ def write_report(report: Dict, out_dir: str) -> Dict[str, str]:
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return {"json": json_path, "png": png_path}
+
+
+def held_out_cases(
+    studies: str, ground_truth: str, labels: Mapping[str, int], case_ids: Optional[Sequence[str]] = None
+) -> List[Dict[str, str]]:
+    """Cases with ground truth, by default those without a final label in the datastore (never trained on)."""
+    from segloop.datastore import SegLoopDatastore
+
+    datastore = SegLoopDatastore(studies, labels=labels)
+    labelled = set(datastore.get_labeled_images())
+    ids = list(case_ids) if case_ids else sorted(
+        f[: -len(".nii.gz")] for f in os.listdir(ground_truth) if f.endswith(".nii.gz") and f[: -len(".nii.gz")] not in labelled
+    )
+    cases = []
+    for case_id in ids:
+        image, label = datastore.get_image_uri(case_id), os.path.join(ground_truth, f"{case_id}.nii.gz")
+        if not image or not os.path.isfile(label):
+            raise SystemExit(f"case {case_id!r}: image or ground truth missing")
+        cases.append({"id": case_id, "image": image, "label": label})
+    if not cases:
+        raise SystemExit("no held-out cases: every case with ground truth is labelled in the datastore; pass --cases")
+    return cases
+
+
+def build_pipeline(studies: str, conf: Optional[Mapping[str, str]] = None, name: str = "prompt"):
+    """The serving prompt model of ``studies`` as the server would load it, plus its text matcher."""
+    import torch
+
+    from segloop.evaluation.training import build_task_config
+
+    config = build_task_config(studies, conf, name)
+    if not os.path.exists(config.registry.serving_path):
+        raise SystemExit(f"the {name} model of {studies} is not trained yet (no {config.registry.serving_path})")
+    checkpoint = torch.load(config.registry.serving_path, map_location="cpu", weights_only=True)
+    network = config.network
+    network.load_state_dict(checkpoint.get("model", checkpoint))
+    network.to(config.device).eval()
+    preset = config.preset
+    pipeline = ZoomOutZoomIn(
+        network, preset.roi_size, preset.coarse_spacing, preset.fine_spacing, config.options.hu_window, config.device
+    )
+    return pipeline, config.matcher, config.labels
+
+
+def main(args) -> int:
+    pipeline, matcher, labels = build_pipeline(args.studies)
+    cases = held_out_cases(args.studies, args.ground_truth, labels, args.cases.split(",") if args.cases else None)
+    print(f"evaluating {len(cases)} held-out case(s), {args.clicks} clicks per structure", flush=True)
+    report = evaluate_interactive(
+        pipeline, matcher, cases, labels, clicks=args.clicks,
+        progress=lambda n, total: print(f"progress: {n}/{total} cases", flush=True),
+    )
+    paths = write_report(report, args.out)
+    for name, row in report["labels"].items():
+        print(
+            f"{name:>8}: Dice after 1/3/{args.clicks} clicks {row['dice_after_clicks'][0]:.3f}/"
+            f"{row['dice_after_clicks'][min(2, args.clicks - 1)]:.3f}/{row['dice_after_clicks'][-1]:.3f}  "
+            f"NoC@85 {row['noc@85']}  NoC@90 {row['noc@90']}  box {row['box_dice']:.3f}  text {row['text_dice']:.3f}  "
+            f"latency median {row['latency_s_median']} s"
+        )
+    print(f"wrote {paths['json']} and {paths['png']}")
+    return 0

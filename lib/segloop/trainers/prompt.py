@@ -48,7 +48,7 @@ class PromptTrainer(SegmentationTrainer):
         return tuple(2 * r for r in self.roi_size)
 
     def loss_function(self, context: Context):
-        return DiceCELoss(sigmoid=True, batch=True)
+        return DiceCELoss(sigmoid=True, batch=False)  # per item: a tumour and a liver in one batch weigh the same
 
     def train_pre_transforms(self, context: Context):
         # Intensity is normalised in the cached step; the network sees 0..1 windows as at inference.

@@ -1,0 +1,129 @@
+"""The prompt model end to end: it learns from the datastore's labels, clicks improve its answer
+on held-out cases, and the real server answers the upstream MONAI Label Slicer plugin's own
+client (its DeepGrow click requests, unchanged), boxes, text, a previous mask, bad prompts, and
+retrains itself from a submitted correction.
+"""
+
+import json
+import os
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+
+from segloop.data.sample import write_sample_data
+from segloop.evaluation.interactive import build_pipeline, evaluate_interactive, held_out_cases
+from segloop.evaluation.metrics import dice
+from segloop.evaluation.server import running_server, wait_for
+from segloop.labels import DEFAULT_LABELS
+from segloop.prompts.simulation import largest_component, region_centre
+
+pytestmark = pytest.mark.slow
+
+TRAIN_SECONDS = 240  # CPU budget of the one training run the tests below share
+HELD_OUT = ["case_008", "case_009"]
+
+
+def upstream_slicer_client():
+    """The MONAI Label Slicer plugin's own client class, as the monailabel wheel installs it."""
+    folder = os.path.join(sys.prefix, "monailabel", "plugins", "slicer", "MONAILabel")
+    assert os.path.isdir(os.path.join(folder, "MONAILabelLib")), f"upstream Slicer plugin not found in {folder}"
+    sys.path.insert(0, folder)
+    from MONAILabelLib import MONAILabelClient  # noqa: E402
+
+    return MONAILabelClient
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from segloop.evaluation.training import train
+
+    root = str(tmp_path_factory.mktemp("prompt"))
+    write_sample_data(root, cases=10, seed=7, labelled=8, progress=None)
+    run = train(
+        f"{root}/studies", {"max_epochs": 100000, "max_seconds": TRAIN_SECONDS, "val_split": 0.0, "seed": 0}, name="prompt"
+    )
+    print(f"\nprompt model: {run['stats']['current_iteration']} iterations in {run['seconds']} s")
+    return root
+
+
+def truth_of(root, case_id):
+    return np.asarray(nib.load(f"{root}/ground_truth/{case_id}.nii.gz").dataobj)
+
+
+def test_clicks_improve_the_prompt_model_on_held_out_cases(trained, capsys):
+    pipeline, matcher, labels = build_pipeline(f"{trained}/studies")
+    cases = held_out_cases(f"{trained}/studies", f"{trained}/ground_truth", labels)
+    assert [c["id"] for c in cases] == HELD_OUT
+    report = evaluate_interactive(pipeline, matcher, cases, labels, clicks=3)
+    with capsys.disabled():
+        for name, row in report["labels"].items():
+            print(f"{name}: Dice after 1..3 clicks {row['dice_after_clicks']}, box {row['box_dice']}, text {row['text_dice']}")
+    liver = report["labels"]["liver"]["dice_after_clicks"]
+    assert liver[0] > 0.6  # one click on the liver of an unseen case; chance is < 0.1
+    assert max(liver[1:]) > liver[0]  # correction clicks help
+    organs = [report["labels"][k]["dice_after_clicks"][-1] for k in ("liver", "spleen", "kidney")]
+    assert np.mean(organs) > 0.5
+
+
+def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
+    Client = upstream_slicer_client()
+    studies = f"{trained}/studies"
+    conf = {"models": "prompt", "auto_train": "true", "retrain_max_seconds": "5", "retrain_debounce_s": "0"}
+    with running_server(studies, conf=conf, log_path=str(tmp_path / "server.log")) as server:
+        client = Client(server.url, tmpdir=str(tmp_path))
+        info = client.info()
+        assert info["models"]["prompt"]["type"] == "deepgrow"  # the plugin shows its point tools
+        assert info["models"]["prompt"]["dimension"] == 3
+
+        truth = truth_of(trained, "case_008")
+        liver = truth == DEFAULT_LABELS["liver"]
+        click = [int(v) for v in region_centre(largest_component(liver))]
+        # Exactly what MONAILabel.py's onClickDeepgrow sends for a 3-D model.
+        result_file, params = client.infer("prompt", "case_008", {"label": "liver", "foreground": [click], "background": []})
+        image = nib.load(f"{studies}/case_008.nii.gz")
+        out = nib.load(result_file)
+        assert out.shape == image.shape and np.allclose(out.affine, image.affine, atol=1e-4)
+        one_click = dice(np.asarray(out.dataobj) > 0, liver)
+        assert one_click > 0.6, params
+        assert params["target"] == "liver" and params["label_names"] == {"liver": 1} and params["model_version"] == 1
+
+        # A box alone (the plugin's ROI form) and a phrase alone segment the intended structure.
+        spleen = truth == DEFAULT_LABELS["spleen"]
+        lo, hi = np.argwhere(spleen).min(0), np.argwhere(spleen).max(0)
+        roi = [int(v) for pair in zip(lo, hi) for v in pair]
+        boxed, _ = client.infer("prompt", "case_008", {"roi": roi})
+        assert dice(np.asarray(nib.load(boxed).dataobj) > 0, spleen) > 0.5
+        texted, params = client.infer("prompt", "case_008", {"text": "hepar"})
+        assert params["text_matched"] == "liver" and dice(np.asarray(nib.load(texted).dataobj) > 0, liver) > 0.5
+
+        # A previous mask (uploaded as the label file) is refined, not ignored.
+        refined, params = client.infer("prompt", "case_008", {"text": "liver", "foreground": [click]}, label_in=result_file)
+        assert dice(np.asarray(nib.load(refined).dataobj) > 0, liver) > 0.6
+
+        url = server.url
+        bad = [
+            ({"text": "pancreas"}, 422, "known labels"),
+            ({"label": "liver", "foreground": [[9999, 0, 0]]}, 422, "outside the image"),
+            ({"foreground": [[1, 2]]}, 400, "[i, j, k]"),
+            ({"background": [click]}, 400, "foreground click"),
+        ]
+        for params_, status, words in bad:
+            r = requests.post(f"{url}/infer/prompt", params={"image": "case_008"}, data={"params": json.dumps(params_)})
+            assert r.status_code == status and words in r.text, (params_, r.status_code, r.text)
+        r = requests.post(f"{url}/infer/prompt", params={"image": "../etc/passwd"}, data={"params": "{}"})
+        assert r.status_code in (400, 404)
+
+        # A submitted correction retrains the prompt model in the background: version 2 appears.
+        with open(f"{trained}/ground_truth/case_009.nii.gz", "rb") as f:
+            r = requests.put(f"{url}/datastore/label", params={"image": "case_009", "tag": "final"}, files={"label": ("case_009.nii.gz", f)})
+        assert r.status_code == 200, r.text
+
+        def second_version():
+            versions = requests.get(f"{url}/segloop/models/prompt", timeout=30).json()["versions"]
+            return versions if len(versions) >= 2 and versions[-1]["status"] in ("promoted", "kept") else None
+
+        versions = wait_for(second_version, timeout=420, every=3, what="a second prompt model version")
+        assert "case_009" in versions[-1]["new_labels"]
