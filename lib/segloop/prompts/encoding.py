@@ -20,6 +20,7 @@ from monai.networks.layers import GaussianFilter
 from segloop.networks.prompt import PROMPT_CHANNELS
 
 Point = Tuple[float, float, float]
+CLICK_SIGMA = 3.0  # voxels: 12 mm at the zoom-out, 6 mm at the zoom-in spacing of prompt_cpu
 
 
 @dataclass
@@ -90,7 +91,7 @@ def _click_map(points: Sequence[Point], shape: Sequence[int], blur: GaussianFilt
 
 
 def encode_prompts(
-    prompt: Prompt, shape: Sequence[int], previous: Optional[torch.Tensor] = None, sigma: float = 2.0
+    prompt: Prompt, shape: Sequence[int], previous: Optional[torch.Tensor] = None, sigma: float = CLICK_SIGMA
 ) -> torch.Tensor:
     """Dense prompt channels [4, X, Y, Z] for a grid of ``shape`` voxels.
 

@@ -28,7 +28,8 @@ from segloop.prompts.encoding import Prompt, encode_prompts
 from segloop.prompts.simulation import jittered_box, next_click, random_click, region_centre
 
 MODES = ("click", "click+label", "box", "box+label", "label")
-MODE_WEIGHTS = (0.3, 0.2, 0.15, 0.1, 0.25)
+MODE_WEIGHTS = (0.2, 0.3, 0.15, 0.1, 0.25)  # clicks with the label: what the Slicer plugin sends
+ZOOM_OUT_SHARE = 0.4  # the zoom-in view is the harder one (less context): it gets more of the steps
 
 
 class PromptInteraction:
@@ -39,12 +40,15 @@ class PromptInteraction:
 
     # -- views and targets ---------------------------------------------------------------------
     def view(self, image: torch.Tensor, label: torch.Tensor) -> Tuple[torch.Tensor, np.ndarray]:
-        """Zoom-out (halved crop) or zoom-in (roi window at full resolution) of one item."""
+        """Zoom-out (halved crop) or zoom-in (roi window at full resolution around a structure)."""
         lab = label[0].cpu().numpy().astype(np.int64)
-        if self.rng.random() < 0.5 or not (lab > 0).any():
+        if self.rng.random() < ZOOM_OUT_SHARE or not (lab > 0).any():
             small = F.avg_pool3d(image[None].float(), 2)[0]
             return self._fit(small), self._fit_label(lab[::2, ::2, ::2])
-        centre = np.asarray(random_click(lab > 0, self.rng))
+        # Centre on a random voxel of one class, so the window holds a good part of that structure
+        # (as the zoom-in region does at inference) rather than a sliver at its border.
+        cls = self.rng.choice([c for c in np.unique(lab) if c > 0])
+        centre = np.asarray(random_click(lab == cls, self.rng))
         jitter = self.rng.integers(-8, 9, 3)
         size = np.asarray(self.roi_size)
         start = np.clip(centre + jitter - size // 2, 0, np.maximum(np.asarray(lab.shape) - size, 0))
@@ -65,8 +69,10 @@ class PromptInteraction:
             return Prompt(), np.zeros(label.shape, bool)
         cls = int(self.rng.choice(present))
         whole = label == cls
-        components, count = ndimage.label(whole)
-        component = components == self.rng.integers(1, count + 1)
+        components, _ = ndimage.label(whole)
+        # The component under a random voxel of the class: large parts are prompted more often than
+        # the slivers a crop border leaves of a structure.
+        component = components == components[random_click(whole, self.rng)]
         mode = MODES[self.rng.choice(len(MODES), p=MODE_WEIGHTS)]
         with_label = mode.endswith("label")
         prompt = Prompt(label=cls if with_label else 0)
