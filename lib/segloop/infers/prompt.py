@@ -20,14 +20,13 @@ import torch
 from monai.transforms import LoadImage
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from segloop.errors import bad_request, conflict, unprocessable
+from segloop.errors import bad_request, unprocessable
 from segloop.infers.segmentation import SegmentationInfer
 from segloop.networks.prompt import PromptPreset
 from segloop.prompts.request import parse_prompt
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
 from segloop.transforms import DEFAULT_HU_WINDOW
-from segloop.validation import read_header
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +79,7 @@ class PromptInfer(SegmentationInfer):
 
     def __call__(self, request, callbacks=None):
         start = time.time()
-        checkpoint = self.get_path()
-        if not checkpoint:
-            raise conflict(self._not_trained_message())
-        image_path = request.get("image")
-        if not isinstance(image_path, str) or not os.path.isfile(image_path):
-            raise bad_request("No image to segment: give a datastore image id or upload a NIfTI file.")
-        read_header(image_path)
+        checkpoint, image_path = self.check_request(request)
         image = LoadImage(image_only=True, ensure_channel_first=True)(image_path)
         shape = tuple(image.shape[1:])
         prompt, notes = parse_prompt(request, shape, self.labels, self.matcher)

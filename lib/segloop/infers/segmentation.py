@@ -8,7 +8,7 @@ result naming the model and its checkpoint.
 import copy
 import logging
 import os
-from typing import Callable, Dict, Mapping, Sequence
+from typing import Callable, Dict, Mapping, Sequence, Tuple
 
 import torch
 from monai.data import MetaTensor
@@ -124,7 +124,8 @@ class SegmentationInfer(BasicInferTask):
         )
         return data
 
-    def __call__(self, request, callbacks=None):
+    def check_request(self, request) -> Tuple[str, str]:
+        """(serving checkpoint, image path) of a request: 409 before any training, 400 without a readable NIfTI."""
         checkpoint = self.get_path()
         if not checkpoint:
             raise conflict(self._not_trained_message())
@@ -132,6 +133,10 @@ class SegmentationInfer(BasicInferTask):
         if not isinstance(image, str) or not os.path.isfile(image):
             raise bad_request("No image to segment: give a datastore image id or upload a NIfTI file.")
         read_header(image)
+        return checkpoint, image
+
+    def __call__(self, request, callbacks=None):
+        checkpoint, _ = self.check_request(request)
         result_file, result_json = super().__call__(request, callbacks)
         result_json.update({"model": self.model_name, "checkpoint": os.path.basename(checkpoint)})
         return result_file, result_json

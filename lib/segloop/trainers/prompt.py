@@ -3,8 +3,8 @@
 Everything about runs, versions, incremental retraining and promotion is the segmentation
 trainer's (:mod:`segloop.trainers.segmentation`); this task changes what a training step sees:
 
-* pre-processing caches each labelled case at the zoom-in spacing (``fine_spacing`` mm) and crops
-  ``2 x roi`` voxels centred on a structure;
+* pre-processing caches each labelled case at the zoom-in spacing (``fine_spacing`` mm, the
+  trainer's ``target_spacing``) and crops ``2 x roi`` voxels centred on a structure;
 * :class:`PromptInteraction` turns every crop into a prompted binary task at the zoom-out or the
   zoom-in scale, with simulated corrections in the model's own errors;
 * the loss is Dice + binary cross-entropy on the prompted structure's mask;
@@ -20,20 +20,11 @@ import torch
 from monai.engines import PrepareBatchExtraInput
 from monai.handlers import MeanDice, from_engine
 from monai.losses import DiceCELoss
-from monai.transforms import (
-    Activationsd,
-    AsDiscreted,
-    RandCropByLabelClassesd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    SelectItemsd,
-    SpatialPadd,
-)
+from monai.transforms import Activationsd, AsDiscreted
 from monailabel.tasks.train.basic_train import Context
 
 from segloop.trainers.prompt_interaction import PromptInteraction
 from segloop.trainers.segmentation import SegmentationTrainer
-from segloop.transforms import load_and_normalize
 
 
 class PromptTrainer(SegmentationTrainer):
@@ -44,29 +35,15 @@ class PromptTrainer(SegmentationTrainer):
         self._config["max_interactions"] = 2
 
     @property
-    def crop_size(self):
-        return tuple(2 * r for r in self.roi_size)
+    def train_crop_size(self):
+        return tuple(2 * r for r in self.roi_size)  # halved for the zoom-out view, windowed for zoom-in
+
+    @property
+    def crop_ratios(self):
+        return [0.0] + [1.0] * (self.num_channels - 1)  # centred on a structure, every label as often
 
     def loss_function(self, context: Context):
         return DiceCELoss(sigmoid=True, batch=False)  # per item: a tumour and a liver in one batch weigh the same
-
-    def train_pre_transforms(self, context: Context):
-        # Intensity is normalised in the cached step; the network sees 0..1 windows as at inference.
-        return load_and_normalize(self.fine_spacing, self.hu_window, "label", self.label_map) + [
-            SpatialPadd(keys=("image", "label"), spatial_size=self.crop_size),
-            RandCropByLabelClassesd(
-                keys=("image", "label"),
-                label_key="label",
-                spatial_size=self.crop_size,
-                num_classes=self.num_channels,
-                ratios=[0] + [1] * (self.num_channels - 1),  # centred on a structure, every label as often
-                num_samples=int(context.request.get("samples_per_case", 2)),
-                warn=False,
-            ),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
-            SelectItemsd(keys=("image", "label")),
-        ]
 
     def train_iteration_update(self, context: Context):
         seed = context.request.get("seed")

@@ -173,17 +173,26 @@ class SegmentationTrainer(BasicTrainTask):
     def lr_scheduler_handler(self, context: Context):
         return None  # constant learning rate: runs are short and resume from the serving model
 
+    @property
+    def train_crop_size(self) -> Sequence[int]:
+        """Voxels of a training crop (at ``target_spacing``)."""
+        return self.roi_size
+
+    @property
+    def crop_ratios(self) -> List[float]:
+        """How often each class (background first) is a crop centre. Equal: small organs and
+        tumours are seen as often as the liver."""
+        return [1.0] * self.num_channels
+
     def train_pre_transforms(self, context: Context):
         return load_and_normalize(self.target_spacing, self.hu_window, "label", self.label_map) + [
-            SpatialPadd(keys=("image", "label"), spatial_size=self.roi_size),
-            # Every class (background included) is a crop centre equally often, so small organs and
-            # tumours are seen as often as the liver.
+            SpatialPadd(keys=("image", "label"), spatial_size=self.train_crop_size),
             RandCropByLabelClassesd(
                 keys=("image", "label"),
                 label_key="label",
-                spatial_size=self.roi_size,
+                spatial_size=self.train_crop_size,
                 num_classes=self.num_channels,
-                ratios=[1] * self.num_channels,
+                ratios=self.crop_ratios,
                 num_samples=int(context.request.get("samples_per_case", 2)),
                 warn=False,
             ),
