@@ -257,3 +257,22 @@ def test_infer_task_writes_the_input_grid_and_reports_the_target(tmp_path):
     with pytest.raises(ClientError) as e:
         task({"image": path, "label": str(previous), "text": "kidney"})
     assert e.value.status_code == 422 and "previous mask" in e.value.message
+
+
+class FaceRule(torch.nn.Module):
+    """Positive only on the last x-plane of whatever grid it sees (the window padding, here)."""
+
+    def forward(self, x, label=None):
+        logits = torch.full_like(x[:, :1], -10.0)
+        logits[:, :, -1] = 10.0
+        return logits
+
+
+def test_false_positives_in_the_window_padding_do_not_move_the_region_off_the_image():
+    # 50 voxels of 4 mm pad to a 56-voxel coarse grid: its last x-plane lies 12 mm outside the image.
+    image = MetaTensor(torch.zeros(1, 50, 50, 30), affine=torch.diag(torch.tensor([4.0, 4.0, 4.0, 1.0], dtype=torch.float64)))
+    pipeline = ZoomOutZoomIn(FaceRule(), PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
+    mask, details = pipeline(image, Prompt(label=1))
+    assert mask.shape == (50, 50, 30) and not mask.any() and details["roi_mm"] is None
+    mask, details = pipeline(image, Prompt(positive=[(49, 25, 15)], label=1))  # a click at the very edge
+    assert mask.shape == (50, 50, 30) and details["roi_mm"] is not None

@@ -58,6 +58,14 @@ def ras_grid(lo: np.ndarray, hi: np.ndarray, spacing: Sequence[float], multiple:
     return Grid(affine, tuple(int(s) for s in size))  # type: ignore[arg-type]
 
 
+def inside(grid: Grid, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Boolean [X, Y, Z]: the voxels of ``grid`` whose centres lie in the world box ``[lo, hi]`` (mm)."""
+    axes = [grid.affine[d, 3] + grid.affine[d, d] * np.arange(grid.shape[d]) for d in range(3)]
+    tolerance = np.abs(np.diag(grid.affine)[:3]) / 2
+    masks = [(a >= lo[d] - tolerance[d]) & (a <= hi[d] + tolerance[d]) for d, a in enumerate(axes)]
+    return masks[0][:, None, None] & masks[1][None, :, None] & masks[2][None, None, :]
+
+
 def resample(volume: torch.Tensor, src_affine: np.ndarray, grid: Grid, mode: str = "bilinear") -> torch.Tensor:
     """Resample a [C, X, Y, Z] volume from ``src_affine`` onto ``grid`` (zeros outside the source)."""
     src = MetaTensor(torch.as_tensor(volume, dtype=torch.float32), affine=torch.as_tensor(src_affine, dtype=torch.float64))
@@ -144,15 +152,17 @@ class ZoomOutZoomIn:
         coarse_logits = self._segment(resample(hu, affine, coarse), coarse_prompt, coarse_prev)
         coarse_seconds = time.time() - start
 
-        region = self._region(coarse_logits.numpy() > 0, coarse_prompt)
+        # Only coarse voxels inside the image count: the grid is padded to whole windows, and a
+        # false positive in that padding must not pull the region of interest off the image.
+        region = self._region((coarse_logits.numpy() > 0) & inside(coarse, lo, hi), coarse_prompt)
         voxels = np.argwhere(region)
         if coarse_prompt.has_spatial:
             voxels = np.concatenate([voxels, coarse_prompt.spatial_points()])
         if not len(voxels):
             return np.zeros(shape, bool), {"roi_mm": None, "coarse_s": round(coarse_seconds, 3), "fine_s": 0.0}
         world = (coarse.affine @ np.c_[voxels, np.ones(len(voxels))].T).T[:, :3]
-        roi_lo = np.maximum(world.min(0) - self.margin_mm, lo)
-        roi_hi = np.minimum(world.max(0) + self.margin_mm, hi)
+        roi_lo = np.clip(world.min(0) - self.margin_mm, lo, hi)
+        roi_hi = np.clip(world.max(0) + self.margin_mm, roi_lo, hi)
         fine = ras_grid(roi_lo, roi_hi, self.fine_spacing)
         fine_prev = torch.sigmoid(resample(coarse_logits[None], coarse.affine, fine)[0])
         if prev is not None:
