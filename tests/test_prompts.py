@@ -252,6 +252,10 @@ def test_infer_task_writes_the_input_grid_and_reports_the_target(tmp_path):
     with pytest.raises(ClientError) as e:
         task({"image": path, "foreground": [[999, 0, 0]]})
     assert e.value.status_code == 422
+    good_previous = tmp_path / "good_previous.nii.gz"
+    save_nifti(np.asarray(out.dataobj), affine, str(good_previous))
+    _, result = task({"image": path, "label": str(good_previous), "foreground": [click]})
+    assert result["label_names"] == {"structure": 1}  # an uploaded mask's temp path is not a segment name
     previous = tmp_path / "previous.nii.gz"
     save_nifti(np.zeros((4, 4, 4), np.uint8), affine, str(previous))
     with pytest.raises(ClientError) as e:

@@ -101,7 +101,8 @@ class PromptInfer(SegmentationInfer):
         out.set_sform(stored.get_sform(), code=int(stored.header["sform_code"]) or 1)
         result_file = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         nib.save(out, result_file)
-        name = notes.get("target") or (request.get("label") if isinstance(request.get("label"), str) else None)
+        segment = request.get("label")  # the plugin's segment name, unless it is an uploaded previous mask
+        name = notes.get("target") or (segment if isinstance(segment, str) and previous is None else None)
         result_json = {
             "model": self.model_name,
             "checkpoint": os.path.basename(checkpoint),
