@@ -65,17 +65,6 @@ def to_grid(prompt: Prompt, src_affine: np.ndarray, dst_affine: np.ndarray) -> P
     )
 
 
-def shift(prompt: Prompt, offset: Sequence[float]) -> Prompt:
-    """The same prompt in a crop whose voxel (0, 0, 0) is ``offset`` of the original grid."""
-    off = np.asarray(offset, dtype=float)
-
-    def move(points):
-        return [tuple(float(v) for v in np.asarray(p) - off) for p in points]
-
-    box = tuple(move(prompt.box)) if prompt.box is not None else None
-    return replace(prompt, positive=move(prompt.positive), negative=move(prompt.negative), box=box)
-
-
 def _click_map(points: Sequence[Point], shape: Sequence[int], blur: GaussianFilter) -> torch.Tensor:
     signal = torch.zeros((1, 1, *shape))
     inside = False
