@@ -88,8 +88,9 @@ def test_live_loop(studies, sample_root, tmp_path):
         effort = saved["edit_effort"]["segmentation"]
         assert effort["version"] == 1 and set(effort["dice"]) == {"liver", "spleen", "kidney", "tumor"}
 
-        # Labels arriving while that run trains cause exactly one follow-up run.
-        wait_until(lambda: model_state(url)["trigger"]["running"], every=0.2, what="run 2 to start")
+        # Labels arriving while that run trains cause exactly one follow-up run. The registry marks
+        # the run as running only after it has read its datalist: from then on, a label is new.
+        wait_until(lambda: model_state(url)["training_run"], every=0.2, what="run 2 to read its labels")
         client.save_label("case_003", truth("case_003"), tag="final")
         client.save_label("case_005", truth("case_005"), tag="final")
         state = wait_until(lambda: idle(url) if model_state(url)["serving_version"] == 3 else None, what="version 3")
