@@ -22,10 +22,12 @@ from monailabel.tasks.activelearning.random import Random
 import segloop
 from segloop.app import check_infer_image
 from segloop.campaign.api import build_router
+from segloop.campaign.assignments import AssignmentBook, UnassignedView
 from segloop.campaign.loop import CampaignLoop
 from segloop.configs import TASK_CONFIGS
 from segloop.configs.options import parse_options
 from segloop.datastore import SegLoopDatastore
+from segloop.errors import not_found
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class SegLoopApp(MONAILabelApp):
             self.models[name].init(name, self.model_dir, conf, None)
 
         self.model_trainers = {name: config.trainer() for name, config in self.models.items()}
+        # Which annotator holds which case (no case handed to two annotators within the lock window).
+        self.assignments = AssignmentBook(self.model_dir, self.options.assignment_lock_s)
         # The live loop of each trainable model: versions, automatic retraining, edit effort.
         self.loops: Dict[str, CampaignLoop] = {
             name: CampaignLoop(name, self.models[name].registry, self.options, self.datastore, trainer.config)
@@ -84,7 +88,40 @@ class SegLoopApp(MONAILabelApp):
         return dict(self.model_trainers)
 
     def init_strategies(self):
-        return {"random": Random(), "first": First()}
+        strategies = {"random": Random(), "first": First()}
+        for config in self.models.values():
+            strategies.update(config.strategy() or {})
+        return strategies
+
+    def init_scoring_methods(self):
+        methods = {}
+        for config in self.models.values():
+            methods.update(config.scoring_method() or {})
+        return methods
+
+    def next_sample(self, request):
+        """MONAI Label's next_sample, with bookings: a case handed to one annotator (``client_id``)
+        is not offered to another within ``assignment_lock_s``; the strategy sees the booked cases
+        (``assigned``) so diversity-aware strategies pick away from them."""
+        strategy = request.get("strategy") or "random"
+        task = self._strategies.get(strategy)
+        if task is None:
+            raise not_found(f"no active-learning strategy {strategy!r}; available: {sorted(self._strategies)}")
+        client = self.assignments.client(request.get("client_id"))
+        others = self.assignments.held_by_others(client)
+        request = dict(request, strategy=strategy, assigned=sorted(others))
+        datastore = self.datastore()
+        # The client's own current case is skipped too (it asked for the next one) unless nothing else is left.
+        result = task(request, UnassignedView(datastore, others | self.assignments.held_by(client)))
+        if not result or not result.get("id"):
+            result = task(request, UnassignedView(datastore, others))
+        if not result or not result.get("id"):
+            return {}
+        self.assignments.assign(result["id"], client, strategy)
+        result.update(path=datastore.get_image_uri(result["id"]), client_id=client)
+        if self._auto_update_scoring:
+            self.async_scoring(None)
+        return result
 
     def infer(self, request, datastore=None):
         sessions = self.sessions()
@@ -99,13 +136,15 @@ class SegLoopApp(MONAILabelApp):
 
     def on_save_label(self, image_id, label_id):
         super().on_save_label(image_id, label_id)
+        if "final" in self.datastore().get_labels_by_image_id(image_id):
+            self.assignments.release(image_id)  # done: the case leaves the annotator's hands
         return {"edit_effort": {n: loop.on_label_saved(image_id) for n, loop in self.loops.items()}}
 
     def on_init_complete(self):
         super().on_init_complete()
         from monailabel.app import app as fastapi_app  # the running server (not there in train subprocesses)
 
-        fastapi_app.include_router(build_router(lambda: self.loops))
+        fastapi_app.include_router(build_router(lambda: self.loops, self.models, self.assignments))
         for loop in self.loops.values():
             loop.on_server_start()
 

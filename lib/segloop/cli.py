@@ -44,6 +44,12 @@ def _bench_prompt(args) -> int:
     return bench_main(args)
 
 
+def _simulate(args) -> int:
+    from segloop.evaluation.simulate import main as simulate_main
+
+    return simulate_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("conf", help="list the app's --conf options and defaults")
     p.set_defaults(func=_conf)
+
+    p = sub.add_parser("simulate", help="replay annotation campaigns from ground truth: Dice vs labels per strategy")
+    p.add_argument("--studies", required=True, help="folder of images (the last --test-cases are held out)")
+    p.add_argument("--ground-truth", required=True, help="folder of <case>.nii.gz ground-truth label maps")
+    p.add_argument("--strategy", default="all", help="comma-separated strategies, or all: random,entropy,epistemic,diversity,hybrid")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--per-round", type=int, default=2, help="cases labelled per round (picked as by k annotators)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--initial", type=int, default=2, help="randomly chosen labels before the first round")
+    p.add_argument("--test-cases", type=int, default=4, help="held-out cases for Dice")
+    p.add_argument("--first-iterations", type=int, default=60, help="training iterations of the initial model")
+    p.add_argument("--round-iterations", type=int, default=30, help="fine-tuning iterations per round")
+    p.add_argument("--full-iterations", type=int, default=0, help="full-data model (default: 2x a campaign's total)")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="app --conf options")
+    p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")
+    p.add_argument("--out", default="benchmarks/results/simulation", help="folder for simulation.json / .png")
+    p.set_defaults(func=_simulate)
 
     evaluate = sub.add_parser("eval", help="evaluations").add_subparsers(dest="eval", required=True)
     p = evaluate.add_parser("interactive", help="prompt model: Dice per click, NoC@85/90, box and text Dice, latency")

@@ -131,6 +131,11 @@ class ModelRegistry:
             atomic_write_json(self.path, state)
             return {"serving": number, "previous": state["events"][-1]["previous"]}
 
+    def temperature(self, number: Optional[int]) -> float:
+        """The softmax temperature fitted on validation for version ``number`` (1.0 if none was)."""
+        record = next((v for v in self.state()["versions"] if v["version"] == number), None)
+        return float(((record or {}).get("calibration") or {}).get("temperature") or 1.0)
+
     def history(self) -> List[Dict[str, Any]]:
         state = self.state()
         return [dict(v, serving=v["version"] == state["serving"]) for v in state["versions"]]

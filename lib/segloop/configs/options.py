@@ -32,6 +32,10 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "retrain_debounce_s": ("2", "wait this long after a label so a burst lands in one run"),
     "replay_ratio": ("1.0", "earlier labels replayed per new label in incremental runs"),
     "promotion_tolerance": ("0.02", "a new version serves unless its validation mean Dice is lower by more"),
+    "dropout": ("0.1", "dropout rate of the automatic model (trained with it; sampled for MC-dropout scores)"),
+    "mc_samples": ("4", "MC-dropout passes per unlabelled image in the active-learning scoring job"),
+    "tta_samples": ("4", "test-time-augmentation passes per unlabelled image in the scoring job"),
+    "assignment_lock_s": ("1800", "seconds a case handed to one annotator is not offered to another"),
 }
 
 
@@ -53,6 +57,10 @@ class SegLoopOptions:
     retrain_debounce_s: float
     replay_ratio: float
     promotion_tolerance: float
+    dropout: float
+    mc_samples: int
+    tta_samples: int
+    assignment_lock_s: float
 
 
 def _json_list(conf: Mapping[str, str], key: str, length: int, cast) -> Optional[tuple]:
@@ -106,6 +114,9 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
     if auto_train not in ("true", "false"):
         raise ValueError(f"--conf auto_train must be true or false, got {auto_train!r}")
     labels = parse_labels(conf.get("labels"))
+    dropout = _number(conf, "dropout", float, minimum=0)
+    if dropout >= 1:
+        raise ValueError(f"--conf dropout must be in [0, 1), got {dropout}")
     parse_vocabulary(conf.get("label_vocabulary"), list(labels))  # a bad vocabulary stops the server
     return SegLoopOptions(
         models=models,
@@ -124,6 +135,10 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         retrain_debounce_s=_number(conf, "retrain_debounce_s", float, minimum=0),
         replay_ratio=_number(conf, "replay_ratio", float, minimum=0),
         promotion_tolerance=_number(conf, "promotion_tolerance", float, minimum=0),
+        dropout=dropout,
+        mc_samples=_number(conf, "mc_samples", int, minimum=0),
+        tta_samples=_number(conf, "tta_samples", int, minimum=0),
+        assignment_lock_s=_number(conf, "assignment_lock_s", float, minimum=0),
     )
 
 

@@ -9,7 +9,10 @@ from monailabel.interfaces.config import TaskConfig
 from segloop.campaign.registry import ModelRegistry
 from segloop.configs.options import parse_options, resolve_device
 from segloop.infers import SegmentationInfer
+from segloop.activelearning import build_strategies
+from segloop.infers.uncertainty import UncertaintyMaps
 from segloop.networks import build_network
+from segloop.scoring import SCORING_METHOD, ScoreStore, UncertaintyScoring
 from segloop.trainers import SegmentationTrainer
 
 logger = logging.getLogger(__name__)
@@ -28,7 +31,11 @@ class Segmentation(TaskConfig):
         self.registry = ModelRegistry(model_dir, name)
         self.published_path = self.registry.serving_path  # the serving version
         self.path = [p for p in (self.options.checkpoint, self.published_path) if p]
-        self.network = build_network(self.options.network, len(self.labels) + 1, self.options.roi_size)
+        self.network = build_network(
+            self.options.network, len(self.labels) + 1, self.options.roi_size, dropout=self.options.dropout
+        )
+        self.scores = ScoreStore(self.registry.folder)
+        self.uncertainty_maps = UncertaintyMaps(os.path.join(self.registry.folder, "uncertainty"))
         logger.info(
             f"{name}: network={self.options.network} roi={self.options.roi_size} "
             f"spacing={self.options.target_spacing} labels={self.labels} device={self.device}"
@@ -44,6 +51,8 @@ class Segmentation(TaskConfig):
             hu_window=self.options.hu_window,
             model_name=self.name,
             device=self.device,
+            registry=self.registry,
+            uncertainty_maps=self.uncertainty_maps,
         )
 
     def trainer(self):
@@ -62,3 +71,19 @@ class Segmentation(TaskConfig):
             replay_ratio=self.options.replay_ratio,
             description=f"Train {self.name} ({self.options.network}) on the final labels",
         )
+
+    def strategy(self):
+        """SegLoop's scored strategies (entropy, epistemic, diversity, hybrid) over this model's scores."""
+        return build_strategies(self.scores)
+
+    def scoring_method(self):
+        return {
+            SCORING_METHOD: UncertaintyScoring(
+                self.infer(),
+                self.scores,
+                roi_size=self.options.roi_size,
+                device=self.device,
+                mc_samples=self.options.mc_samples,
+                tta_samples=self.options.tta_samples,
+            )
+        }

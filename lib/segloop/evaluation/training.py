@@ -35,14 +35,19 @@ def train(studies: str, request: Mapping, conf: Optional[Mapping[str, str]] = No
 
 
 def evaluate(
-    studies: str, ground_truth: str, case_ids: List[str], conf: Optional[Mapping[str, str]] = None
+    studies: str,
+    ground_truth: str,
+    case_ids: List[str],
+    conf: Optional[Mapping[str, str]] = None,
+    images: Optional[str] = None,
 ) -> Dict[str, Dict[str, float]]:
-    """Run the published model on each case and return Dice per label per case (input geometry)."""
+    """Run the published model of ``studies`` on each case (``<images or studies>/<case>.nii.gz``)
+    and return Dice per label per case (input geometry)."""
     config = build_task_config(studies, conf)
     task = config.infer()
     scores: Dict[str, Dict[str, float]] = {}
     for case_id in case_ids:
-        result_file, _ = task({"image": os.path.join(studies, f"{case_id}.nii.gz")})
+        result_file, _ = task({"image": os.path.join(images or studies, f"{case_id}.nii.gz")})
         pred = np.asarray(nib.load(result_file).dataobj)
         truth = np.asarray(nib.load(os.path.join(ground_truth, f"{case_id}.nii.gz")).dataobj)
         os.unlink(result_file)

@@ -1,24 +1,31 @@
 """Automatic multi-label segmentation infer task (MONAI Label ``BasicInferTask``).
 
-Request: ``image`` (datastore id or uploaded NIfTI). Response: a label map (uint8, storage
-indices of the label map, 0 = background) with exactly the input's shape and affine, and a JSON
-result naming the model and its checkpoint.
+Request: ``image`` (datastore id or uploaded NIfTI), optionally ``uncertainty: true``. Response:
+a label map (uint8, storage indices of the label map, 0 = background) with exactly the input's
+shape and affine, and a JSON result naming the model, its version and checkpoint. With
+``uncertainty`` the JSON also holds ``label_confidence`` (per label name) and ``uncertainty``
+(summary and URL of a per-voxel entropy map on the input grid; see ``infers/uncertainty.py``).
+Probabilities are softmax(logits / T) with the serving version's fitted temperature T.
 """
 
 import copy
 import logging
 import os
-from typing import Callable, Dict, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
+import nibabel as nib
 from monai.transforms import AsDiscreted, EnsureTyped, SqueezeDimd
+from monailabel.utils.others.generic import strtobool
 
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from segloop.campaign.registry import VERSION_KEY
+from segloop.campaign.registry import VERSION_KEY, ModelRegistry
+from segloop.infers.uncertainty import UncertaintyMaps, label_confidence
+from segloop.labels import channel_map
 from segloop.errors import bad_request, conflict
 from segloop.validation import read_header
 from segloop.transforms import DEFAULT_HU_WINDOW, channels_to_storage, load_and_normalize
@@ -38,6 +45,8 @@ class SegmentationInfer(BasicInferTask):
         model_name: str = "segmentation",
         device: str = "cuda",
         description: str = "Automatic CT segmentation (UNETR-style) trained on this campaign's labels",
+        registry: Optional[ModelRegistry] = None,
+        uncertainty_maps: Optional[UncertaintyMaps] = None,
         **kwargs,
     ):
         super().__init__(
@@ -54,6 +63,8 @@ class SegmentationInfer(BasicInferTask):
         self.target_spacing = tuple(target_spacing)
         self.hu_window = tuple(hu_window)
         self.model_name = model_name
+        self.registry = registry
+        self.uncertainty_maps = uncertainty_maps
 
     def is_valid(self) -> bool:
         # Listed in /info even before the first training; requests then get a clear 409.
@@ -77,6 +88,7 @@ class SegmentationInfer(BasicInferTask):
     def post_transforms(self, data=None) -> Sequence[Callable]:
         transforms = [
             EnsureTyped(keys="pred", device="cpu"),
+            self._uncertainty_output,
             AsDiscreted(keys="pred", argmax=True),
             SqueezeDimd(keys="pred", dim=0),
         ]
@@ -100,11 +112,14 @@ class SegmentationInfer(BasicInferTask):
             network = copy.deepcopy(self.network).to(torch.device(device))
             network.load_state_dict(checkpoint.get("model", checkpoint))
             network.eval()
-            cached = (network, mtime, checkpoint.get(VERSION_KEY))
+            version = checkpoint.get(VERSION_KEY)
+            temperature = self.registry.temperature(version) if self.registry else 1.0
+            cached = (network, mtime, version, temperature)
             self._networks[device] = cached
             logger.info(f"{self.model_name}: loaded {os.path.basename(path)} (version {cached[2]})")
         if data is not None:
             data.setdefault("result", {})["model_version"] = cached[2]
+            data["temperature"] = cached[3]
         return cached[0]
 
     def _not_trained_message(self) -> str:
@@ -118,10 +133,24 @@ class SegmentationInfer(BasicInferTask):
         image = data[self.input_key]
         # Softmax before inverting, so resampling interpolates probabilities, not logits; keep the
         # image's transform history on the output so Spacingd/Orientationd can be inverted.
-        probs = torch.softmax(torch.as_tensor(data[self.output_label_key]).float(), dim=0)
+        logits = torch.as_tensor(data[self.output_label_key]).float()
+        probs = torch.softmax(logits / float(data.get("temperature", 1.0)), dim=0)
         data[self.output_label_key] = MetaTensor(
             probs.cpu(), meta=dict(image.meta), applied_operations=list(image.applied_operations)
         )
+        return data
+
+    def _uncertainty_output(self, data: Dict) -> Dict:
+        """With ``uncertainty: true``: write the entropy map and per-label confidence (probabilities
+        are on the input grid here, after the inverse transforms)."""
+        if not strtobool(str(data.get("uncertainty", False))) or self.uncertainty_maps is None:
+            return data
+        probs = torch.as_tensor(data["pred"]).float()
+        channels = channel_map(self.labels)
+        result = data.setdefault("result", {})
+        result["label_confidence"] = label_confidence(probs, {n: channels[i] for n, i in self.labels.items()})
+        result["uncertainty"] = self.uncertainty_maps.write(probs, nib.load(data["image_path"]).affine)
+        result["temperature"] = data.get("temperature", 1.0)
         return data
 
     def check_request(self, request) -> Tuple[str, str]:

@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 class TrainingProgress:
     """Writes ``train_stats.json`` (shown by ``/info`` under ``train_stats``) with a ``progress``
     block every few iterations and after each validation, logs a ``progress:`` line (shown by
-    ``GET /train/``), and stops the run at the first epoch end past ``max_seconds``.
+    ``GET /train/``), and stops the run at the first epoch end past ``max_seconds`` (wall time) or
+``max_iterations`` (a budget that does not depend on how busy the machine is: simulations).
     """
 
     def __init__(
@@ -26,6 +27,7 @@ class TrainingProgress:
         start_ts: float,
         every_n_iterations: int = 5,
         max_seconds: float = 0.0,
+        max_iterations: int = 0,
     ):
         self.stats_path = stats_path
         self.trainer = trainer
@@ -33,6 +35,7 @@ class TrainingProgress:
         self.start_ts = start_ts
         self.every_n_iterations = max(1, int(every_n_iterations))
         self.max_seconds = float(max_seconds or 0.0)
+        self.max_iterations = int(max_iterations or 0)
         self.extra: Dict[str, Any] = {}
 
     def progress(self) -> Dict[str, Any]:
@@ -76,6 +79,9 @@ class TrainingProgress:
         # Checked at epoch ends so a budget-stopped run has still validated and saved its best model.
         if self.max_seconds > 0 and time.time() - self.start_ts > self.max_seconds:
             logger.info(f"time budget of {self.max_seconds:.0f} s reached after epoch {engine.state.epoch}: stopping")
+            engine.terminate()
+        elif 0 < self.max_iterations <= engine.state.iteration:
+            logger.info(f"iteration budget of {self.max_iterations} reached after epoch {engine.state.epoch}: stopping")
             engine.terminate()
 
     def attach(self) -> None:

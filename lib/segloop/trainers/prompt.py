@@ -66,7 +66,10 @@ class PromptTrainer(SegmentationTrainer):
         super().finalize(context)
         context.trainer.prepare_batch = PrepareBatchExtraInput(extra_keys={"label": "class_index"})
 
-    def _score(self, weights: Mapping[str, torch.Tensor], context: Context) -> Dict[str, float]:
+    def _calibration(self):
+        return None  # prompt results are judged by Dice per click, not voxel confidence
+
+    def _score(self, weights: Mapping[str, torch.Tensor], context: Context, on_logits=None) -> Dict[str, float]:
         from segloop.evaluation.interactive import score_prompt_weights  # evaluation imports trainers
 
         network = copy.deepcopy(self._network)

@@ -5,7 +5,7 @@ cases in the same run, so their figures are comparable even as the validation se
 """
 
 import copy
-from typing import Dict, Mapping, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,8 +24,11 @@ def score_weights(
     inferer: Inferer,
     labels: Mapping[str, int],
     device: torch.device,
+    on_logits: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
 ) -> Dict[str, float]:
-    """Mean Dice per label name over ``datalist`` (labels absent everywhere are left out), plus ``mean``."""
+    """Mean Dice per label name over ``datalist`` (labels absent everywhere are left out), plus ``mean``.
+
+    ``on_logits(logits [C, H, W, D], label [1, H, W, D])`` sees each case's raw output (calibration)."""
     net = copy.deepcopy(network).to(device)
     net.load_state_dict(state_dict)
     net.eval()
@@ -34,6 +37,8 @@ def score_weights(
     for item in Dataset(list(datalist), Compose(list(transforms))):
         with torch.no_grad():
             logits = inferer(item["image"][None].to(device), net)
+        if on_logits is not None:
+            on_logits(torch.as_tensor(logits[0]).cpu(), torch.as_tensor(item["label"]))
         pred = one_hot(torch.argmax(logits, dim=1, keepdim=True), channels)
         metric(pred.cpu(), one_hot(torch.as_tensor(item["label"])[None].long(), channels))
     per_channel = metric.aggregate().cpu().numpy()

@@ -49,6 +49,7 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.utils.others.generic import strtobool
 
 from segloop.campaign.registry import ModelRegistry
+from segloop.evaluation.calibration import CalibrationAccumulator
 from segloop.trainers.handlers import TrainingProgress
 from segloop.trainers.scoring import score_weights
 from segloop.trainers.split import case_key, stable_split
@@ -287,6 +288,7 @@ class SegmentationTrainer(BasicTrainTask):
             context.evaluator,
             context.start_ts,
             max_seconds=float(context.request.get("max_seconds", 0) or 0),
+            max_iterations=int(context.request.get("max_iterations", 0) or 0),
         )
         self._progress.attach()
         nan_guard = TerminateOnNan(output_transform=from_engine(["loss"], first=True))
@@ -349,12 +351,16 @@ class SegmentationTrainer(BasicTrainTask):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         return checkpoint.get(self._model_dict_key, checkpoint)
 
-    def _score(self, weights: Mapping[str, torch.Tensor], context: Context) -> Dict[str, float]:
+    def _score(self, weights: Mapping[str, torch.Tensor], context: Context, on_logits=None) -> Dict[str, float]:
         """Per-label validation Dice (and ``mean``) of ``weights``: decides promotion."""
         return score_weights(
             self._network, weights, context.val_datalist, self.val_pre_transforms(context),
-            self.val_inferer(context), self.label_map, context.device,
+            self.val_inferer(context), self.label_map, context.device, on_logits=on_logits,
         )
+
+    def _calibration(self) -> Optional[CalibrationAccumulator]:
+        """Collects the candidate's validation logits for ECE and temperature scaling (None: not measured)."""
+        return CalibrationAccumulator()
 
     def _decide(self, start: float) -> Dict:
         context = self._context
@@ -364,7 +370,9 @@ class SegmentationTrainer(BasicTrainTask):
         if not context.val_datalist:
             promote, reason = True, "no validation cases yet: promoted without comparison"
         else:
-            fields["val_dice"] = self._score(candidate, context)
+            calibration = self._calibration()
+            fields["val_dice"] = self._score(candidate, context, on_logits=calibration.add if calibration else None)
+            fields["calibration"] = calibration.result() if calibration else None
             if not os.path.exists(self.registry.serving_path):
                 promote, reason = True, "first version"
             else:

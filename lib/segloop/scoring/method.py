@@ -1,0 +1,140 @@
+"""The active-learning scoring job: a MONAI Label ``ScoringMethod`` run in the background.
+
+MONAI Label starts it (as a subprocess of its scoring pool, like training) at server start, after
+every training run and after every ``/activelearning`` request; it can also be started by hand
+with ``POST /scoring/segloop_uncertainty``. For the serving version of the automatic model it
+scores
+
+* every unlabelled image: predictive entropy of the served prediction, MC-dropout and TTA
+  samples (see ``segloop.scoring.uncertainty``) and the encoder embedding;
+* every labelled image: the embedding only (diversity measures distance to labelled cases).
+
+Images whose record is current (same model version, same label) are skipped, so a rerun after
+``/activelearning`` costs nothing. One image failing (unreadable file, ...) is recorded as an
+error on that image and the job goes on. Progress (``done`` / ``total``) is in the score store,
+shown by ``GET /segloop/activelearning``.
+"""
+
+import logging
+import time
+from typing import Dict, List, Optional, Sequence
+
+from monai.transforms import Compose
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from segloop.scoring.embedding import image_embedding
+from segloop.scoring.store import COMPONENTS, ScoreStore
+from segloop.scoring.uncertainty import (
+    has_dropout,
+    mc_dropout_samples,
+    softmax_predictor,
+    summarize_samples,
+    tta_samples,
+)
+
+logger = logging.getLogger(__name__)
+
+SCORING_METHOD = "segloop_uncertainty"
+
+
+class ImageScorer:
+    """Scores one image with a loaded network: the parts of a record named in ``components``."""
+
+    def __init__(self, network, pre_transforms: Sequence, inferer, roi_size, device, mc_samples=4, tta_samples=4):
+        self.network = network
+        self.pre_transforms = Compose(list(pre_transforms))
+        self.inferer = inferer
+        self.roi_size = tuple(roi_size)
+        self.device = device
+        self.mc_samples = mc_samples
+        self.tta_samples = tta_samples
+
+    def available(self, components: Sequence[str]) -> List[str]:
+        """``components``, with TTA standing in for MC dropout when the network has no dropout."""
+        sampled_mc = self.mc_samples > 1 and has_dropout(self.network)
+        out = [c if c != "mc" or sampled_mc else "tta" for c in components]
+        return [c for c in dict.fromkeys(out) if c != "tta" or self.tta_samples > 1]
+
+    def __call__(self, image_path: str, components: Sequence[str]) -> Dict:
+        item = self.pre_transforms({"image": image_path})
+        image = item["image"]
+        components = self.available(components)
+        record: Dict = {"components": components}
+        if "embedding" in components:
+            record["embedding"] = image_embedding(self.network, image, self.roi_size, self.device)
+        if "entropy" in components:
+            self.network.eval()
+            probs = softmax_predictor(self.network, self.inferer, self.device)(image[None])
+            record.update(summarize_samples(probs))  # one sample: entropy of the served prediction
+            del record["mutual_information"], record["variance"]
+        if "mc" in components:
+            record["mc"] = summarize_samples(
+                mc_dropout_samples(self.network, image, self.inferer, self.device, self.mc_samples)
+            )
+        if "tta" in components:
+            record["tta"] = summarize_samples(tta_samples(self.network, item, self.inferer, self.device, self.tta_samples))
+        return record
+
+
+class UncertaintyScoring(ScoringMethod):
+    def __init__(self, infer_task, store: ScoreStore, roi_size, device: str, mc_samples: int = 4, tta_samples: int = 4):
+        super().__init__("Active learning scores of the automatic model: entropy, MC dropout, TTA, embedding")
+        self.infer_task = infer_task
+        self.store = store
+        self.roi_size = tuple(roi_size)
+        self.device = device
+        self.mc_samples = mc_samples
+        self.tta_samples = tta_samples
+
+    def scorer(self, network) -> ImageScorer:
+        task = self.infer_task
+        inferer = task.inferer({"sw_overlap": 0.0})  # scores rank whole volumes: no need for blended windows
+        return ImageScorer(
+            network, task.pre_transforms(), inferer, self.roi_size, self.device, self.mc_samples, self.tta_samples
+        )
+
+    def plan(self, datastore: Datastore, version: Optional[int], components: Sequence[str]) -> List[Dict]:
+        """The images whose scores are stale (``components`` as the scorer can provide them):
+        labelled images need the embedding only."""
+        records = self.store.records()
+        labelled = set(datastore.get_labeled_images())
+        todo = []
+        for image_id in sorted(datastore.list_images(), key=lambda i: (i not in labelled, i)):
+            label_ts = datastore.get_label_info(image_id, "final").get("ts") if image_id in labelled else None
+            needed = ["embedding"] if image_id in labelled else list(components)
+            needed = [c for c in needed if c in components]
+            if needed and ScoreStore.is_stale(records.get(image_id), version, label_ts, needed):
+                todo.append({"id": image_id, "label_ts": label_ts, "components": needed})
+        return todo
+
+    def __call__(self, request, datastore: Datastore):
+        from segloop.trainers.segmentation import lower_priority
+
+        if not self.infer_task.get_path():
+            return {"status": "skipped", "reason": "no model version serves yet"}
+        lower_priority(int(request.get("nice", 10)))
+        data: Dict = {}
+        network = self.infer_task._get_network(self.device, data)
+        version = data["result"]["model_version"]
+        components = [c for c in request.get("components", COMPONENTS) if c in COMPONENTS]
+        scorer = self.scorer(network)
+        todo = self.plan(datastore, version, scorer.available(components))
+        start = time.time()
+        self.store.set_job(version=version, total=len(todo), done=0, errors=0, started=time.time(), finished=None)
+        errors = 0
+        for done, item in enumerate(todo, start=1):
+            t0 = time.time()
+            try:
+                record = scorer(datastore.get_image_uri(item["id"]), item["components"])
+            except Exception as e:  # one bad image must not stop the campaign's scoring
+                logger.exception(f"scoring {item['id']} failed")
+                record, errors = {"error": f"{type(e).__name__}: {e}", "components": []}, errors + 1
+            record.update(version=version, label_ts=item["label_ts"], seconds=round(time.time() - t0, 2))
+            self.store.put(item["id"], record)
+            self.store.set_job(done=done, errors=errors)
+            logger.info(f"{SCORING_METHOD}: {done}/{len(todo)} {item['id']} ({record['seconds']} s)")
+        self.store.set_job(finished=time.time())
+        summary = {"version": version, "scored": len(todo), "errors": errors, "seconds": round(time.time() - start, 1)}
+        logger.info(f"{SCORING_METHOD}: {summary}")
+        return summary

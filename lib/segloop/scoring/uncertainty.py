@@ -1,0 +1,112 @@
+"""Per-image uncertainty and embedding of the automatic model, at the model's working grid.
+
+Shapes: an image is ``[1, H, W, D]`` (one CT channel, RAS, ``target_spacing``); probabilities are
+``[C, H, W, D]`` with channel 0 = background; samples are ``[N, C, H, W, D]``.
+
+* **Monte-Carlo dropout** (Gal & Ghahramani): the network's dropout layers stay active at
+  inference; ``N`` stochastic forward passes sample the weight posterior.
+* **Test-time augmentation** (Wang et al.): MONAI's ``TestTimeAugmentation`` with random flips,
+  each prediction inverted back onto the image grid.
+* From the samples: **predictive entropy** of the mean prediction, **mutual information** (BALD:
+  entropy of the mean minus mean entropy, the epistemic part) and the per-voxel **variance**
+  summed over channels. Entropies are divided by ``log C`` so they lie in [0, 1].
+
+Volume scores average a voxel map over the *region of interest*: the voxels any sample labels as
+foreground (background dominates a CT volume and would drown every case in the same near-zero
+score). A model that finds nothing anywhere scores the whole volume.
+"""
+
+import contextlib
+import math
+from typing import Callable, Dict, Iterator
+
+import torch
+from monai.data import TestTimeAugmentation
+from monai.transforms import Compose, RandFlipd
+
+EPS = 1e-6
+
+
+@contextlib.contextmanager
+def mc_dropout(network: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Evaluation mode with every dropout layer sampling (restored to plain eval on exit)."""
+    network.eval()
+    dropouts = [m for m in network.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    try:
+        for m in dropouts:
+            m.train()
+        yield network
+    finally:
+        network.eval()
+
+
+def has_dropout(network: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in network.modules())
+
+
+def softmax_predictor(network: torch.nn.Module, inferer: Callable, device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``batch [B, 1, H, W, D] -> probabilities [B, C, H, W, D]`` (on the CPU)."""
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            logits = inferer(torch.as_tensor(batch).to(device), network)
+        return torch.softmax(torch.as_tensor(logits).float(), dim=1).cpu()
+
+    return predict
+
+
+def mc_dropout_samples(network, image: torch.Tensor, inferer, device, samples: int) -> torch.Tensor:
+    """``[N, C, H, W, D]`` probabilities from ``samples`` dropout-sampled passes over ``image [1, H, W, D]``."""
+    predict = softmax_predictor(network, inferer, device)
+    with mc_dropout(network):
+        return torch.cat([predict(image[None]) for _ in range(samples)])
+
+
+def tta_samples(network, item: Dict, inferer, device, samples: int, seed: int = 0) -> torch.Tensor:
+    """``[N, C, H, W, D]`` probabilities under random flips (MONAI ``TestTimeAugmentation``), on ``item["image"]``'s grid."""
+    flips = Compose([RandFlipd(keys="image", prob=0.5, spatial_axis=axis) for axis in range(3)])
+    flips.set_random_state(seed=seed)
+    network.eval()
+    tta = TestTimeAugmentation(
+        flips,
+        batch_size=1,
+        inferrer_fn=softmax_predictor(network, inferer, device),
+        orig_key="image",
+        nearest_interp=False,
+        return_full_data=True,
+        progress=False,
+    )
+    return torch.as_tensor(tta({"image": item["image"]}, num_examples=samples)).float()
+
+
+def entropy(probs: torch.Tensor, dim: int) -> torch.Tensor:
+    """Shannon entropy along ``dim`` divided by ``log C``: 0 = certain, 1 = uniform."""
+    channels = probs.shape[dim]
+    return -(probs * torch.log(probs.clamp_min(EPS))).sum(dim) / math.log(channels)
+
+
+def entropy_map(probs: torch.Tensor) -> torch.Tensor:
+    """``[C, H, W, D]`` probabilities -> ``[H, W, D]`` normalised predictive entropy."""
+    return entropy(probs, dim=0)
+
+
+def region_of_interest(samples: torch.Tensor) -> torch.Tensor:
+    """Voxels (``[H, W, D]`` bool) that any sample labels as foreground; everything if none does."""
+    foreground = (samples.argmax(dim=1) > 0).any(dim=0)
+    return foreground if foreground.any() else torch.ones_like(foreground)
+
+
+def summarize_samples(samples: torch.Tensor) -> Dict[str, float]:
+    """Volume scores of ``[N, C, H, W, D]`` samples: mean over the region of interest of predictive
+    ``entropy``, ``mutual_information`` and ``variance``, plus ``foreground_voxels`` (model grid)."""
+    mean = samples.mean(dim=0)
+    predictive = entropy(mean, dim=0)
+    expected = entropy(samples, dim=1).mean(dim=0)
+    variance = samples.var(dim=0, unbiased=False).sum(dim=0) if samples.shape[0] > 1 else torch.zeros_like(predictive)
+    roi = region_of_interest(samples)
+    return {
+        "entropy": float(predictive[roi].mean()),
+        "mutual_information": float((predictive - expected).clamp_min(0)[roi].mean()),
+        "variance": float(variance[roi].mean()),
+        "foreground_voxels": int((samples.argmax(dim=1) > 0).any(dim=0).sum()),
+    }
