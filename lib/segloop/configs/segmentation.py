@@ -85,5 +85,6 @@ class Segmentation(TaskConfig):
                 device=self.device,
                 mc_samples=self.options.mc_samples,
                 tta_samples=self.options.tta_samples,
+                registry=self.registry,
             )
         }

@@ -10,7 +10,9 @@ scores
 * every labelled image: the embedding only (diversity measures distance to labelled cases).
 
 Images whose record is current (same model version, same label) are skipped, so a rerun after
-``/activelearning`` costs nothing. One image failing (unreadable file, ...) is recorded as an
+``/activelearning`` costs nothing. On a CPU server scoring and training share the cores, so the
+job defers while a training run is going (the run's end starts scoring again) and stops early
+when a new version starts serving (its scores would be stale at once). One image failing (unreadable file, ...) is recorded as an
 error on that image and the job goes on. Progress (``done`` / ``total``) is in the score store,
 shown by ``GET /segloop/activelearning``.
 """
@@ -78,7 +80,9 @@ class ImageScorer:
 
 
 class UncertaintyScoring(ScoringMethod):
-    def __init__(self, infer_task, store: ScoreStore, roi_size, device: str, mc_samples: int = 4, tta_samples: int = 4):
+    def __init__(
+        self, infer_task, store: ScoreStore, roi_size, device: str, mc_samples: int = 4, tta_samples: int = 4, registry=None
+    ):
         super().__init__("Active learning scores of the automatic model: entropy, MC dropout, TTA, embedding")
         self.infer_task = infer_task
         self.store = store
@@ -86,6 +90,7 @@ class UncertaintyScoring(ScoringMethod):
         self.device = device
         self.mc_samples = mc_samples
         self.tta_samples = tta_samples
+        self.registry = registry
 
     def scorer(self, network) -> ImageScorer:
         task = self.infer_task
@@ -113,6 +118,8 @@ class UncertaintyScoring(ScoringMethod):
 
         if not self.infer_task.get_path():
             return {"status": "skipped", "reason": "no model version serves yet"}
+        if self.registry is not None and self.registry.state().get("running") and not request.get("force"):
+            return {"status": "deferred", "reason": "a training run is going; scoring follows its end"}
         lower_priority(int(request.get("nice", 10)))
         data: Dict = {}
         network = self.infer_task._get_network(self.device, data)
@@ -121,9 +128,13 @@ class UncertaintyScoring(ScoringMethod):
         scorer = self.scorer(network)
         todo = self.plan(datastore, version, scorer.available(components))
         start = time.time()
-        self.store.set_job(version=version, total=len(todo), done=0, errors=0, started=time.time(), finished=None)
+        self.store.set_job(new=True, version=version, total=len(todo), done=0, errors=0, started=time.time(), finished=None)
         errors = 0
         for done, item in enumerate(todo, start=1):
+            if self.registry is not None and self.registry.serving() != version:
+                logger.info(f"{SCORING_METHOD}: version {self.registry.serving()} now serves; stopping this job")
+                self.store.set_job(stopped="a newer version serves")
+                break
             t0 = time.time()
             try:
                 record = scorer(datastore.get_image_uri(item["id"]), item["components"])

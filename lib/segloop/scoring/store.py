@@ -54,9 +54,11 @@ class ScoreStore:
         record = dict(record, scored=datetime.datetime.now().isoformat(timespec="seconds"))
         self._update(lambda s: s["images"].__setitem__(image_id, record))
 
-    def set_job(self, **fields) -> None:
+    def set_job(self, new: bool = False, **fields) -> None:
+        """Update the job's progress fields (``new``: start a fresh job record)."""
+
         def change(state):
-            state["job"] = dict(state.get("job") or {}, **fields)
+            state["job"] = dict({} if new else state.get("job") or {}, **fields)
 
         self._update(change)
 
