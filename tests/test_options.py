@@ -33,6 +33,9 @@ def test_defaults_follow_the_network_preset():
         ({"prompt_network": "sam"}, "unknown prompt network"),
         ({"label_vocabulary": '{"pancreas": {"synonyms": []}}'}, "unknown labels"),
         ({"label_vocabulary": "{not json"}, "must be JSON"),
+        ({"dropout": "1.5"}, r"\[0, 1\)"),
+        ({"mc_samples": "-1"}, ">= 0"),
+        ({"assignment_lock_s": "soon"}, "a number"),
     ],
 )
 def test_bad_options_say_what_is_wrong(conf, message):
@@ -44,3 +47,13 @@ def test_labels_sorted_by_index_and_channel_map_for_sparse_maps():
     labels = parse_labels('{"tumor": 4, "liver": 1}')
     assert list(labels) == ["liver", "tumor"]
     assert channel_map(labels) == {0: 0, 1: 1, 4: 2}
+
+
+def test_every_option_is_documented_in_the_readme():
+    import os
+
+    from segloop.configs.options import OPTIONS
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    missing = [key for key in OPTIONS if f"| `{key}` |" not in readme]
+    assert not missing, f"README's options table lacks {missing}"

@@ -23,7 +23,8 @@ SCORE_FIELDS = ("version", "label_ts", "entropy", "mc", "tta", "components", "se
 def scoring_status(store) -> Dict:
     """The scoring job's progress and each image's scores (embeddings left out: long and unreadable)."""
     state = store.state()
-    return {"job": state.get("job"), "images": {i: {k: r[k] for k in SCORE_FIELDS if k in r} for i, r in state["images"].items()}}
+    images = {image: {k: r[k] for k in SCORE_FIELDS if k in r} for image, r in state["images"].items()}
+    return {"job": state.get("job"), "images": images}
 
 
 def build_router(loops_fn: Callable[[], Dict], models: Mapping = None, assignments=None) -> APIRouter:
@@ -60,7 +61,7 @@ def build_router(loops_fn: Callable[[], Dict], models: Mapping = None, assignmen
     async def uncertainty_map(token: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
         for config in models.values():
             maps = getattr(config, "uncertainty_maps", None)
-            if maps is not None and os.path.exists(maps.path(token) if maps.valid(token) else ""):
+            if maps is not None and maps.valid(token) and os.path.exists(maps.path(token)):
                 return FileResponse(maps.path(token), media_type="application/gzip", filename=f"uncertainty_{token}.nii.gz")
         raise not_found(f"no uncertainty map {token!r} (maps are kept for the newest requests only)")
 

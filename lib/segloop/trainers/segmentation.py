@@ -16,6 +16,7 @@ stable hash-based split. Every run ends as a numbered version in the model regis
 
 Request options (besides MONAI Label's ``max_epochs``, ``val_split``, ``dataset`` ...):
 ``from_scratch``, ``incremental``, ``max_seconds`` (time budget checked at epoch ends; 0 = none),
+``max_iterations`` (iteration budget, also checked at epoch ends),
 ``lr``, ``samples_per_case``, ``replay_ratio``, ``promotion_tolerance``, ``nice`` (CPU priority of
 the run, default 10: inference requests keep their speed while a run trains), ``seed``.
 """
