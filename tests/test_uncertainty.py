@@ -187,3 +187,30 @@ def test_scoring_job_scores_stale_images_only_and_survives_a_bad_one(sample_root
     config = build_task_config(studies, TINY)
     assert config.scoring_method()[SCORING_METHOD]({}, datastore)["scored"] == len(unlabelled) + 1
     assert {r["version"] for i, r in config.scores.records().items() if i != "case_bad"} == {2}
+
+
+@pytest.mark.parametrize("index", [0, 1])  # RAS and LPS voxel order
+def test_overlay_slices_are_radiological_whatever_the_voxel_order(index):
+    from segloop.evaluation.uncertainty_view import axial_slice
+
+    image, label, affine, spec = generate_case("view", seed=21, index=index)
+    nifti = nib.Nifti1Image(image, affine)
+    liver = (label == DEFAULT_LABELS["liver"]).astype(np.uint8)
+    ras = nib.as_closest_canonical(nib.Nifti1Image(liver, affine))
+    k = int(np.argmax(np.asarray(ras.dataobj).sum(axis=(0, 1))))
+    shown = axial_slice(liver, nifti, k)
+    columns = np.nonzero(shown.any(axis=0))[0]
+    # the liver lies on the patient's right, which a radiological view shows on the viewer's left
+    assert columns.mean() < shown.shape[1] / 2, spec["orientation"]
+
+
+def test_uncertainty_view_writes_a_png(sample_root, tmp_path):
+    from segloop.evaluation.uncertainty_view import render
+
+    studies = str(tmp_path / "studies")
+    shutil.copytree(os.path.join(sample_root, "studies"), studies)
+    config = build_task_config(studies, TINY)
+    config.registry.record({"status": "promoted"}, config.network.state_dict(), promote=True)
+    out = str(tmp_path / "overlay.png")
+    result = render(studies, "case_001", out, TINY)
+    assert os.path.getsize(out) > 20_000 and result["model_version"] == 1

@@ -38,6 +38,12 @@ def _eval_interactive(args) -> int:
     return eval_main(args)
 
 
+def _eval_uncertainty(args) -> int:
+    from segloop.evaluation.uncertainty_view import main as view_main
+
+    return view_main(args)
+
+
 def _bench_prompt(args) -> int:
     from segloop.evaluation.bench_prompt import main as bench_main
 
@@ -89,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clicks", type=int, default=10)
     p.add_argument("--out", default="benchmarks/results", help="folder for interactive.json / interactive.png")
     p.set_defaults(func=_eval_interactive)
+    p = evaluate.add_parser("uncertainty", help="PNG: uncertainty overlay of one case and the reliability diagram")
+    p.add_argument("--studies", required=True, help="datastore folder whose serving automatic model is used")
+    p.add_argument("--image", required=True, help="image id in that datastore")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="app --conf options")
+    p.add_argument("--out", default="benchmarks/results/uncertainty_overlay.png")
+    p.set_defaults(func=_eval_uncertainty)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("infer", help="/infer latency and server memory: SegLoop vs upstream radiology app")
