@@ -190,7 +190,9 @@ class Simulation:
         self.progress(f"seed {seed}: full data ({len(self.pool)} labels, {iterations} iterations): mean Dice {dice['mean']:.3f}")
         return {"labels": len(self.pool), "iterations": iterations, "dice": dice, "train_s": run["seconds"]}
 
-    def run(self, strategies: Sequence[str], seeds: Sequence[int]) -> Dict:
+    def run(self, strategies: Sequence[str], seeds: Sequence[int], checkpoint: Optional[str] = None) -> Dict:
+        """All campaigns; with ``checkpoint``, the finished campaigns are saved there as JSON after
+        each one, so a long simulation that is stopped keeps what it measured."""
         unknown = [s for s in strategies if s not in STRATEGY_COMPONENTS]
         if unknown:
             raise ValueError(f"unknown strategies {unknown}; choose from {sorted(STRATEGY_COMPONENTS)}")
@@ -201,6 +203,8 @@ class Simulation:
             start = self.start(seed)
             for name in strategies:
                 runs[name][str(seed)] = self.campaign(name, seed, start)
+                if checkpoint:
+                    atomic_write_json(checkpoint, json_safe({"runs": runs, "finished": False}))
         full[str(seeds[0])] = self.full_data(seeds[0])
         report = summarize(runs, full)
         report["setup"] = {
@@ -286,8 +290,11 @@ def main(args) -> int:
         progress=lambda line: print(line, flush=True),
     )
     print(f"Simulating {strategies} x seeds {list(range(args.seeds))} in {work} ...", flush=True)
-    report = sim.run(strategies, list(range(args.seeds)))
+    os.makedirs(args.out, exist_ok=True)
+    partial = os.path.join(args.out, "simulation.partial.json")
+    report = sim.run(strategies, list(range(args.seeds)), checkpoint=partial)
     paths = write_report(report, args.out)
+    os.unlink(partial)
     print(f"full-data mean Dice {report['full_data']['mean_dice']}; target {report['target']['mean_dice']}")
     for name, row in report["curves"].items():
         print(f"{name:>10}: labels-to-target {row['labels_to_target']} (x random: {row['labels_vs_random']}), "

@@ -1,0 +1,155 @@
+"""The SegLoop server, as the Slicer module sees it: one method per thing a clinician does.
+
+Standard library only (no ``slicer``, ``qt``, ``vtk``, ``requests``): it runs inside Slicer and in
+the test suite against a real server. Prompts are voxel (IJK) indices of the image as stored on
+the server, which is the image the module downloads and shows.
+"""
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .http import Http, SegLoopError, decode_multipart
+
+AUTOMATIC, PROMPT = "segmentation", "deepgrow"  # MONAI Label infer types of SegLoop's two models
+
+
+class SegLoopClient:
+    def __init__(self, url: str, timeout: float = 600.0):
+        self.http = Http(url, timeout)
+
+    @property
+    def url(self) -> str:
+        return self.http.url
+
+    # -- connection ----------------------------------------------------------------------------
+    def auth_enabled(self) -> bool:
+        """MONAI Label mounts ``/auth`` only when auth is on."""
+        try:
+            return bool(self.http.json("GET", "/auth/").get("enabled"))
+        except SegLoopError as e:
+            if e.status == 404:
+                return False
+            raise
+
+    def login(self, username: str, password: str) -> None:
+        """Fetch a bearer token when the server has auth; a no-op otherwise."""
+        if not self.auth_enabled():
+            return
+        answer = self.http.urlencoded("/auth/token", {"username": username, "password": password})
+        self.http.token = answer.get("access_token")
+
+    def info(self) -> Dict[str, Any]:
+        return self.http.json("GET", "/info/")
+
+    @staticmethod
+    def models_of(info: Dict[str, Any], kind: str) -> List[str]:
+        """Names of the served models of MONAI Label infer type ``kind`` (AUTOMATIC or PROMPT)."""
+        return sorted(name for name, model in info.get("models", {}).items() if model.get("type") == kind)
+
+    @staticmethod
+    def labels_of(info: Dict[str, Any]) -> Dict[str, int]:
+        labels = info.get("labels") or {}
+        if isinstance(labels, list):  # MONAI Label lists names when the app gives no indices
+            return {name: i for i, name in enumerate(labels, start=1)}
+        return dict(sorted(labels.items(), key=lambda kv: kv[1]))
+
+    @staticmethod
+    def strategies_of(info: Dict[str, Any]) -> List[str]:
+        return sorted(info.get("strategies", {}))
+
+    # -- cases ---------------------------------------------------------------------------------
+    def next_case(self, strategy: str, annotator: str) -> Optional[Dict[str, Any]]:
+        """The case ``strategy`` picks for ``annotator`` (booked for them), or None when none is left."""
+        answer = self.http.json("POST", f"/activelearning/{strategy}", payload={"client_id": annotator})
+        return answer if answer and answer.get("id") else None
+
+    def download_image(self, image_id: str, dest: str) -> str:
+        return self.http.download("/datastore/image", dest, {"image": image_id})
+
+    def datastore_status(self) -> Dict[str, Any]:
+        """``{"total", "completed", "label_tags"}`` of the datastore."""
+        return self.http.json("GET", "/datastore/", {"output": "stats"})
+
+    # -- models --------------------------------------------------------------------------------
+    def _infer(self, model: str, image_id: str, params: Dict[str, Any], dest: str) -> Tuple[str, Dict[str, Any]]:
+        body, content_type = self.http.form(
+            "POST", f"/infer/{model}", {"image": image_id}, fields={"params": json.dumps(params)}
+        )
+        if not content_type.startswith("multipart/"):
+            raise SegLoopError(0, f"/infer/{model} returned no label map: {body[:200]!r}")
+        parts = decode_multipart(body, content_type)
+        with open(dest, "wb") as f:
+            f.write(parts["image"][1])
+        return dest, json.loads(parts["params"][1])
+
+    def auto_segment(self, model: str, image_id: str, dest: str, uncertainty: bool = False):
+        """The automatic proposal as a label map file at ``dest`` (input geometry) and its result JSON."""
+        return self._infer(model, image_id, {"uncertainty": uncertainty}, dest)
+
+    def prompt_segment(
+        self,
+        model: str,
+        image_id: str,
+        dest: str,
+        foreground: Sequence[Sequence[int]] = (),
+        background: Sequence[Sequence[int]] = (),
+        box: Optional[Sequence[Sequence[int]]] = None,
+        text: str = "",
+    ):
+        """One structure from clicks (IJK), a box (two IJK corners) and/or a label name / text."""
+        params: Dict[str, Any] = {"foreground": [list(map(int, p)) for p in foreground],
+                                  "background": [list(map(int, p)) for p in background]}
+        if box:
+            params["box"] = [list(map(int, c)) for c in box]
+        if text:
+            params["label"] = text
+        return self._infer(model, image_id, params, dest)
+
+    def uncertainty_map(self, result: Dict[str, Any], dest: str) -> str:
+        """Download the per-voxel uncertainty map named in an ``auto_segment(..., uncertainty=True)`` result."""
+        summary = result.get("uncertainty")
+        if not summary:
+            raise SegLoopError(0, "this result has no uncertainty map: ask auto_segment with uncertainty=True")
+        return self.http.download(summary["url"], dest)
+
+    # -- submission ----------------------------------------------------------------------------
+    def submit(self, image_id: str, label_path: str, annotator: str, seconds_spent: float, **provenance) -> Dict:
+        """Save the final label with who made it and how long it took; returns the server's answer
+        (with ``edit_effort`` against the proposal the server served for this case)."""
+        params = dict(provenance, annotator=annotator, time_spent_s=round(float(seconds_spent), 1))
+        body, _ = self.http.form(
+            "PUT", "/datastore/label", {"image": image_id, "tag": "final"},
+            fields={"params": json.dumps(params)}, files=[("label", label_path)],
+        )
+        return json.loads(body)
+
+    def label_info(self, image_id: str, tag: str = "final") -> Dict[str, Any]:
+        return self.http.json("GET", "/datastore/label/info", {"label": image_id, "tag": tag})
+
+    # -- training and campaign -----------------------------------------------------------------
+    def model_status(self, model: str) -> Dict[str, Any]:
+        return self.http.json("GET", f"/segloop/models/{model}")
+
+    def training(self) -> Optional[Dict[str, Any]]:
+        """MONAI Label's last training task (status, progress lines), or None before any."""
+        try:
+            return self.http.json("GET", "/train/")
+        except SegLoopError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def train_progress(self, model: str) -> Optional[Dict[str, Any]]:
+        """The running or last run's ``progress`` block (epoch, iteration, percent, loss)."""
+        stats = self.info().get("train_stats", {}).get(model) or {}
+        return stats.get("progress")
+
+    def activelearning_status(self) -> Dict[str, Any]:
+        return self.http.json("GET", "/segloop/activelearning")
+
+
+def default_download_folder() -> str:
+    folder = os.path.join(os.path.expanduser("~"), ".segloop", "cases")
+    os.makedirs(folder, exist_ok=True)
+    return folder

@@ -1,0 +1,162 @@
+"""SegLoopLib (the Slicer module's client and campaign logic) without Slicer: pure logic here,
+and end to end against a real SegLoop server (slow)."""
+
+import ast
+import os
+import shutil
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from segloop.evaluation.server import running_server, wait_for
+from segloop.labels import DEFAULT_LABELS
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "SlicerModule", "SegLoop"))
+
+from SegLoopLib import AUTOMATIC, PROMPT, CampaignFigures, CaseSession, SegLoopClient, SegLoopError  # noqa: E402
+from SegLoopLib.campaign import label_colour, training_text  # noqa: E402
+from SegLoopLib.http import decode_multipart, encode_multipart, error_message  # noqa: E402
+
+LIB = os.path.join(os.path.dirname(__file__), "..", "SlicerModule", "SegLoop", "SegLoopLib")
+
+
+def test_the_library_uses_the_standard_library_only():
+    allowed = set(sys.stdlib_module_names)
+    for name in os.listdir(LIB):
+        if not name.endswith(".py"):
+            continue
+        tree = ast.parse(open(os.path.join(LIB, name)).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                assert module.split(".")[0] in allowed, f"{name} imports {module}: not in the standard library"
+
+
+def test_multipart_round_trip_and_server_messages(tmp_path):
+    payload = tmp_path / "label.nii.gz"
+    payload.write_bytes(bytes(range(256)) * 4)
+    body, content_type = encode_multipart({"params": '{"a": 1}'}, [("label", str(payload))])
+    parts = decode_multipart(body, content_type)
+    assert parts["params"] == (None, b'{"a": 1}')
+    assert parts["label"] == ("label.nii.gz", payload.read_bytes())
+    assert error_message(b'{"detail": "label shape (3, 3, 3) does not match image"}') == "label shape (3, 3, 3) does not match image"
+    assert error_message(b'{"detail": [{"loc": ["query", "image"], "msg": "field required"}]}') == "query.image: field required"
+    assert error_message(b"Internal Server Error") == "Internal Server Error"
+
+
+def test_case_timer_campaign_figures_and_panel_text():
+    now = [100.0]
+    case = CaseSession("case_003", "/tmp/case_003.nii.gz", clock=lambda: now[0])
+    now[0] = 142.5
+    assert case.seconds_spent() == pytest.approx(42.5)
+    figures = CampaignFigures.from_server(
+        {"total": 10, "completed": 4},
+        {"serving_version": 2, "training_run": None,
+         "versions": [{"version": 1, "val_dice": None, "status": "promoted"},
+                      {"version": 2, "val_dice": {"mean": 0.61}, "status": "promoted"}],
+         "edit_effort_by_version": {"2": {"submissions": 1, "median_dice_proposal_vs_final": 0.8},
+                                    "1": {"submissions": 3, "median_dice_proposal_vs_final": 0.4}}},
+    )
+    assert figures.progress_text == "4 / 10 cases labelled"
+    assert [p["val_dice"] for p in figures.learning_curve] == [None, 0.61]
+    assert [e["version"] for e in figures.edit_effort] == [1, 2] and figures.edit_effort[0]["median_dice"] == 0.4
+    assert training_text(None, False) == "no training run yet"
+    assert training_text({"epoch": 3, "max_epochs": 10, "percent": 30.0, "loss": 0.5}, True) == (
+        "training: epoch 3/10, 30%, loss 0.500"
+    )
+    assert label_colour("Liver", 0) == label_colour("liver", 5) and label_colour("pancreas", 0) != label_colour("pancreas", 1)
+
+
+def test_unreachable_server_is_a_clear_error():
+    with pytest.raises(SegLoopError) as error:
+        SegLoopClient("http://127.0.0.1:9", timeout=5).info()
+    assert error.value.status == 0 and "cannot reach" in error.value.message
+
+
+CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "promotion_tolerance": "1.0", "mc_samples": "2",
+        "tta_samples": "2"}
+
+
+@pytest.fixture(scope="module")
+def studies(sample_root, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("slicer") / "studies")
+    shutil.copytree(os.path.join(sample_root, "studies"), path)
+    os.makedirs(os.path.join(path, "labels", "final"))
+    for case in ("case_000", "case_001", "case_002"):
+        shutil.copy(os.path.join(sample_root, "ground_truth", f"{case}.nii.gz"), os.path.join(path, "labels", "final"))
+    return path
+
+
+@pytest.mark.slow
+def test_every_module_action_against_a_real_server(studies, sample_root, tmp_path):
+    truth = lambda case: os.path.join(sample_root, "ground_truth", f"{case}.nii.gz")  # noqa: E731
+    with running_server(studies, conf=CONF, log_path=str(tmp_path / "server.log")) as server:
+        client = SegLoopClient(server.url)
+        client.login("dr_a", "unused")  # auth is off: no token needed, no error
+        info = client.info()
+        assert client.models_of(info, AUTOMATIC) == ["segmentation"] and client.models_of(info, PROMPT) == ["prompt"]
+        assert client.labels_of(info) == DEFAULT_LABELS
+        assert {"random", "hybrid", "entropy", "diversity"} <= set(client.strategies_of(info))
+        wait_for(lambda: all(client.model_status(m)["serving_version"] for m in ("segmentation", "prompt")),
+                 600, 2.0, "both models to serve")
+
+        # Next case: booked for this annotator, downloaded as stored.
+        case = client.next_case("random", "dr_a")
+        assert case["id"] in {"case_003", "case_004", "case_005"}
+        image_path = client.download_image(case["id"], str(tmp_path / "image.nii.gz"))
+        image = nib.load(image_path)
+        assert image.shape == nib.load(truth(case["id"])).shape
+        session = CaseSession(case["id"], image_path)
+
+        # Auto segment, with the uncertainty map next to it, both on the image's grid.
+        proposal, result = client.auto_segment("segmentation", case["id"], str(tmp_path / "proposal.nii.gz"), uncertainty=True)
+        assert nib.load(proposal).shape == image.shape and np.allclose(nib.load(proposal).affine, image.affine, atol=1e-4)
+        assert result["model_version"] >= 1 and set(result["label_confidence"]) == set(DEFAULT_LABELS)
+        uncertainty = nib.load(client.uncertainty_map(result, str(tmp_path / "uncertainty.nii.gz")))
+        assert uncertainty.shape == image.shape
+
+        # Prompts: a click inside the liver plus one outside, a box, a label name.
+        liver = np.argwhere(np.asarray(nib.load(truth(case["id"])).dataobj) == DEFAULT_LABELS["liver"])
+        inside = liver[len(liver) // 2].tolist()
+        mask_path, prompt_result = client.prompt_segment(
+            "prompt", case["id"], str(tmp_path / "click.nii.gz"), foreground=[inside], background=[[0, 0, 0]]
+        )
+        mask = np.asarray(nib.load(mask_path).dataobj)
+        assert mask.shape == image.shape and set(np.unique(mask)) <= {0, 1} and prompt_result["model"] == "prompt"
+        box = [liver.min(axis=0).tolist(), liver.max(axis=0).tolist()]
+        _, box_result = client.prompt_segment("prompt", case["id"], str(tmp_path / "box.nii.gz"), box=box, text="liver")
+        assert box_result["model_version"] >= 1 and "liver" in box_result["label_names"]
+        with pytest.raises(SegLoopError) as error:  # a click outside the image: the server says why
+            client.prompt_segment("prompt", case["id"], str(tmp_path / "bad.nii.gz"), foreground=[[9999, 0, 0]])
+        assert error.value.status == 422 and "outside the image" in error.value.message
+
+        # Submit: provenance and edit effort stored with the label.
+        answer = client.submit(case["id"], truth(case["id"]), "dr_a", session.seconds_spent(), tool="SegLoop Slicer module")
+        assert answer["edit_effort"]["segmentation"]["version"] == result["model_version"]
+        stored = client.label_info(case["id"])
+        assert stored["annotator"] == "dr_a" and stored["time_spent_s"] >= 0 and stored["tool"] == "SegLoop Slicer module"
+        assert "edit_effort" in stored
+
+        # Training and campaign panels: the submission retrains; figures follow.
+        wait_for(lambda: client.model_status("segmentation")["serving_version"] >= 2, 600, 2.0, "version 2")
+        assert client.train_progress("segmentation")["epoch"] >= 1
+        assert client.training()["status"] in ("SUBMITTED", "RUNNING", "DONE", "ERROR")
+        figures = CampaignFigures.from_server(client.datastore_status(), client.model_status("segmentation"))
+        assert figures.labelled == 4 and figures.total == 6
+        assert [p["version"] for p in figures.learning_curve][:2] == [1, 2]
+        assert figures.edit_effort[0]["version"] == result["model_version"] and figures.edit_effort[0]["submissions"] == 1
+
+        # Errors carry the server's message.
+        with pytest.raises(SegLoopError) as error:
+            client.next_case("nonsense", "dr_a")
+        assert error.value.status == 404 and "nonsense" in error.value.message
+        with pytest.raises(SegLoopError) as error:
+            client.auto_segment("segmentation", "no_such_case", str(tmp_path / "x.nii.gz"))
+        assert error.value.status == 404
