@@ -160,3 +160,74 @@ def test_every_module_action_against_a_real_server(studies, sample_root, tmp_pat
         with pytest.raises(SegLoopError) as error:
             client.auto_segment("segmentation", "no_such_case", str(tmp_path / "x.nii.gz"))
         assert error.value.status == 404
+
+
+def test_clicks_and_boxes_in_ras_become_voxel_indices_of_the_stored_image():
+    from SegLoopLib.geometry import points_to_ijk, ras_to_ijk, roi_to_box
+
+    # an LPS-stored volume: i runs to -x (left), j to -y (posterior), 2 mm slices along +z; origin at (100, 80, -50)
+    ijk_to_ras = np.array([[-0.8, 0, 0, 100.0], [0, -0.8, 0, 80.0], [0, 0, 2.0, -50.0], [0, 0, 0, 1]])
+    ras_to_ijk_matrix = np.linalg.inv(ijk_to_ras).tolist()
+    voxel = [10, 20, 5]
+    ras = (ijk_to_ras @ np.array([*voxel, 1]))[:3]
+    assert ras_to_ijk(ras_to_ijk_matrix, ras) == voxel
+    assert points_to_ijk(ras_to_ijk_matrix, [ras, ras + [0.3, 0.3, 0.9]], (64, 64, 32)) == [voxel, voxel]
+    with pytest.raises(ValueError, match="point 1 .* outside"):
+        points_to_ijk(ras_to_ijk_matrix, [[1000, 0, 0]], (64, 64, 32))
+    box = roi_to_box(ras_to_ijk_matrix, ras, [8.0, 8.0, 8.0], (64, 64, 32))
+    assert box == [[5, 15, 3], [15, 25, 7]]
+    assert roi_to_box(ras_to_ijk_matrix, ras, [1000, 1000, 1000], (64, 64, 32)) == [[0, 0, 0], [63, 63, 31]]
+
+
+def test_segments_become_one_label_map_of_storage_indices():
+    from SegLoopLib.geometry import compose_label_map
+
+    liver, tumor = np.zeros((4, 5, 6), bool), np.zeros((4, 5, 6), bool)
+    liver[1:3, 1:4, 1:5], tumor[2, 2, 2] = True, True
+    labels = {"liver": 1, "spleen": 2, "tumor": 4}
+    out = compose_label_map({"Tumor": tumor, "Liver": liver}, labels, np.zeros((4, 5, 6), np.uint8))
+    assert out[2, 2, 2] == 4 and out[1, 1, 1] == 1 and out[0, 0, 0] == 0 and out.sum() == liver.sum() - 1 + 4
+    with pytest.raises(ValueError, match="not labels"):
+        compose_label_map({"pancreas": liver}, labels, np.zeros((4, 5, 6), np.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        compose_label_map({"liver": liver[:2]}, labels, np.zeros((4, 5, 6), np.uint8))
+
+
+MODULE = os.path.join(os.path.dirname(__file__), "..", "SlicerModule", "SegLoop")
+CONTROLS = {"QPushButton", "QCheckBox", "QComboBox", "QLineEdit", "qSlicerMarkupsPlaceWidget", "qMRMLNodeComboBox"}
+
+
+def _ui_widgets():
+    import xml.etree.ElementTree as ElementTree
+
+    tree = ElementTree.parse(os.path.join(MODULE, "Resources", "UI", "SegLoop.ui"))
+    return {w.get("name"): w.get("class") for w in tree.iter("widget") if w.get("name")}
+
+
+def test_the_module_wires_every_control_of_its_ui():
+    widgets = _ui_widgets()
+    source = open(os.path.join(MODULE, "SegLoop.py")).read()
+    tree = ast.parse(source)
+    used = {
+        node.attr for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
+    }
+    assert used <= set(widgets), f"SegLoop.py uses controls missing from SegLoop.ui: {used - set(widgets)}"
+    controls = {name for name, cls in widgets.items() if cls in CONTROLS}
+    assert controls <= used, f"controls in SegLoop.ui that SegLoop.py never touches: {controls - used}"
+    for name, cls in widgets.items():
+        if cls == "QPushButton":
+            assert f"self.ui.{name}.clicked.connect(" in source, f"{name} is not connected"
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert {"SegLoop", "SegLoopWidget", "SegLoopLogic", "SegLoopTest"} <= classes
+
+
+def test_the_extension_packages_every_library_file_and_resource():
+    cmake = open(os.path.join(MODULE, "CMakeLists.txt")).read()
+    for name in os.listdir(LIB):
+        if name.endswith(".py"):
+            assert f"${{MODULE_NAME}}Lib/{name}" in cmake, f"CMakeLists.txt does not install SegLoopLib/{name}"
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
+        assert resource in cmake
+    assert os.path.getsize(os.path.join(MODULE, "Resources", "Icons", "SegLoop.png")) > 1000
+    assert "add_subdirectory(SegLoop)" in open(os.path.join(MODULE, "..", "CMakeLists.txt")).read()

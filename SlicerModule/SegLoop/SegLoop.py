@@ -1,0 +1,420 @@
+"""SegLoop: the clinician's cockpit for a SegLoop (MONAI Label) annotation campaign in 3D Slicer.
+
+The widget only wires controls; ``SegLoopLogic`` turns Slicer nodes into server calls and back;
+everything that does not need Slicer (HTTP client, geometry, campaign figures) lives in
+``SegLoopLib`` and is tested outside Slicer against a real server.
+"""
+
+import logging
+import os
+import tempfile
+import threading
+import time
+
+import ctk  # noqa: F401  (the .ui uses ctkCollapsibleButton)
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+
+from SegLoopLib import AUTOMATIC, PROMPT, CampaignFigures, CaseSession, SegLoopClient, SegLoopError, label_colour
+from SegLoopLib.campaign import training_text
+from SegLoopLib.geometry import compose_label_map, points_to_ijk, roi_to_box
+
+SETTINGS = "SegLoop"
+
+
+class SegLoop(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "SegLoop"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SegLoop team"]
+        self.parent.helpText = (
+            "Annotate a SegLoop campaign: get the next case, run the automatic model, correct with "
+            "clicks, a box or a label name and the Segment Editor, submit, and watch the model learn."
+        )
+        self.parent.acknowledgementText = "Built on MONAI Label and MONAI."
+
+
+def run_with_progress(title, function, *args, **kwargs):
+    """Run a server call in a thread while a busy dialog keeps Slicer responsive; re-raise its error."""
+    outcome = {}
+
+    def work():
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except Exception as e:  # shown to the user by the caller
+            outcome["error"] = e
+
+    dialog = qt.QProgressDialog(title, None, 0, 0, slicer.util.mainWindow())
+    dialog.setWindowModality(qt.Qt.WindowModal)
+    dialog.setMinimumDuration(300)
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        slicer.app.processEvents()
+        time.sleep(0.05)
+    dialog.close()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+class SegLoopWidget(ScriptedLoadableModuleWidget):
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        ui_widget = slicer.util.loadUI(self.resourcePath("UI/SegLoop.ui"))
+        self.layout.addWidget(ui_widget)
+        self.ui = slicer.util.childWidgetVariables(ui_widget)
+        ui_widget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SegLoopLogic()
+
+        settings = qt.QSettings()
+        self.ui.serverUrlLineEdit.text = settings.value(f"{SETTINGS}/serverUrl", "http://127.0.0.1:8000")
+        self.ui.annotatorLineEdit.text = settings.value(f"{SETTINGS}/annotator", "")
+        for widget, name in ((self.ui.foregroundPlaceWidget, "foreground"), (self.ui.backgroundPlaceWidget, "background")):
+            widget.setMRMLScene(slicer.mrmlScene)
+            widget.setCurrentNode(self.logic.point_list(name))
+        self.ui.boxPlaceWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.ui.connectButton.clicked.connect(self.onConnect)
+        self.ui.nextCaseButton.clicked.connect(self.onNextCase)
+        self.ui.autoSegmentButton.clicked.connect(self.onAutoSegment)
+        self.ui.uncertaintyCheckBox.toggled.connect(self.onUncertaintyToggled)
+        self.ui.promptButton.clicked.connect(self.onPrompt)
+        self.ui.clearPromptsButton.clicked.connect(self.onClearPrompts)
+        self.ui.segmentEditorButton.clicked.connect(self.onSegmentEditor)
+        self.ui.submitButton.clicked.connect(self.onSubmit)
+        self.ui.refreshButton.clicked.connect(self.onRefresh)
+
+        self.timer = qt.QTimer()
+        self.timer.setInterval(5000)
+        self.timer.timeout.connect(self.onRefresh)
+        self.updateButtons()
+
+    def cleanup(self):
+        self.timer.stop()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def call(self, title, function, *args, **kwargs):
+        """A server call with a progress dialog; the server's message in an error box on failure."""
+        try:
+            return run_with_progress(title, function, *args, **kwargs)
+        except (SegLoopError, ValueError) as e:
+            slicer.util.errorDisplay(f"{title} failed:\n{e}")
+        except Exception as e:
+            logging.exception(title)
+            slicer.util.errorDisplay(f"{title} failed unexpectedly:\n{e}")
+        return None
+
+    def updateButtons(self):
+        connected, has_case = self.logic.client is not None, self.logic.case is not None
+        self.ui.nextCaseButton.enabled = connected
+        for button in (self.ui.autoSegmentButton, self.ui.promptButton, self.ui.submitButton, self.ui.segmentEditorButton):
+            button.enabled = connected and has_case
+        self.ui.uncertaintyCheckBox.enabled = self.logic.uncertainty_node is not None
+
+    # -- controls ------------------------------------------------------------------------------
+    def onConnect(self):
+        url, annotator = self.ui.serverUrlLineEdit.text.strip(), self.ui.annotatorLineEdit.text.strip()
+        if not annotator:
+            slicer.util.errorDisplay("Enter your name: it is stored with every label you submit.")
+            return
+        info = self.call("Connecting", self.logic.connect, url, annotator, self.ui.passwordLineEdit.text)
+        if info is None:
+            return
+        settings = qt.QSettings()
+        settings.setValue(f"{SETTINGS}/serverUrl", url)
+        settings.setValue(f"{SETTINGS}/annotator", annotator)
+        fill = lambda combo, items: (combo.clear(), [combo.addItem(i) for i in items])  # noqa: E731
+        fill(self.ui.strategyComboBox, SegLoopClient.strategies_of(info))
+        fill(self.ui.autoModelComboBox, SegLoopClient.models_of(info, AUTOMATIC))
+        fill(self.ui.promptModelComboBox, SegLoopClient.models_of(info, PROMPT))
+        fill(self.ui.labelComboBox, list(self.logic.labels))
+        index = self.ui.strategyComboBox.findText("hybrid")
+        if index >= 0:
+            self.ui.strategyComboBox.currentIndex = index
+        self.ui.statusLabel.text = f"Connected to {url} as {annotator}"
+        self.timer.start()
+        self.onRefresh()
+        self.updateButtons()
+
+    def onNextCase(self):
+        case = self.call("Fetching the next case", self.logic.next_case, self.ui.strategyComboBox.currentText)
+        if case is False:
+            slicer.util.infoDisplay("No case is left for you: every unlabelled case is labelled or with another annotator.")
+        elif case:
+            self.ui.caseLabel.text = f"Case {case.image_id}"
+        self.updateButtons()
+
+    def onAutoSegment(self):
+        # the uncertainty map always comes along, so the overlay toggle works without another run
+        result = self.call("Running the automatic model", self.logic.auto_segment, self.ui.autoModelComboBox.currentText, True)
+        if result:
+            confidence = ", ".join(f"{k} {v:.2f}" for k, v in result.get("label_confidence", {}).items() if v is not None)
+            self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: proposal of version {result.get('model_version')} ({confidence})"
+            self.logic.show_uncertainty(self.ui.uncertaintyCheckBox.checked)
+        self.updateButtons()
+
+    def onUncertaintyToggled(self, shown):
+        self.logic.show_uncertainty(shown)
+
+    def onPrompt(self):
+        result = self.call(
+            "Segmenting from your prompts", self.logic.prompt_segment,
+            self.ui.promptModelComboBox.currentText, self.ui.labelComboBox.currentText,
+            self.ui.boxPlaceWidget.currentNode(), self.ui.textLineEdit.text.strip(),
+        )
+        if result:
+            self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: {result.get('target') or self.ui.labelComboBox.currentText} updated from prompts"
+
+    def onClearPrompts(self):
+        self.logic.clear_prompts()
+
+    def onSegmentEditor(self):
+        self.logic.open_segment_editor()
+
+    def onSubmit(self):
+        answer = self.call("Submitting the label", self.logic.submit)
+        if answer:
+            effort = answer.get("edit_effort", {})
+            text = "; ".join(
+                f"{model}: Dice vs proposal {np.nanmean([v for v in (e.get('dice') or {}).values() if v is not None]):.2f}"
+                for model, e in effort.items() if e
+            )
+            self.ui.caseLabel.text = f"Submitted. {text}" if text else "Submitted."
+            self.onRefresh()
+        self.updateButtons()
+
+    def onRefresh(self):
+        if self.logic.client is None:
+            return
+        try:
+            status = self.logic.panel_status(self.ui.autoModelComboBox.currentText)
+        except SegLoopError as e:
+            self.ui.trainingLabel.text = f"server: {e.message}"
+            return
+        figures = status["figures"]
+        self.ui.versionLabel.text = f"Serving version {figures.serving_version}"
+        progress = status["progress"] or {}
+        self.ui.trainingProgressBar.value = int(progress.get("percent") or 0)
+        self.ui.trainingLabel.text = training_text(progress, figures.training is not None)
+        last = next((p for p in reversed(figures.learning_curve) if p["val_dice"] is not None), None)
+        self.ui.valDiceLabel.text = f"Validation Dice {last['val_dice']:.3f} (version {last['version']})" if last else "Validation Dice: no validation case yet"
+        self.ui.campaignLabel.text = figures.progress_text
+        effort = ", ".join(f"v{e['version']}: {e['median_dice']:.2f}" for e in figures.edit_effort if e["median_dice"] is not None)
+        self.ui.editEffortLabel.text = f"Median Dice of proposal vs final, per version: {effort or 'none yet'}"
+        draw_curve(self.ui.learningCurveLabel, [p["val_dice"] for p in figures.learning_curve])
+
+
+def draw_curve(label, values, width=260, height=90):
+    """A small line plot of validation Dice per version (0..1) into a QLabel."""
+    pixmap = qt.QPixmap(width, height)
+    pixmap.fill(qt.QColor("white"))
+    points = [(i, v) for i, v in enumerate(values) if v is not None]
+    painter = qt.QPainter(pixmap)
+    painter.setPen(qt.QColor("lightgray"))
+    painter.drawRect(0, 0, width - 1, height - 1)
+    if len(points) >= 1:
+        painter.setPen(qt.QPen(qt.QColor("steelblue"), 2))
+        span = max(1, len(values) - 1)
+        xy = [(5 + (width - 10) * i / span, height - 5 - (height - 10) * v) for i, v in points]
+        for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
+            painter.drawLine(int(x0), int(y0), int(x1), int(y1))
+        for x, y in xy:
+            painter.drawEllipse(int(x) - 2, int(y) - 2, 4, 4)
+    painter.end()
+    label.setPixmap(pixmap)
+
+
+class SegLoopLogic(ScriptedLoadableModuleLogic):
+    """Slicer nodes <-> SegLoop server."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.client = None
+        self.annotator = ""
+        self.labels = {}
+        self.case = None
+        self.volume_node = None
+        self.segmentation_node = None
+        self.uncertainty_node = None
+        self.folder = tempfile.mkdtemp(prefix="segloop-")
+
+    def connect(self, url, annotator, password=""):
+        client = SegLoopClient(url)
+        client.login(annotator, password)
+        info = client.info()
+        self.client, self.annotator, self.labels = client, annotator, SegLoopClient.labels_of(info)
+        return info
+
+    def point_list(self, name):
+        node = slicer.mrmlScene.GetFirstNodeByName(f"SegLoop {name}")
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"SegLoop {name}")
+            node.GetDisplayNode().SetSelectedColor((0.2, 0.8, 0.2) if name == "foreground" else (0.9, 0.2, 0.2))
+        return node
+
+    def next_case(self, strategy):
+        """Load the next case for this annotator; False when none is left."""
+        case = self.client.next_case(strategy, self.annotator)
+        if case is None:
+            return False
+        path = self.client.download_image(case["id"], os.path.join(self.folder, f"{case['id']}.nii.gz"))
+        self._clear_case_nodes()
+        self.volume_node = slicer.util.loadVolume(path)
+        self.case = CaseSession(case["id"], path)
+        self.segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{case['id']} segmentation")
+        self.segmentation_node.CreateDefaultDisplayNodes()
+        self.segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(self.volume_node)
+        for n, name in enumerate(self.labels):
+            self.segmentation_node.GetSegmentation().AddEmptySegment(name, name, label_colour(name, n))
+        self.clear_prompts()
+        return self.case
+
+    def _clear_case_nodes(self):
+        for node in (self.volume_node, self.segmentation_node, self.uncertainty_node):
+            if node is not None:
+                slicer.mrmlScene.RemoveNode(node)
+        self.volume_node = self.segmentation_node = self.uncertainty_node = None
+
+    def _set_segment(self, name, mask_kji):
+        segment_id = self.segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
+        if not segment_id:
+            segment_id = self.segmentation_node.GetSegmentation().AddEmptySegment(name, name, label_colour(name, len(self.labels)))
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask_kji.astype(np.uint8), self.segmentation_node, segment_id, self.volume_node)
+
+    def auto_segment(self, model, uncertainty=True):
+        path, result = self.client.auto_segment(model, self.case.image_id, os.path.join(self.folder, "proposal.nii.gz"), uncertainty)
+        labelmap = slicer.util.loadLabelVolume(path)
+        array = slicer.util.arrayFromVolume(labelmap)
+        for name, index in self.labels.items():
+            self._set_segment(name, array == index)
+        slicer.mrmlScene.RemoveNode(labelmap)
+        self.case.proposal_version = result.get("model_version")
+        if result.get("uncertainty"):
+            map_path = self.client.uncertainty_map(result, os.path.join(self.folder, "uncertainty.nii.gz"))
+            if self.uncertainty_node is not None:
+                slicer.mrmlScene.RemoveNode(self.uncertainty_node)
+            self.uncertainty_node = slicer.util.loadVolume(map_path, {"name": f"{self.case.image_id} uncertainty", "show": False})
+            self.uncertainty_node.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
+            self.uncertainty_node.GetDisplayNode().SetAutoWindowLevel(False)
+            self.uncertainty_node.GetDisplayNode().SetWindowLevelMinMax(0.0, 1.0)
+        return result
+
+    def show_uncertainty(self, shown):
+        if self.uncertainty_node is not None:
+            slicer.util.setSliceViewerLayers(
+                background=self.volume_node, foreground=self.uncertainty_node if shown else None, foregroundOpacity=0.5
+            )
+
+    def _ras_to_ijk(self):
+        matrix = vtk.vtkMatrix4x4()
+        self.volume_node.GetRASToIJKMatrix(matrix)
+        return [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]
+
+    def _shape_ijk(self):
+        return list(self.volume_node.GetImageData().GetDimensions())
+
+    def _points(self, name):
+        node, out = self.point_list(name), []
+        for i in range(node.GetNumberOfControlPoints()):
+            position = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPositionWorld(i, position)
+            out.append(position)
+        return points_to_ijk(self._ras_to_ijk(), out, self._shape_ijk())
+
+    def prompt_segment(self, model, label_name, roi_node=None, text=""):
+        box = None
+        if roi_node is not None and roi_node.GetNumberOfControlPoints():
+            center, size = [0.0] * 3, [0.0] * 3
+            roi_node.GetCenterWorld(center)
+            roi_node.GetSize(size)
+            box = roi_to_box(self._ras_to_ijk(), center, size, self._shape_ijk())
+        path, result = self.client.prompt_segment(
+            model, self.case.image_id, os.path.join(self.folder, "prompt.nii.gz"),
+            foreground=self._points("foreground"), background=self._points("background"), box=box, text=text or label_name,
+        )
+        labelmap = slicer.util.loadLabelVolume(path)
+        self._set_segment(result.get("target") or label_name, slicer.util.arrayFromVolume(labelmap) > 0)
+        slicer.mrmlScene.RemoveNode(labelmap)
+        return result
+
+    def clear_prompts(self):
+        for name in ("foreground", "background"):
+            self.point_list(name).RemoveAllControlPoints()
+
+    def open_segment_editor(self):
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(self.segmentation_node)
+        editor.setSourceVolumeNode(self.volume_node)
+
+    def submit(self):
+        masks = {}
+        segmentation = self.segmentation_node.GetSegmentation()
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment_id = segmentation.GetNthSegmentID(i)
+            name = segmentation.GetSegment(segment_id).GetName()
+            masks[name] = slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentation_node, segment_id, self.volume_node)
+        reference = slicer.util.arrayFromVolume(self.volume_node)
+        label = compose_label_map(masks, self.labels, np.zeros(reference.shape, np.uint8))
+        label_node = slicer.modules.volumes.logic().CreateAndAddLabelVolume(self.volume_node, "SegLoop submission")
+        slicer.util.updateVolumeFromArray(label_node, label)
+        path = os.path.join(self.folder, f"{self.case.image_id}_final.nii.gz")
+        slicer.util.saveNode(label_node, path)
+        slicer.mrmlScene.RemoveNode(label_node)
+        answer = self.client.submit(
+            self.case.image_id, path, self.annotator, self.case.seconds_spent(),
+            tool="SegLoop Slicer module", proposal_version=self.case.proposal_version,
+        )
+        self.case = None
+        return answer
+
+    def panel_status(self, model):
+        figures = CampaignFigures.from_server(self.client.datastore_status(), self.client.model_status(model))
+        return {"figures": figures, "progress": self.client.train_progress(model)}
+
+
+class SegLoopTest(ScriptedLoadableModuleTest):
+    """Runs inside 3D Slicer against a running SegLoop server (SEGLOOP_TEST_URL, default
+    http://127.0.0.1:8000) whose automatic model already serves: see SlicerModule/README.md."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        self.test_campaign_round_trip()
+
+    def test_campaign_round_trip(self):
+        url = os.environ.get("SEGLOOP_TEST_URL", "http://127.0.0.1:8000")
+        self.delayDisplay(f"Connecting to {url}")
+        logic = SegLoopLogic()
+        info = logic.connect(url, "slicer-test")
+        self.assertIn("segmentation", SegLoopClient.models_of(info, AUTOMATIC))
+        case = logic.next_case("random")
+        self.assertTrue(case, "the server has no unlabelled case left")
+        self.assertEqual(logic.volume_node.GetImageData().GetDimensions()[0], slicer.util.arrayFromVolume(logic.volume_node).shape[2])
+        result = logic.auto_segment("segmentation", uncertainty=True)
+        self.assertIsNotNone(result.get("model_version"))
+        self.assertIsNotNone(logic.uncertainty_node)
+        logic.show_uncertainty(True)
+        if SegLoopClient.models_of(info, PROMPT):
+            centre = [c // 2 for c in logic._shape_ijk()]
+            ijk_to_ras = vtk.vtkMatrix4x4()
+            logic.volume_node.GetIJKToRASMatrix(ijk_to_ras)
+            ras = ijk_to_ras.MultiplyPoint([*centre, 1])[:3]
+            logic.point_list("foreground").AddControlPoint(ras)
+            logic.prompt_segment(SegLoopClient.models_of(info, PROMPT)[0], next(iter(logic.labels)))
+        answer = logic.submit()
+        self.assertIn("edit_effort", answer)
+        self.delayDisplay("SegLoop round trip passed")
