@@ -99,6 +99,16 @@ class SegLoopApp(MONAILabelApp):
             methods.update(config.scoring_method() or {})
         return methods
 
+    def async_scoring(self, method, params=None):
+        """MONAI Label starts every scoring method at server start and after each
+        ``/activelearning`` request; a subprocess (seconds of CPU to start) only when some image's
+        scores are stale."""
+        if method is None:
+            datastore = self.datastore()
+            stale = [m for m, task in self._scoring_methods.items() if not hasattr(task, "pending") or task.pending(datastore)]
+            return {m: super(SegLoopApp, self).async_scoring(m, params) for m in stale}
+        return super().async_scoring(method, params)
+
     def next_sample(self, request):
         """MONAI Label's next_sample, with bookings: a case handed to one annotator (``client_id``)
         is not offered to another within ``assignment_lock_s``; the strategy sees the booked cases

@@ -160,8 +160,9 @@ def test_scoring_job_scores_stale_images_only_and_survives_a_bad_one(sample_root
     config = build_task_config(studies, TINY)
     datastore = SegLoopDatastore(studies, labels=config.labels)
     job = config.scoring_method()[SCORING_METHOD]
-    assert job({}, datastore)["status"] == "skipped"  # nothing serves yet
+    assert job({}, datastore)["status"] == "skipped" and job.pending(datastore) == 0  # nothing serves yet
     publish(config, 0)
+    assert job.pending(datastore) == len(datastore.list_images())  # what the server asks before starting a job
 
     summary = job({}, datastore)
     records = config.scores.records()
@@ -177,6 +178,7 @@ def test_scoring_job_scores_stale_images_only_and_survives_a_bad_one(sample_root
     assert job_state["done"] == job_state["total"] == summary["scored"] and job_state["finished"]
 
     # current scores are not recomputed; the failed image is retried
+    assert job.pending(datastore) == 1
     assert job({}, datastore)["scored"] == 1
     # a failed image does not stop the next-case choice
     picked = build_strategies(config.scores)["hybrid"]({"strategy": "hybrid"}, datastore)

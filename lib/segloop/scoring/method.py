@@ -99,6 +99,14 @@ class UncertaintyScoring(ScoringMethod):
             network, task.pre_transforms(), inferer, self.roi_size, self.device, self.mc_samples, self.tta_samples
         )
 
+    def pending(self, datastore: Datastore) -> int:
+        """How many images a job would score now (0 before any version serves): cheap, no weights
+        loaded, so the server asks before starting a scoring subprocess."""
+        version = self.registry.serving() if self.registry is not None else None
+        if version is None:
+            return 0
+        return len(self.plan(datastore, version, self.scorer(self.infer_task.network).available(COMPONENTS)))
+
     def plan(self, datastore: Datastore, version: Optional[int], components: Sequence[str]) -> List[Dict]:
         """The images whose scores are stale (``components`` as the scorer can provide them):
         labelled images need the embedding only."""
