@@ -69,7 +69,7 @@ def test_case_timer_campaign_figures_and_panel_text():
     assert [e["version"] for e in figures.edit_effort] == [1, 2] and figures.edit_effort[0]["median_dice"] == 0.4
     assert training_text(None, False) == "no training run yet"
     assert training_text({"epoch": 3, "max_epochs": 10, "percent": 30.0, "loss": 0.5}, True) == (
-        "training: epoch 3/10, 30%, loss 0.500"
+        "training: epoch 3, 30%, loss 0.500"
     )
     assert label_colour("Liver", 0) == label_colour("liver", 5) and label_colour("pancreas", 0) != label_colour("pancreas", 1)
 

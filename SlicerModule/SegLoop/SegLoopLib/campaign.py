@@ -78,12 +78,13 @@ class CampaignFigures:
 
 
 def training_text(progress: Optional[Dict[str, Any]], running: bool) -> str:
-    """One line for the training panel: epoch, percent and loss of the current (or last) run."""
+    """One line for the training panel: epoch, percent and loss of the current (or last) run.
+    (Automatic runs are bounded by time, not epochs, so percent is the useful figure.)"""
     if not progress:
         return "no training run yet"
     loss = progress.get("loss")
     line = (
-        f"epoch {progress.get('epoch')}/{progress.get('max_epochs')}, {progress.get('percent', 0):.0f}%"
+        f"epoch {progress.get('epoch')}, {progress.get('percent', 0):.0f}%"
         + (f", loss {loss:.3f}" if isinstance(loss, (int, float)) else "")
     )
     return ("training: " if running else "last run: ") + line
