@@ -41,6 +41,17 @@ def test_short_simulation_writes_curves_for_each_strategy(sample_root, tmp_path)
     assert curve["labels"] == [1, 3] and len(curve["mean_dice"]) == 2
     assert saved["target"]["mean_dice"] == pytest.approx(0.95 * saved["full_data"]["mean_dice"], abs=1e-3)
 
+    # A stopped simulation resumes from its checkpoint: finished campaigns are not run again.
+    checkpoint = tmp_path / "partial.json"
+    checkpoint.write_text(json.dumps({"runs": {"hybrid": report["runs"]["hybrid"]}, "finished": False}))
+    lines = []
+    sim.progress = lines.append
+    resumed = sim.run(["hybrid", "random"], seeds=[0], checkpoint=str(checkpoint))
+    assert "seed 0 hybrid: resumed from" in lines[0]
+    assert resumed["runs"]["hybrid"] == json.loads(json.dumps(report["runs"]["hybrid"]))
+    assert any("random round 1/1" in line for line in lines)
+    assert set(json.load(open(checkpoint))["runs"]) == {"hybrid", "random"}
+
 
 def test_simulation_refuses_a_pool_too_small_for_the_campaign(sample_root, tmp_path):
     with pytest.raises(ValueError, match="cannot hold"):

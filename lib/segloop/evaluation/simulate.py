@@ -192,16 +192,26 @@ class Simulation:
 
     def run(self, strategies: Sequence[str], seeds: Sequence[int], checkpoint: Optional[str] = None) -> Dict:
         """All campaigns; with ``checkpoint``, the finished campaigns are saved there as JSON after
-        each one, so a long simulation that is stopped keeps what it measured."""
+        each one, so a long simulation that is stopped keeps what it measured, and a rerun with the
+        same checkpoint resumes: campaigns already there are not run again."""
         unknown = [s for s in strategies if s not in STRATEGY_COMPONENTS]
         if unknown:
             raise ValueError(f"unknown strategies {unknown}; choose from {sorted(STRATEGY_COMPONENTS)}")
         start_time = time.time()
+        done: Dict[str, Dict[str, List[Dict]]] = {}
+        if checkpoint and os.path.exists(checkpoint):
+            with open(checkpoint) as f:
+                done = json.load(f)["runs"]
         runs: Dict[str, Dict[str, List[Dict]]] = {s: {} for s in strategies}
         full: Dict[str, Dict] = {}
         for seed in seeds:
-            start = self.start(seed)
+            start = None
             for name in strategies:
+                if str(seed) in done.get(name, {}):
+                    runs[name][str(seed)] = done[name][str(seed)]
+                    self.progress(f"seed {seed} {name}: resumed from {checkpoint}")
+                    continue
+                start = start or self.start(seed)
                 runs[name][str(seed)] = self.campaign(name, seed, start)
                 if checkpoint:
                     atomic_write_json(checkpoint, json_safe({"runs": runs, "finished": False}))
