@@ -54,7 +54,8 @@ def run_with_progress(title, function, *args, **kwargs):
         except Exception as e:  # shown to the user by the caller
             outcome["error"] = e
 
-    dialog = qt.QProgressDialog(title, None, 0, 0, slicer.util.mainWindow())
+    dialog = qt.QProgressDialog(title, "Cancel", 0, 0, slicer.util.mainWindow())
+    dialog.setCancelButton(None)  # a server call cannot be taken back half-way
     dialog.setWindowModality(qt.Qt.WindowModal)
     dialog.setMinimumDuration(300)
     thread = threading.Thread(target=work, daemon=True)
@@ -260,6 +261,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         node = slicer.mrmlScene.GetFirstNodeByName(f"SegLoop {name}")
         if node is None:
             node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"SegLoop {name}")
+            node.CreateDefaultDisplayNodes()
             node.GetDisplayNode().SetSelectedColor((0.2, 0.8, 0.2) if name == "foreground" else (0.9, 0.2, 0.2))
         return node
 
@@ -356,7 +358,8 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(self.segmentation_node)
-        editor.setSourceVolumeNode(self.volume_node)
+        set_source = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode  # renamed in Slicer 5.2
+        set_source(self.volume_node)
 
     def submit(self):
         masks = {}
