@@ -6,7 +6,6 @@ the server, which is the image the module downloads and shows.
 """
 
 import json
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .http import Http, SegLoopError, decode_multipart
@@ -147,9 +146,3 @@ class SegLoopClient:
 
     def activelearning_status(self) -> Dict[str, Any]:
         return self.http.json("GET", "/segloop/activelearning")
-
-
-def default_download_folder() -> str:
-    folder = os.path.join(os.path.expanduser("~"), ".segloop", "cases")
-    os.makedirs(folder, exist_ok=True)
-    return folder
