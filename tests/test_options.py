@@ -36,6 +36,7 @@ def test_defaults_follow_the_network_preset():
         ({"dropout": "1.5"}, r"\[0, 1\)"),
         ({"mc_samples": "-1"}, ">= 0"),
         ({"assignment_lock_s": "soon"}, "a number"),
+        ({"amp": "fp8"}, "auto, float16, off"),
     ],
 )
 def test_bad_options_say_what_is_wrong(conf, message):

@@ -223,6 +223,20 @@ def test_pipeline_returns_the_prompted_region_on_the_input_grid(index):
     assert details["roi_mm"] is not None
 
 
+def test_five_level_encoder_gets_grids_it_can_take_whole():
+    """The GPU preset's encoder halves five times: every grid must be a multiple of 16 (not 8) and
+    at least 32 voxels a side."""
+    net = PromptSegNet(num_labels=4, init_filters=4, blocks_down=(1, 1, 1, 1, 1), feature_size=4).eval()
+    assert net.size_multiple == 16
+    image, label, affine, spec = case(1)
+    click = region_centre(label == LABELS["liver"])
+    mask, details = ZoomOutZoomIn(net, (32, 32, 32), (6.0, 6.0, 6.0), (3.0, 3.0, 3.0))(image, Prompt(positive=[click]))
+    assert mask.shape == label.shape
+    assert all(s % 16 == 0 for s in details["fine_grid"])
+    # A small region: 16 voxels a side would leave the deepest level 1 voxel, too few to normalise.
+    assert ras_grid(np.zeros(3), np.full(3, 10.0), (1.5, 1.5, 1.5), 16).shape == (32, 32, 32)
+
+
 def test_pipeline_click_blob_sits_on_the_click():
     image, label, affine, spec = case(1)
     click = region_centre(label == LABELS["spleen"])

@@ -2,8 +2,9 @@ import os
 
 import torch
 
+from segloop.configs.prompt import Prompt
 from segloop.configs.segmentation import Segmentation
-from segloop.trainers.segmentation import per_label_dice
+from segloop.trainers.segmentation import DEFAULT_LR, configure_autocast, per_label_dice
 
 
 def make_config(tmp_path, **conf):
@@ -49,3 +50,40 @@ def test_unetr_presets_build_with_the_requested_input_size():
 
 def test_per_label_dice_metric_names_follow_label_order():
     assert list(per_label_dice({"tumor": 4, "liver": 1})) == ["dice_liver", "dice_tumor"]
+
+
+def test_each_prompt_preset_trains_at_its_own_learning_rate(tmp_path):
+    rates = {}
+    for preset in ("prompt_cpu", "prompt"):
+        config = Prompt()
+        config.init("prompt", str(tmp_path / preset), {"prompt_network": preset}, None)
+        rates[preset] = config.trainer()._config["lr"]
+    assert rates == {"prompt_cpu": DEFAULT_LR, "prompt": 3e-4}  # the full-size preset diverged at 3e-3
+
+
+class _Engine:
+    def __init__(self, amp):
+        self.amp, self.amp_kwargs, self.scaler = amp, {}, "float16 scaler"
+
+
+def test_gpu_training_autocasts_to_bfloat16_where_the_gpu_has_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    engine = _Engine(amp=True)
+    configure_autocast(engine, "auto")
+    assert engine.amp_kwargs == {"dtype": torch.bfloat16}
+    assert not engine.scaler.is_enabled()  # bfloat16 needs no loss scaling; the engine still autocasts
+    kept = _Engine(amp=True)
+    configure_autocast(kept, "float16")
+    assert kept.amp_kwargs == {} and kept.scaler == "float16 scaler"  # MONAI's float16 default
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    older = _Engine(amp=True)
+    configure_autocast(older, "auto")
+    assert older.amp_kwargs == {} and older.scaler == "float16 scaler"
+
+
+def test_amp_off_trains_in_float32_on_a_gpu(tmp_path):
+    trainer = make_config(tmp_path, device="cuda", amp="off").trainer()
+    assert trainer._amp is False
+    assert make_config(tmp_path, device="cuda").trainer()._amp is True
+    assert make_config(tmp_path, device="cpu").trainer()._amp is False

@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-cases", type=int, default=16)
     p.add_argument("--held-out", type=int, default=4)
     p.add_argument("--clicks", type=int, default=10)
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="app --conf options, e.g. prompt_network=prompt")
     p.set_defaults(func=_bench_prompt)
     return parser
 

@@ -14,6 +14,8 @@ from segloop.networks import DEFAULT_NETWORK, check_roi_size, get_preset
 from segloop.networks.prompt import DEFAULT_PROMPT_NETWORK, get_prompt_preset
 from segloop.transforms import DEFAULT_HU_WINDOW
 
+AMP_MODES = ("auto", "float16", "off")
+
 OPTIONS: Dict[str, Tuple[str, str]] = {
     "models": ("segmentation,prompt", "comma-separated task names to serve: segmentation, prompt"),
     "labels": ("", 'JSON name->index map, e.g. {"liver":1,"spleen":2}; default: the sample labels'),
@@ -24,6 +26,7 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "roi_size": ("", "JSON [x,y,z] voxels of the network input; default: the network preset's"),
     "hu_window": (json.dumps(list(DEFAULT_HU_WINDOW)), "JSON [low,high] HU mapped to [0,1]"),
     "device": ("auto", "auto (cuda if available), cpu or cuda[:N]"),
+    "amp": ("auto", "GPU training precision: auto (bfloat16 autocast where the GPU has it, else float16), float16 or off"),
     "checkpoint": ("", "local path of a starting checkpoint (.pt); never downloaded"),
     "max_epochs": ("50", "default epochs per manual training run"),
     "auto_train": ("true", "retrain automatically when final labels are submitted"),
@@ -49,6 +52,7 @@ class SegLoopOptions:
     roi_size: Tuple[int, int, int]
     hu_window: Tuple[float, float]
     device: str
+    amp: str
     checkpoint: Optional[str]
     max_epochs: int
     auto_train: bool
@@ -108,6 +112,9 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         if not os.path.isfile(checkpoint):
             raise ValueError(f"--conf checkpoint: file not found: {checkpoint}")
     device = conf.get("device") or "auto"
+    amp = (conf.get("amp") or OPTIONS["amp"][0]).lower()
+    if amp not in AMP_MODES:
+        raise ValueError(f"--conf amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     models = [m.strip() for m in (conf.get("models") or OPTIONS["models"][0]).split(",") if m.strip()]
     max_epochs = _number(conf, "max_epochs", int, minimum=1)
     auto_train = (conf.get("auto_train") or OPTIONS["auto_train"][0]).lower()
@@ -127,6 +134,7 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         roi_size=roi,
         hu_window=window,  # type: ignore[arg-type]
         device=device,
+        amp=amp,
         checkpoint=os.path.abspath(checkpoint) if checkpoint else None,
         max_epochs=max_epochs,
         auto_train=auto_train == "true",

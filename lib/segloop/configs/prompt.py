@@ -58,6 +58,8 @@ class Prompt(TaskConfig):
             registry=self.registry,
             hu_window=self.options.hu_window,
             device=self.device,
+            amp=self.options.amp,
+            lr=self.preset.lr,
             max_epochs=self.options.max_epochs,
             promotion_tolerance=self.options.promotion_tolerance,
             replay_ratio=self.options.replay_ratio,

@@ -66,6 +66,7 @@ class Segmentation(TaskConfig):
             pretrained_path=self.options.checkpoint,
             hu_window=self.options.hu_window,
             device=self.device,
+            amp=self.options.amp,
             max_epochs=self.options.max_epochs,
             promotion_tolerance=self.options.promotion_tolerance,
             replay_ratio=self.options.replay_ratio,

@@ -32,10 +32,10 @@ def main(args) -> int:
         first_index=args.train_cases,
     )
     print(f"Training the prompt model for {args.train_minutes:g} min ...", flush=True)
-    run = train(
-        studies, {"max_epochs": 100000, "max_seconds": args.train_minutes * 60, "val_split": 0.0, "seed": 0}, name="prompt"
-    )
-    pipeline, matcher, labels = build_pipeline(studies)
+    conf = dict(kv.split("=", 1) for kv in args.conf)
+    request = {"max_epochs": 100000, "max_seconds": args.train_minutes * 60, "val_split": 0.0, "seed": 0}
+    run = train(studies, request, conf, name="prompt")
+    pipeline, matcher, labels = build_pipeline(studies, conf)
     cases = held_out_cases(studies, truth, labels)
     print(f"Evaluating {len(cases)} held-out cases, {args.clicks} clicks per structure ...", flush=True)
     report = evaluate_interactive(
@@ -48,9 +48,14 @@ def main(args) -> int:
         "wall_s": run["seconds"],
         "iterations": run["stats"].get("current_iteration"),
         "train_cases": args.train_cases,
+        "conf": conf,
     }
-    report["machine"] = {"cpu_threads": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                         "cuda": torch.cuda.is_available(), "platform": platform.platform()}
+    report["machine"] = {
+        "cpu_threads": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
     report["targets"] = {"organ_noc@90": 3, "organ_dice_after_1_click": 0.8, "latency_s": 1.0}
     paths = write_report(report, args.out)
     for name, row in report["labels"].items():

@@ -47,10 +47,12 @@ def world_bounds(affine: np.ndarray, shape: Sequence[int]) -> Tuple[np.ndarray, 
 
 
 def ras_grid(lo: np.ndarray, hi: np.ndarray, spacing: Sequence[float], multiple: int = 8) -> Grid:
-    """RAS grid at ``spacing`` covering world box ``[lo, hi]``, each size a multiple of ``multiple``."""
+    """RAS grid at ``spacing`` covering world box ``[lo, hi]``, each size a multiple of ``multiple``
+    and at least ``2 x multiple``: the encoder's deepest level keeps 2 voxels a side, which
+    instance normalisation needs (a thin slab of a few slices would otherwise reach 1)."""
     spacing = np.asarray(spacing, float)
     size = np.ceil((hi - lo) / spacing + 1).astype(int)
-    size = (np.ceil(size / multiple) * multiple).astype(int)
+    size = np.maximum(np.ceil(size / multiple) * multiple, 2 * multiple).astype(int)
     centre = (lo + hi) / 2
     origin = centre - (size - 1) / 2 * spacing  # keep the box centred in the padded grid
     affine = np.diag([*spacing, 1.0])
@@ -95,6 +97,7 @@ class ZoomOutZoomIn:
         self.device = torch.device(device)
         self.margin_mm = margin_mm
         self.max_fine_voxels = max_fine_voxels
+        self.size_multiple = getattr(network, "size_multiple", 8)  # grids the encoder can take whole
 
     def _segment(self, image: torch.Tensor, prompt: Prompt, previous: Optional[torch.Tensor]) -> torch.Tensor:
         """Logits [X, Y, Z] of one grid: one forward pass if it is small enough, else sliding windows."""
@@ -146,7 +149,7 @@ class ZoomOutZoomIn:
         prev = None if previous is None else torch.as_tensor(np.asarray(previous, np.float32))[None]
 
         lo, hi = world_bounds(affine, shape)
-        coarse = ras_grid(lo, hi, self.coarse_spacing)
+        coarse = ras_grid(lo, hi, self.coarse_spacing, self.size_multiple)
         coarse_prev = None if prev is None else resample(prev, affine, coarse)[0]
         coarse_prompt = to_grid(prompt, affine, coarse.affine)
         coarse_logits = self._segment(resample(hu, affine, coarse), coarse_prompt, coarse_prev)
@@ -163,7 +166,7 @@ class ZoomOutZoomIn:
         world = (coarse.affine @ np.c_[voxels, np.ones(len(voxels))].T).T[:, :3]
         roi_lo = np.clip(world.min(0) - self.margin_mm, lo, hi)
         roi_hi = np.clip(world.max(0) + self.margin_mm, roi_lo, hi)
-        fine = ras_grid(roi_lo, roi_hi, self.fine_spacing)
+        fine = ras_grid(roi_lo, roi_hi, self.fine_spacing, self.size_multiple)
         fine_prev = torch.sigmoid(resample(coarse_logits[None], coarse.affine, fine)[0])
         if prev is not None:
             fine_prev = resample(prev, affine, fine)[0]
