@@ -3,7 +3,6 @@ and end to end against a real SegLoop server (slow)."""
 
 import ast
 import os
-import shutil
 import sys
 
 import nibabel as nib
@@ -84,20 +83,10 @@ CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "promotion_
         "tta_samples": "2"}
 
 
-@pytest.fixture(scope="module")
-def studies(sample_root, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("slicer") / "studies")
-    shutil.copytree(os.path.join(sample_root, "studies"), path)
-    os.makedirs(os.path.join(path, "labels", "final"))
-    for case in ("case_000", "case_001", "case_002"):
-        shutil.copy(os.path.join(sample_root, "ground_truth", f"{case}.nii.gz"), os.path.join(path, "labels", "final"))
-    return path
-
-
 @pytest.mark.slow
-def test_every_module_action_against_a_real_server(studies, sample_root, tmp_path):
+def test_every_module_action_against_a_real_server(slicer_studies, sample_root, tmp_path):
     truth = lambda case: os.path.join(sample_root, "ground_truth", f"{case}.nii.gz")  # noqa: E731
-    with running_server(studies, conf=CONF, log_path=str(tmp_path / "server.log")) as server:
+    with running_server(slicer_studies, conf=CONF, log_path=str(tmp_path / "server.log")) as server:
         client = SegLoopClient(server.url)
         client.login("dr_a", "unused")  # auth is off: no token needed, no error
         info = client.info()

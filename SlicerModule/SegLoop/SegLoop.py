@@ -45,7 +45,10 @@ class SegLoop(ScriptedLoadableModule):
 
 
 def run_with_progress(title, function, *args, **kwargs):
-    """Run a server call in a thread while a busy dialog keeps Slicer responsive; re-raise its error."""
+    """Run a server call in a thread while a busy dialog keeps Slicer responsive; re-raise its error.
+
+    ``function`` must not touch Slicer nodes or widgets: MRML, VTK and Qt objects belong to the
+    main thread. The logic passes only its network calls here (``SegLoopLogic.server``)."""
     outcome = {}
 
     def work():
@@ -58,12 +61,14 @@ def run_with_progress(title, function, *args, **kwargs):
     dialog.setCancelButton(None)  # a server call cannot be taken back half-way
     dialog.setWindowModality(qt.Qt.WindowModal)
     dialog.setMinimumDuration(300)
+    dialog.setValue(0)  # starts the 300 ms timer: with a 0..0 range Qt would show the dialog only after 4 s
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     while thread.is_alive():
         slicer.app.processEvents()
         time.sleep(0.05)
     dialog.close()
+    dialog.deleteLater()  # a child of the main window: otherwise every call leaves a hidden dialog behind
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
@@ -106,9 +111,11 @@ class SegLoopWidget(ScriptedLoadableModuleWidget):
 
     # -- helpers -------------------------------------------------------------------------------
     def call(self, title, function, *args, **kwargs):
-        """A server call with a progress dialog; the server's message in an error box on failure."""
+        """A clinician action: ``function`` (a logic method) on the main thread, its server calls in a
+        thread behind a busy dialog called ``title``; the server's message in an error box on failure."""
+        self.logic.server = lambda f, *a, **k: run_with_progress(title, f, *a, **k)
         try:
-            return run_with_progress(title, function, *args, **kwargs)
+            return function(*args, **kwargs)
         except (SegLoopError, ValueError) as e:
             slicer.util.errorDisplay(f"{title} failed:\n{e}")
         except Exception as e:
@@ -249,11 +256,18 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         self.segmentation_node = None
         self.uncertainty_node = None
         self.folder = tempfile.mkdtemp(prefix="segloop-")
+        # Runs a network-only call: directly here (SegLoopTest); the widget runs it in a thread behind a
+        # busy dialog. Node work stays out of it, on the main thread: MRML and VTK are not thread-safe.
+        self.server = lambda function, *args, **kwargs: function(*args, **kwargs)
 
     def connect(self, url, annotator, password=""):
         client = SegLoopClient(url)
-        client.login(annotator, password)
-        info = client.info()
+
+        def handshake():
+            client.login(annotator, password)
+            return client.info()
+
+        info = self.server(handshake)
         self.client, self.annotator, self.labels = client, annotator, SegLoopClient.labels_of(info)
         return info
 
@@ -267,14 +281,21 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
 
     def next_case(self, strategy):
         """Load the next case for this annotator; False when none is left."""
-        case = self.client.next_case(strategy, self.annotator)
-        if case is None:
+
+        def fetch():
+            case = self.client.next_case(strategy, self.annotator)
+            if case is None:
+                return None
+            return case["id"], self.client.download_image(case["id"], os.path.join(self.folder, f"{case['id']}.nii.gz"))
+
+        found = self.server(fetch)
+        if found is None:
             return False
-        path = self.client.download_image(case["id"], os.path.join(self.folder, f"{case['id']}.nii.gz"))
+        image_id, path = found
         self._clear_case_nodes()
         self.volume_node = slicer.util.loadVolume(path)
-        self.case = CaseSession(case["id"], path)
-        self.segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{case['id']} segmentation")
+        self.case = CaseSession(image_id, path)
+        self.segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{image_id} segmentation")
         self.segmentation_node.CreateDefaultDisplayNodes()
         self.segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(self.volume_node)
         for n, name in enumerate(self.labels):
@@ -295,15 +316,21 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         slicer.util.updateSegmentBinaryLabelmapFromArray(mask_kji.astype(np.uint8), self.segmentation_node, segment_id, self.volume_node)
 
     def auto_segment(self, model, uncertainty=True):
-        path, result = self.client.auto_segment(model, self.case.image_id, os.path.join(self.folder, "proposal.nii.gz"), uncertainty)
+        def infer():
+            path, result = self.client.auto_segment(model, self.case.image_id, os.path.join(self.folder, "proposal.nii.gz"), uncertainty)
+            map_path = None
+            if result.get("uncertainty"):
+                map_path = self.client.uncertainty_map(result, os.path.join(self.folder, "uncertainty.nii.gz"))
+            return path, result, map_path
+
+        path, result, map_path = self.server(infer)
         labelmap = slicer.util.loadLabelVolume(path)
         array = slicer.util.arrayFromVolume(labelmap)
         for name, index in self.labels.items():
             self._set_segment(name, array == index)
         slicer.mrmlScene.RemoveNode(labelmap)
         self.case.proposal_version = result.get("model_version")
-        if result.get("uncertainty"):
-            map_path = self.client.uncertainty_map(result, os.path.join(self.folder, "uncertainty.nii.gz"))
+        if map_path:
             if self.uncertainty_node is not None:
                 slicer.mrmlScene.RemoveNode(self.uncertainty_node)
             self.uncertainty_node = slicer.util.loadVolume(map_path, {"name": f"{self.case.image_id} uncertainty", "show": False})
@@ -341,8 +368,8 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             roi_node.GetCenterWorld(center)
             roi_node.GetSize(size)
             box = roi_to_box(self._ras_to_ijk(), center, size, self._shape_ijk())
-        path, result = self.client.prompt_segment(
-            model, self.case.image_id, os.path.join(self.folder, "prompt.nii.gz"),
+        path, result = self.server(
+            self.client.prompt_segment, model, self.case.image_id, os.path.join(self.folder, "prompt.nii.gz"),
             foreground=self._points("foreground"), background=self._points("background"), box=box, text=text or label_name,
         )
         labelmap = slicer.util.loadLabelVolume(path)
@@ -375,8 +402,8 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         path = os.path.join(self.folder, f"{self.case.image_id}_final.nii.gz")
         slicer.util.saveNode(label_node, path)
         slicer.mrmlScene.RemoveNode(label_node)
-        answer = self.client.submit(
-            self.case.image_id, path, self.annotator, self.case.seconds_spent(),
+        answer = self.server(
+            self.client.submit, self.case.image_id, path, self.annotator, self.case.seconds_spent(),
             tool="SegLoop Slicer module", proposal_version=self.case.proposal_version,
         )
         self.case = None

@@ -1,0 +1,447 @@
+"""STAND-IN for tests, not Slicer: just enough of 3D Slicer's ``slicer`` module to run ``SegLoop.py``
+headless (PySide6, ``QT_QPA_PLATFORM=offscreen``), for ``tests/test_slicer_widget.py``.
+
+What it models, and only that (grep ``SegLoop.py`` for ``slicer.`` to see the list):
+
+* ``slicer.app``: the ``QApplication`` (``processEvents``); settings go to a temporary folder.
+* ``slicer.mrmlScene``: nodes in a list: ``AddNewNodeByClass``, ``AddNode``, ``GetFirstNodeByName``,
+  ``GetNodeByID``, ``RemoveNode``, ``Clear``; node classes for volumes (a ``[k, j, i]`` numpy array
+  and an IJK-to-RAS matrix, read from and written to NIfTI with nibabel as Slicer does: IJK-to-RAS
+  is the NIfTI affine), label maps, segmentations (one boolean mask per segment, on its reference
+  volume's grid; no resampling), fiducial markups and ROI markups (world = local: no transforms).
+* the panel's Slicer widgets, for ``slicer.util.loadUI``: ``qMRMLWidget``, ``qSlicerWidget``,
+  ``qMRMLNodeComboBox``, ``qSlicerMarkupsPlaceWidget`` (plain PySide6 widgets holding a scene and
+  a current node; no views, no placing with the mouse).
+* ``slicer.modules.segmenteditor`` (an editor that records the segmentation and source volume it
+  is given) and ``slicer.modules.volumes.logic().CreateAndAddLabelVolume``.
+
+One Slicer rule is enforced, because breaking it crashes the real application: scene, nodes and
+panel widgets may only be used on the main thread; from any other thread they raise RuntimeError.
+
+``slicer.standin`` holds what the stand-in records for tests to look at (messages shown to the
+user, the slice views' layers, the selected module). It does not exist in Slicer.
+"""
+
+import functools
+import inspect
+import os
+import tempfile
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import Property, QCoreApplication, QSettings, Signal  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMainWindow, QWidget  # noqa: E402
+
+import vtk  # noqa: E402  (the stand-in's vtk, next to this package)
+
+# -- the application -----------------------------------------------------------------------------
+QCoreApplication.setOrganizationName("SlicerStandIn")
+QCoreApplication.setApplicationName("SlicerStandIn")
+QSettings.setDefaultFormat(QSettings.IniFormat)
+QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, tempfile.mkdtemp(prefix="slicer-standin-settings-"))
+app = QApplication.instance() or QApplication(["SlicerStandIn"])
+_main_window = QMainWindow()
+
+# What tests look at (not Slicer API).
+standin = SimpleNamespace(
+    messages=[],  # (kind, text) of every errorDisplay / infoDisplay, in order
+    slice_layers={"background": None, "foreground": None, "label": None, "foregroundOpacity": None},
+    selected_module=None,
+)
+
+
+def _require_main_thread(what):
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            f"{what} used from thread {threading.current_thread().name!r}: Slicer's scene, nodes and widgets "
+            "belong to the main thread (in Slicer this crashes or corrupts the scene)"
+        )
+
+
+def _main_thread_only(value, what):
+    """``value`` checked now and, if it is a method, when called (a bound method may be handed to a thread)."""
+    _require_main_thread(what)
+    if not inspect.isroutine(value):
+        return value
+
+    @functools.wraps(value)
+    def guarded(*args, **kwargs):
+        _require_main_thread(what)
+        return value(*args, **kwargs)
+
+    return guarded
+
+
+class _MainThreadOnly:
+    def __getattribute__(self, name):
+        value = object.__getattribute__(self, name)
+        return value if name.startswith("_") else _main_thread_only(value, f"{type(self).__name__}.{name}")
+
+
+# -- MRML ----------------------------------------------------------------------------------------
+class vtkMRMLNode(_MainThreadOnly):  # noqa: N801 (Slicer's names throughout)
+    def __init__(self):
+        self._name, self._id, self._scene, self._display = "", None, None, None
+
+    def GetClassName(self):
+        return type(self).__name__
+
+    def GetName(self):
+        return self._name
+
+    def SetName(self, name):
+        self._name = name
+
+    def GetID(self):
+        return self._id
+
+    def GetScene(self):
+        return self._scene
+
+    def GetDisplayNode(self):
+        return self._display
+
+    def CreateDefaultDisplayNodes(self):
+        if self._display is None and self._display_class is not None:
+            self._display = self._display_class()
+
+    _display_class = None
+
+
+class vtkMRMLScalarVolumeDisplayNode(vtkMRMLNode):
+    def __init__(self):
+        super().__init__()
+        self._color_node_id, self._auto_window_level, self._window_level_min_max = "vtkMRMLColorTableNodeGrey", True, None
+
+    def SetAndObserveColorNodeID(self, node_id):
+        self._color_node_id = node_id
+
+    def GetColorNodeID(self):
+        return self._color_node_id
+
+    def SetAutoWindowLevel(self, flag):
+        self._auto_window_level = bool(flag)
+
+    def GetAutoWindowLevel(self):
+        return self._auto_window_level
+
+    def SetWindowLevelMinMax(self, minimum, maximum):
+        self._window_level_min_max = (float(minimum), float(maximum))
+
+    def GetWindowLevelMin(self):
+        return self._window_level_min_max[0]
+
+    def GetWindowLevelMax(self):
+        return self._window_level_min_max[1]
+
+
+class vtkMRMLLabelMapVolumeDisplayNode(vtkMRMLScalarVolumeDisplayNode):
+    pass
+
+
+class vtkMRMLMarkupsDisplayNode(vtkMRMLNode):
+    def __init__(self):
+        super().__init__()
+        self._selected_color = (1.0, 0.5, 0.5)
+
+    def SetSelectedColor(self, color):
+        self._selected_color = tuple(float(c) for c in color)
+
+    def GetSelectedColor(self):
+        return self._selected_color
+
+
+class vtkMRMLSegmentationDisplayNode(vtkMRMLNode):
+    pass
+
+
+class vtkMRMLScalarVolumeNode(vtkMRMLNode):
+    _display_class = vtkMRMLScalarVolumeDisplayNode
+
+    def __init__(self):
+        super().__init__()
+        self._array = None  # [k, j, i]
+        self._ijk_to_ras = np.eye(4)
+
+    def GetImageData(self):
+        return None if self._array is None else vtk.vtkImageData(self._array.shape[::-1])
+
+    def GetIJKToRASMatrix(self, matrix):
+        _fill(matrix, self._ijk_to_ras)
+
+    def GetRASToIJKMatrix(self, matrix):
+        _fill(matrix, np.linalg.inv(self._ijk_to_ras))
+
+
+class vtkMRMLLabelMapVolumeNode(vtkMRMLScalarVolumeNode):
+    _display_class = vtkMRMLLabelMapVolumeDisplayNode
+
+
+def _fill(matrix, array):
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+
+
+class vtkSegment(_MainThreadOnly):
+    def __init__(self, name, color):
+        self._name, self._color = name, tuple(float(c) for c in color)
+        self._mask = None  # boolean [k, j, i] on the grid of ``self._grid`` (shape, IJK-to-RAS)
+        self._grid = None
+
+    def GetName(self):
+        return self._name
+
+    def SetName(self, name):
+        self._name = name
+
+    def GetColor(self):
+        return self._color
+
+
+class vtkSegmentation(_MainThreadOnly):
+    def __init__(self):
+        self._segments = {}  # id -> vtkSegment, in insertion order
+
+    def AddEmptySegment(self, segmentId="", segmentName="", color=None):
+        """As in Slicer: a taken or empty ID is made unique; returns the ID used."""
+        segment_id = segmentId
+        if not segment_id or segment_id in self._segments:
+            base, n = segmentId or "Segment", 1
+            while f"{base}_{n}" in self._segments:
+                n += 1
+            segment_id = f"{base}_{n}"
+        self._segments[segment_id] = vtkSegment(segmentName or segment_id, color if color is not None else (0.5, 0.5, 0.5))
+        return segment_id
+
+    def GetSegmentIdBySegmentName(self, name):
+        """As in Slicer: names compare case-insensitively; "" when there is none."""
+        return next((i for i, s in self._segments.items() if s.GetName().lower() == name.lower()), "")
+
+    def GetNumberOfSegments(self):
+        return len(self._segments)
+
+    def GetNthSegmentID(self, index):
+        return list(self._segments)[index]
+
+    def GetSegment(self, segment_id):
+        return self._segments.get(segment_id)
+
+
+class vtkMRMLSegmentationNode(vtkMRMLNode):
+    _display_class = vtkMRMLSegmentationDisplayNode
+
+    def __init__(self):
+        super().__init__()
+        self._segmentation = vtkSegmentation()
+        self._reference = None  # the volume whose grid segments live on
+
+    def GetSegmentation(self):
+        return self._segmentation
+
+    def SetReferenceImageGeometryParameterFromVolumeNode(self, volume_node):
+        self._reference = volume_node
+
+
+class vtkMRMLMarkupsFiducialNode(vtkMRMLNode):
+    _display_class = vtkMRMLMarkupsDisplayNode
+
+    def __init__(self):
+        super().__init__()
+        self._points = []
+
+    def AddControlPoint(self, position, label=""):
+        self._points.append(np.asarray(position, dtype=float)[:3].copy())
+        return len(self._points) - 1
+
+    def GetNumberOfControlPoints(self):
+        return len(self._points)
+
+    def GetNthControlPointPositionWorld(self, index, position):
+        position[:] = [float(v) for v in self._points[index]]
+
+    def RemoveAllControlPoints(self):
+        self._points = []
+
+
+class vtkMRMLMarkupsROINode(vtkMRMLNode):
+    _display_class = vtkMRMLMarkupsDisplayNode
+
+    def __init__(self):
+        super().__init__()
+        self._center, self._size = None, np.zeros(3)
+
+    def SetCenterWorld(self, *center):
+        self._center = np.asarray(center[0] if len(center) == 1 else center, dtype=float)
+
+    def SetSize(self, *size):
+        self._size = np.asarray(size[0] if len(size) == 1 else size, dtype=float)
+
+    def GetNumberOfControlPoints(self):
+        return 0 if self._center is None else 1  # an ROI has one control point, its centre, once placed
+
+    def GetCenterWorld(self, center):
+        center[:] = [float(v) for v in self._center]
+
+    def GetSize(self, size):
+        size[:] = [float(v) for v in self._size]
+
+
+NODE_CLASSES = {
+    cls.__name__: cls
+    for cls in (vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode,
+                vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode)
+}
+
+
+class vtkMRMLScene(_MainThreadOnly):
+    def __init__(self):
+        self._nodes, self._counts = [], {}
+
+    def AddNode(self, node):
+        cls = node.GetClassName()
+        self._counts[cls] = self._counts.get(cls, 0) + 1
+        node._id, node._scene = f"{cls}{self._counts[cls]}", self
+        if not node.GetName():
+            node.SetName(cls.replace("vtkMRML", "").replace("Node", "") or cls)
+        self._nodes.append(node)
+        return node
+
+    def AddNewNodeByClass(self, className, nodeName=""):
+        if className not in NODE_CLASSES:
+            raise KeyError(f"the Slicer stand-in has no node class {className!r} (add it if SegLoop.py needs it)")
+        node = NODE_CLASSES[className]()
+        node.SetName(nodeName)
+        return self.AddNode(node)
+
+    def GetFirstNodeByName(self, name):
+        return next((n for n in self._nodes if n.GetName() == name), None)
+
+    def GetNodeByID(self, node_id):
+        return next((n for n in self._nodes if n.GetID() == node_id), None)
+
+    def RemoveNode(self, node):
+        if node in self._nodes:
+            self._nodes.remove(node)
+            node._scene = None
+            for layer, shown in standin.slice_layers.items():
+                if shown is node:  # as in Slicer: the views stop showing a removed volume
+                    standin.slice_layers[layer] = None
+
+    def Clear(self, removeSingletons=0):
+        for node in list(self._nodes):
+            self.RemoveNode(node)
+
+
+mrmlScene = vtkMRMLScene()
+
+
+# -- widgets the panel's .ui names ----------------------------------------------------------------
+class qMRMLWidget(QWidget):  # noqa: N801
+    mrmlSceneChanged = Signal(object)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._scene = None
+
+    def setMRMLScene(self, scene):
+        self._scene = scene
+        self.mrmlSceneChanged.emit(scene)
+
+    def mrmlScene(self):
+        return self._scene
+
+
+class qSlicerWidget(qMRMLWidget):  # noqa: N801  (in Slicer a QWidget with the same scene slot and signal)
+    pass
+
+
+class qSlicerMarkupsPlaceWidget(qSlicerWidget):  # noqa: N801
+    """Holds the markups node points are placed into (placing itself needs Slicer's views)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._node = None
+
+    def setCurrentNode(self, node):
+        if node is not None and not isinstance(node, (vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode)):
+            raise TypeError(f"a markups place widget takes a markups node, not {node.GetClassName()}")
+        self._node = node
+
+    def currentNode(self):
+        return self._node
+
+
+class qMRMLNodeComboBox(QWidget):  # noqa: N801
+    """Holds a current node of one of ``nodeTypes`` from its scene (no drop-down list of them)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._scene, self._node_types, self._none_enabled, self._node = None, [], False, None
+
+    nodeTypes = Property("QStringList", lambda self: self._node_types, lambda self, v: setattr(self, "_node_types", list(v)))
+    noneEnabled = Property(bool, lambda self: self._none_enabled, lambda self, v: setattr(self, "_none_enabled", bool(v)))
+
+    def setMRMLScene(self, scene):
+        self._scene = scene
+
+    def mrmlScene(self):
+        return self._scene
+
+    def setCurrentNode(self, node):
+        """What choosing a node in the drop-down does."""
+        if node is None:
+            if not self._none_enabled:
+                raise ValueError("this combo box has no 'None' entry")
+        elif self._scene is None or node.GetScene() is not self._scene or node.GetClassName() not in self._node_types:
+            raise ValueError(f"{node.GetName()!r} is not a {self._node_types} node of this combo box's scene")
+        self._node = node
+
+    def currentNode(self):
+        if self._node is not None and self._node.GetScene() is not self._scene:
+            self._node = None  # removed from the scene
+        return self._node
+
+
+# -- modules -------------------------------------------------------------------------------------
+class _SegmentEditorWidget(_MainThreadOnly):
+    """``qMRMLSegmentEditorWidget`` (Slicer >= 5.2 names): records what it is given."""
+
+    def __init__(self):
+        self._segmentation_node, self._source_volume_node = None, None
+
+    def setSegmentationNode(self, node):
+        self._segmentation_node = node
+
+    def segmentationNode(self):
+        return self._segmentation_node
+
+    def setSourceVolumeNode(self, node):
+        self._source_volume_node = node
+
+    def sourceVolumeNode(self):
+        return self._source_volume_node
+
+
+class _VolumesLogic(_MainThreadOnly):
+    def CreateAndAddLabelVolume(self, volumeNode, name):
+        node = vtkMRMLLabelMapVolumeNode()
+        node._array = np.zeros(volumeNode._array.shape, np.int16)
+        node._ijk_to_ras = volumeNode._ijk_to_ras.copy()
+        node.SetName(name)
+        mrmlScene.AddNode(node)
+        node.CreateDefaultDisplayNodes()
+        return node
+
+
+_segment_editor = SimpleNamespace(editor=_SegmentEditorWidget())
+modules = SimpleNamespace(
+    segmenteditor=SimpleNamespace(widgetRepresentation=lambda: SimpleNamespace(self=lambda: _segment_editor)),
+    volumes=SimpleNamespace(logic=lambda: _VolumesLogic()),
+)
+
+from . import util  # noqa: E402,F401  (slicer.util, as Slicer imports it with slicer)

@@ -1,0 +1,488 @@
+"""The Slicer module's widget, headless: the real ``SegLoop.py`` (widget, logic, ``run_with_progress``,
+``draw_curve``) and the real ``SegLoop.ui`` on PySide6 (``QT_QPA_PLATFORM=offscreen``), with a
+STAND-IN for the few Slicer, CTK and VTK calls it makes (``tests/slicer_standin``: not Slicer; read
+its docstrings for what it models and what it does not).
+
+Fast tests: the panel is built from the ``.ui`` and every button and check box reaches its handler;
+buttons follow the session's state; connection errors reach the user; the learning curve; the
+busy dialog and the worker thread. One slow test drives the widget against a real SegLoop server
+the way a clinician would: type, click, read the panel.
+"""
+
+import os
+import re
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ElementTree
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+
+from segloop.evaluation.server import running_server, wait_for
+from segloop.labels import DEFAULT_LABELS
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before the stand-in creates the QApplication
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STANDIN = os.path.join(HERE, "slicer_standin")
+MODULE = os.path.join(HERE, "..", "SlicerModule", "SegLoop")
+UI = os.path.join(MODULE, "Resources", "UI", "SegLoop.ui")
+STANDIN_MODULES = {"slicer", "qt", "ctk", "vtk", "SegLoop"}
+
+CASE_BUTTONS = ("autoSegmentButton", "promptButton", "submitButton", "segmentEditorButton")
+
+
+@pytest.fixture(scope="module")
+def env():
+    """``SegLoop.py`` imported over the stand-in. Afterwards the stand-in's ``slicer``, ``qt``, ``ctk``,
+    ``vtk`` leave ``sys.modules`` again, so no other test module meets a fake ``vtk``."""
+    added = [p for p in (STANDIN, MODULE) if p not in sys.path]
+    sys.path[:0] = added
+    before = set(sys.modules)
+    import slicer
+    import vtk
+    from PySide6.QtCore import QCoreApplication, QEvent, QSettings, Qt, QTimer
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QProgressDialog, QVBoxLayout
+
+    import SegLoop
+    from SegLoopLib import SegLoopClient, SegLoopError
+
+    yield SimpleNamespace(
+        slicer=slicer, vtk=vtk, SegLoop=SegLoop, SegLoopClient=SegLoopClient, SegLoopError=SegLoopError, QTest=QTest, Qt=Qt,
+        QTimer=QTimer, QSettings=QSettings, QProgressDialog=QProgressDialog, QVBoxLayout=QVBoxLayout,
+        QCoreApplication=QCoreApplication, QEvent=QEvent,
+    )
+    for name in set(sys.modules) - before:
+        if name.split(".")[0] in STANDIN_MODULES:
+            del sys.modules[name]
+    for path in added:
+        sys.path.remove(path)
+
+
+@pytest.fixture
+def make_widget(env):
+    """``make_widget(handlers=None)``: a module widget as Slicer makes it (parent panel, then
+    ``setup()``), on an empty scene, settings and message list; ``handlers`` replace ``on*`` methods
+    before ``setup()`` connects them."""
+    slicer = env.slicer
+    slicer.mrmlScene.Clear(0)
+    slicer.standin.messages.clear()
+    slicer.standin.slice_layers.update(background=None, foreground=None, label=None, foregroundOpacity=None)
+    slicer.standin.selected_module = None
+    env.QSettings().clear()
+    made = []
+
+    def make(handlers=None):
+        parent = slicer.qMRMLWidget()
+        parent.setLayout(env.QVBoxLayout())
+        parent.setMRMLScene(slicer.mrmlScene)
+        widget = env.SegLoop.SegLoopWidget(parent)
+        for name, handler in (handlers or {}).items():
+            setattr(widget, name, handler)
+        widget.setup()
+        parent.show()
+        made.append(widget)
+        return widget
+
+    yield make
+    for widget in made:
+        widget.cleanup()
+        widget.parent.close()
+
+
+def raw(env, widget, name):
+    return env.slicer.util.findChild(widget.parent, name)
+
+
+def click(env, widget, name):
+    env.QTest.mouseClick(raw(env, widget, name), env.Qt.LeftButton)
+
+
+def type_into(env, widget, name, text):
+    field = raw(env, widget, name)
+    field.selectAll()
+    env.QTest.keyClicks(field, text)  # typing replaces the selection
+
+
+def choose(env, widget, combo, text):
+    box = raw(env, widget, combo)
+    index = box.findText(text)
+    assert index >= 0, f"{text!r} is not in {combo}: {[box.itemText(i) for i in range(box.count())]}"
+    box.setCurrentIndex(index)
+
+
+def enabled(env, widget, names):
+    return {name: raw(env, widget, name).isEnabled() for name in names}
+
+
+def ui_widgets():
+    tree = ElementTree.parse(UI)
+    return {w.get("name"): w.get("class") for w in tree.iter("widget") if w.get("name")}
+
+
+# -- fast ----------------------------------------------------------------------------------------
+def test_the_real_ui_loads_and_every_button_and_check_box_reaches_its_handler(env, make_widget):
+    slicer = env.slicer
+    # The .ui's own connection: the panel's scene goes to the box selector.
+    panel = slicer.util.loadUI(UI)
+    box = slicer.util.findChild(panel, "boxPlaceWidget")
+    assert box.mrmlScene() is None
+    panel.setMRMLScene(slicer.mrmlScene)
+    assert box.mrmlScene() is slicer.mrmlScene
+    assert (box.nodeTypes, box.noneEnabled) == (["vtkMRMLMarkupsROINode"], True)
+
+    calls = []
+    handlers = {
+        name: (lambda *args, name=name: calls.append((name, args)))
+        for name in dir(env.SegLoop.SegLoopWidget) if name.startswith("on")
+    }
+    widget = make_widget(handlers)
+    assert set(vars(widget.ui)) == set(ui_widgets()) - {"SegLoop", "verticalSpacer"}  # the .ui's named widgets (less itself, the spacer)
+
+    fired = {}
+    for name, cls in ui_widgets().items():
+        if cls == "QPushButton":
+            raw(env, widget, name).setEnabled(True)  # clickable whatever the state
+            calls.clear()
+            click(env, widget, name)
+            fired[name] = [handler for handler, _ in calls]
+    assert fired == {
+        "connectButton": ["onConnect"], "nextCaseButton": ["onNextCase"], "autoSegmentButton": ["onAutoSegment"],
+        "promptButton": ["onPrompt"], "clearPromptsButton": ["onClearPrompts"], "segmentEditorButton": ["onSegmentEditor"],
+        "submitButton": ["onSubmit"], "refreshButton": ["onRefresh"],
+    }
+    checkboxes = [name for name, cls in ui_widgets().items() if cls == "QCheckBox"]
+    assert checkboxes == ["uncertaintyCheckBox"]
+    raw(env, widget, "uncertaintyCheckBox").setEnabled(True)
+    calls.clear()
+    click(env, widget, "uncertaintyCheckBox")
+    click(env, widget, "uncertaintyCheckBox")
+    assert calls == [("onUncertaintyToggled", (True,)), ("onUncertaintyToggled", (False,))]
+
+    # The 5 s refresh timer calls onRefresh (started by a successful connect, not before).
+    assert widget.timer.interval() == 5000 and not widget.timer.isActive()
+    calls.clear()
+    widget.timer.setInterval(10)
+    widget.timer.start()
+    deadline = time.time() + 5
+    while not calls and time.time() < deadline:
+        slicer.app.processEvents()
+        time.sleep(0.01)
+    widget.timer.stop()
+    assert calls and calls[0] == ("onRefresh", ())
+
+    # The point lists the place widgets fill are the ones the logic reads, coloured per kind.
+    foreground, background = widget.ui.foregroundPlaceWidget.currentNode(), widget.ui.backgroundPlaceWidget.currentNode()
+    assert foreground is slicer.mrmlScene.GetFirstNodeByName("SegLoop foreground") is widget.logic.point_list("foreground")
+    assert background is slicer.mrmlScene.GetFirstNodeByName("SegLoop background")
+    assert foreground.GetDisplayNode().GetSelectedColor() == (0.2, 0.8, 0.2)
+    assert background.GetDisplayNode().GetSelectedColor() == (0.9, 0.2, 0.2)
+    # What the panel says before anything happened.
+    assert widget.ui.statusLabel.text == "Not connected" and widget.ui.caseLabel.text == "No case loaded"
+    assert widget.ui.serverUrlLineEdit.text == "http://127.0.0.1:8000" and widget.ui.annotatorLineEdit.text == ""
+
+
+def test_buttons_follow_the_state_of_the_session(env, make_widget):
+    calls = []
+    widget = make_widget({"onNextCase": lambda: calls.append("onNextCase")})
+    names = ("connectButton", "refreshButton", "clearPromptsButton", "nextCaseButton", *CASE_BUTTONS, "uncertaintyCheckBox")
+    always = {"connectButton": True, "refreshButton": True, "clearPromptsButton": True}
+    assert enabled(env, widget, names) == {**always, "nextCaseButton": False, **dict.fromkeys(CASE_BUTTONS, False),
+                                           "uncertaintyCheckBox": False}
+    click(env, widget, "nextCaseButton")  # disabled: nothing happens
+    assert calls == []
+
+    widget.logic.client = object()  # connected
+    widget.updateButtons()
+    assert enabled(env, widget, names) == {**always, "nextCaseButton": True, **dict.fromkeys(CASE_BUTTONS, False),
+                                           "uncertaintyCheckBox": False}
+    click(env, widget, "nextCaseButton")
+    assert calls == ["onNextCase"]
+
+    widget.logic.case = object()  # a case loaded
+    widget.updateButtons()
+    assert enabled(env, widget, names) == {**always, "nextCaseButton": True, **dict.fromkeys(CASE_BUTTONS, True),
+                                           "uncertaintyCheckBox": False}
+    widget.logic.uncertainty_node = object()  # a proposal with its uncertainty map
+    widget.updateButtons()
+    assert enabled(env, widget, ["uncertaintyCheckBox"]) == {"uncertaintyCheckBox": True}
+    widget.logic.client = None  # no server: nothing case-related can run
+    widget.updateButtons()
+    assert enabled(env, widget, ["nextCaseButton", *CASE_BUTTONS]) == dict.fromkeys(["nextCaseButton", *CASE_BUTTONS], False)
+
+
+def test_connection_errors_are_shown_and_leave_the_panel_disconnected(env, make_widget):
+    slicer = env.slicer
+    widget = make_widget()
+    type_into(env, widget, "serverUrlLineEdit", "http://127.0.0.1:9")  # nothing listens on port 9
+    click(env, widget, "connectButton")
+    assert slicer.standin.messages == [("error", "Enter your name: it is stored with every label you submit.")]
+
+    type_into(env, widget, "annotatorLineEdit", "  dr_w ")
+    click(env, widget, "connectButton")
+    kind, text = slicer.standin.messages[-1]
+    assert kind == "error" and text.startswith("Connecting failed:\ncannot reach http://127.0.0.1:9: "), text
+
+    type_into(env, widget, "serverUrlLineEdit", "127.0.0.1:8000")  # no scheme
+    click(env, widget, "connectButton")
+    assert slicer.standin.messages[-1] == ("error", "Connecting failed:\ncannot reach 127.0.0.1:8000: unknown url type: 127.0.0.1")
+
+    assert len(slicer.standin.messages) == 3
+    assert widget.logic.client is None and widget.ui.statusLabel.text == "Not connected"
+    assert not raw(env, widget, "nextCaseButton").isEnabled() and not widget.timer.isActive()
+    assert env.QSettings().value("SegLoop/serverUrl") is None  # only a working server is remembered
+
+
+def test_the_learning_curve_is_drawn_from_the_values(env, make_widget):
+    from PySide6.QtGui import QColor
+
+    widget = make_widget()
+    label = raw(env, widget, "learningCurveLabel")
+    steelblue = QColor("steelblue").rgb()
+
+    def plot(values):
+        env.SegLoop.draw_curve(widget.ui.learningCurveLabel, values)
+        image = label.pixmap().toImage()
+        assert (image.width(), image.height()) == (260, 90)
+        blue = {(x, y) for x in range(260) for y in range(90) if image.pixel(x, y) == steelblue}
+        return image, blue
+
+    empty, blue = plot([None, None])
+    assert blue == set()
+    assert empty.pixel(0, 0) == QColor("lightgray").rgb() and empty.pixel(130, 45) == QColor("white").rgb()
+
+    rising, rising_blue = plot([0.2, 0.5, 0.8])
+    falling, falling_blue = plot([0.8, 0.5, 0.2])
+    assert len(rising_blue) > 100 and rising != falling
+
+    def rows_at(blue, x):
+        return sorted(y for bx, y in blue if bx == x)
+
+    # first point at x = 5, y = 90 - 5 - 80 * value; last at x = 255
+    assert abs(np.mean(rows_at(rising_blue, 5)) - 69) <= 2 and abs(np.mean(rows_at(falling_blue, 5)) - 21) <= 2
+    assert abs(np.mean(rows_at(rising_blue, 255)) - 21) <= 2 and abs(np.mean(rows_at(falling_blue, 255)) - 69) <= 2
+    _, gap_blue = plot([0.3, None, 0.9])  # a version without validation: no point, the line joins its neighbours
+    assert rows_at(gap_blue, 130) and not any(abs(y - (85 - 80 * 0.6)) > 3 for y in rows_at(gap_blue, 130))
+
+
+def test_run_with_progress_runs_in_a_thread_behind_a_busy_dialog_and_reraises(env):
+    slicer, SegLoop = env.slicer, env.SegLoop
+    main = threading.get_ident()
+    assert SegLoop.run_with_progress("Adding", lambda a, b=0: (a + b, threading.get_ident()), 40, b=2)[0] == 42
+    assert SegLoop.run_with_progress("Thread", threading.get_ident) != main
+
+    error = env.SegLoopError(404, "no image 'case_999'")
+    with pytest.raises(env.SegLoopError) as raised:
+        SegLoop.run_with_progress("Failing", lambda: (_ for _ in ()).throw(error))
+    assert raised.value is error
+
+    # A call longer than 300 ms shows the busy dialog; none is left behind afterwards.
+    seen = []
+
+    def look():
+        seen.extend(d.labelText() for d in slicer.util.mainWindow().findChildren(env.QProgressDialog) if d.isVisible())
+
+    env.QTimer.singleShot(700, look)
+    assert SegLoop.run_with_progress("Fetching the next case", lambda: time.sleep(1.2) or "done") == "done"
+    assert seen == ["Fetching the next case"]
+    env.QCoreApplication.sendPostedEvents(None, env.QEvent.DeferredDelete)
+    assert slicer.util.mainWindow().findChildren(env.QProgressDialog) == []
+
+    # The stand-in refuses scene work off the main thread, as Slicer cannot take it.
+    add = slicer.mrmlScene.AddNewNodeByClass
+    with pytest.raises(RuntimeError, match="belong to the main thread"):
+        SegLoop.run_with_progress("Adding a node", add, "vtkMRMLSegmentationNode", "from a thread")
+    assert slicer.mrmlScene.GetFirstNodeByName("from a thread") is None
+
+
+# -- slow: the widget against a real server ------------------------------------------------------
+# Both models train once at start on the 3 labels (4 s budget); the submission (1 new label) retrains nothing.
+CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "retrain_every": "3", "promotion_tolerance": "1.0"}
+
+
+@pytest.mark.slow
+def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_studies, sample_root, tmp_path, monkeypatch):
+    slicer, SegLoop = env.slicer, env.SegLoop
+    monkeypatch.setenv("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")  # no scoring job: the "random" strategy needs none
+    messages = slicer.standin.messages
+    truth = lambda case: np.asarray(nib.load(os.path.join(sample_root, "ground_truth", f"{case}.nii.gz")).dataobj)  # noqa: E731
+    with running_server(slicer_studies, conf=CONF, log_path=str(tmp_path / "server.log")) as server:
+        client = env.SegLoopClient(server.url)
+        widget = make_widget()
+
+        # Connect: URL and name typed, lists filled from the server.
+        type_into(env, widget, "serverUrlLineEdit", server.url)
+        type_into(env, widget, "annotatorLineEdit", "dr_w")
+        click(env, widget, "connectButton")
+        assert messages == []
+        assert widget.ui.statusLabel.text == f"Connected to {server.url} as dr_w"
+        items = lambda combo: [raw(env, widget, combo).itemText(i) for i in range(raw(env, widget, combo).count())]  # noqa: E731
+        assert {"random", "hybrid", "entropy", "diversity"} <= set(items("strategyComboBox"))
+        assert widget.ui.strategyComboBox.currentText == "hybrid"
+        assert items("autoModelComboBox") == ["segmentation"] and items("promptModelComboBox") == ["prompt"]
+        assert items("labelComboBox") == list(DEFAULT_LABELS)
+        assert widget.ui.campaignLabel.text == "3 / 6 cases labelled" and widget.timer.isActive()
+        assert enabled(env, widget, ["nextCaseButton", *CASE_BUTTONS]) == {"nextCaseButton": True, **dict.fromkeys(CASE_BUTTONS, False)}
+        assert make_widget().ui.serverUrlLineEdit.text == server.url  # remembered for next time
+        # (the prompt model's first version takes longer: it is awaited just before the prompt)
+        wait_for(lambda: client.model_status("segmentation")["serving_version"], 600, 2.0, "the automatic model to serve")
+
+        # A strategy the server does not have (as if it had changed since connecting): its message, no case.
+        raw(env, widget, "strategyComboBox").addItem("nonsense")
+        choose(env, widget, "strategyComboBox", "nonsense")
+        click(env, widget, "nextCaseButton")
+        assert len(messages) == 1 and messages[0][0] == "error"
+        assert messages[0][1].startswith("Fetching the next case failed:\n404: no active-learning strategy 'nonsense'; available: ")
+        assert widget.logic.case is None and widget.ui.caseLabel.text == "No case loaded"
+        messages.clear()
+
+        # Next case: the volume is shown, one empty segment per label.
+        choose(env, widget, "strategyComboBox", "random")
+        click(env, widget, "nextCaseButton")
+        assert messages == []
+        case_id = widget.logic.case.image_id
+        assert case_id in {"case_003", "case_004", "case_005"} and widget.ui.caseLabel.text == f"Case {case_id}"
+        volume = widget.logic.volume_node
+        assert volume.GetName() == case_id and slicer.standin.slice_layers["background"] is volume
+        image = nib.load(os.path.join(sample_root, "studies", f"{case_id}.nii.gz"))
+        assert volume.GetImageData().GetDimensions() == image.shape
+        segmentation = widget.logic.segmentation_node.GetSegmentation()
+        names = [segmentation.GetSegment(segmentation.GetNthSegmentID(i)).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        assert names == list(DEFAULT_LABELS)
+        assert enabled(env, widget, CASE_BUTTONS) == dict.fromkeys(CASE_BUTTONS, True)
+
+        def segment(name):  # [i, j, k] like the files
+            segment_id = segmentation.GetSegmentIdBySegmentName(name)
+            return slicer.util.arrayFromSegmentBinaryLabelmap(widget.logic.segmentation_node, segment_id, volume).transpose(2, 1, 0)
+
+        # A model the server does not have: reported as a failure (MONAI Label answers a bare
+        # "500: Internal Server Error", without the reason), nothing changes.
+        raw(env, widget, "autoModelComboBox").addItem("no_such_model")
+        choose(env, widget, "autoModelComboBox", "no_such_model")
+        click(env, widget, "autoSegmentButton")
+        assert len(messages) == 1 and messages[0][0] == "error"
+        assert messages[0][1].startswith("Running the automatic model failed:\n5"), messages[0][1]
+        assert widget.logic.uncertainty_node is None and widget.ui.caseLabel.text == f"Case {case_id}"
+        messages.clear()
+
+        # Auto segment: the proposal in the segments, its version and confidence on the panel, the overlay.
+        choose(env, widget, "autoModelComboBox", "segmentation")
+        click(env, widget, "autoSegmentButton")
+        assert messages == []
+        assert re.fullmatch(rf"Case {case_id}: proposal of version 1 \((liver|spleen|kidney|tumor) \d\.\d\d.*\)",
+                            widget.ui.caseLabel.text), widget.ui.caseLabel.text
+        proposal = np.asarray(nib.load(os.path.join(widget.logic.folder, "proposal.nii.gz")).dataobj)
+        for name, index in DEFAULT_LABELS.items():
+            assert np.array_equal(segment(name), proposal == index), name
+        assert widget.logic.case.proposal_version == 1
+        uncertainty = widget.logic.uncertainty_node
+        assert uncertainty.GetName() == f"{case_id} uncertainty" and raw(env, widget, "uncertaintyCheckBox").isEnabled()
+        assert uncertainty.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+        assert (uncertainty.GetDisplayNode().GetWindowLevelMin(), uncertainty.GetDisplayNode().GetWindowLevelMax()) == (0.0, 1.0)
+        assert slicer.standin.slice_layers["foreground"] is None  # overlay off until asked
+        click(env, widget, "uncertaintyCheckBox")
+        assert slicer.standin.slice_layers["foreground"] is uncertainty and slicer.standin.slice_layers["foregroundOpacity"] == 0.5
+        click(env, widget, "uncertaintyCheckBox")
+        assert slicer.standin.slice_layers["foreground"] is None and slicer.standin.slice_layers["background"] is volume
+
+        # Prompts: a foreground click inside the liver and a box around it, structure "liver".
+        wait_for(lambda: client.model_status("prompt")["serving_version"], 600, 2.0, "the prompt model to serve")
+        liver = np.argwhere(truth(case_id) == DEFAULT_LABELS["liver"])
+        inside = liver[len(liver) // 2].tolist()
+        ijk_to_ras = env.vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijk_to_ras)
+        ras = lambda ijk: ijk_to_ras.MultiplyPoint([*ijk, 1])[:3]  # noqa: E731
+        widget.ui.foregroundPlaceWidget.currentNode().AddControlPoint(ras(inside))  # what placing a point does
+        assert widget.logic._points("foreground") == [inside] and widget.logic._points("background") == []
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "liver box")
+        low, high = liver.min(axis=0), liver.max(axis=0)
+        roi.SetCenterWorld(ras((low + high) / 2))
+        roi.SetSize(np.abs(np.array(ras(high)) - np.array(ras(low))) + 2)
+        raw(env, widget, "boxPlaceWidget").setCurrentNode(roi)
+        choose(env, widget, "labelComboBox", "liver")
+        before = {name: segment(name) for name in DEFAULT_LABELS}
+        click(env, widget, "promptButton")
+        assert messages == []
+        assert widget.ui.caseLabel.text == f"Case {case_id}: liver updated from prompts"
+        mask = np.asarray(nib.load(os.path.join(widget.logic.folder, "prompt.nii.gz")).dataobj)
+        assert mask.shape == image.shape and set(np.unique(mask)) <= {0, 1}
+        assert np.array_equal(segment("liver"), mask > 0)
+        for name in ("spleen", "kidney", "tumor"):
+            assert np.array_equal(segment(name), before[name]), name
+
+        # Clear points; a click outside the volume is refused with the reason, the segments stay.
+        click(env, widget, "clearPromptsButton")
+        assert widget.ui.foregroundPlaceWidget.currentNode().GetNumberOfControlPoints() == 0
+        widget.ui.foregroundPlaceWidget.currentNode().AddControlPoint(ras([image.shape[0] + 50, 0, 0]))
+        raw(env, widget, "boxPlaceWidget").setCurrentNode(None)
+        click(env, widget, "promptButton")
+        assert len(messages) == 1 and messages[0][0] == "error"
+        assert messages[0][1].startswith("Segmenting from your prompts failed:\npoint 1 ") and "outside" in messages[0][1]
+        assert np.array_equal(segment("liver"), mask > 0)
+        messages.clear()
+        click(env, widget, "clearPromptsButton")
+
+        # Segment Editor on this case.
+        click(env, widget, "segmentEditorButton")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        assert slicer.standin.selected_module == "SegmentEditor"
+        assert editor.segmentationNode() is widget.logic.segmentation_node and editor.sourceVolumeNode() is volume
+
+        # Submit: the label lands in the server's datastore as the segments say, with who and how long.
+        expected = np.zeros(image.shape, np.uint8)
+        for name, index in DEFAULT_LABELS.items():  # higher index wins, as compose_label_map does
+            expected[(mask > 0) if name == "liver" else (proposal == index)] = index
+        click(env, widget, "submitButton")
+        assert messages == []
+        stored = client.label_info(case_id)
+        assert stored["annotator"] == "dr_w" and stored["tool"] == "SegLoop Slicer module" and stored["time_spent_s"] > 0
+        dice = [v for v in stored["edit_effort"]["dice"].values() if v is not None]
+        assert widget.ui.caseLabel.text == f"Submitted. segmentation: Dice vs proposal {np.mean(dice):.2f}"
+        answer = requests.get(f"{server.url}/datastore/label", params={"label": case_id, "tag": "final"}, timeout=60)
+        assert answer.status_code == 200
+        (tmp_path / "stored.nii.gz").write_bytes(answer.content)
+        label = nib.load(str(tmp_path / "stored.nii.gz"))
+        assert np.array_equal(np.asarray(label.dataobj), expected)
+        assert np.allclose(label.affine, image.affine, atol=1e-4)
+        assert widget.logic.case is None
+        assert enabled(env, widget, ["nextCaseButton", *CASE_BUTTONS]) == {"nextCaseButton": True, **dict.fromkeys(CASE_BUTTONS, False)}
+
+        # Training and campaign panels (refreshed by the submission), as the server has them.
+        status = client.model_status("segmentation")
+        progress = client.train_progress("segmentation")
+        assert widget.ui.campaignLabel.text == "4 / 6 cases labelled"
+        assert widget.ui.versionLabel.text == "Serving version 1" and status["serving_version"] == 1
+        assert widget.ui.trainingLabel.text.startswith("last run: epoch ")
+        assert widget.ui.trainingLabel.text == SegLoop.training_text(progress, False)
+        assert widget.ui.trainingProgressBar.value == int(progress.get("percent") or 0)
+        val = status["versions"][0]["val_dice"]
+        assert widget.ui.valDiceLabel.text == (
+            f"Validation Dice {val['mean']:.3f} (version 1)" if val else "Validation Dice: no validation case yet"
+        )
+        effort = status["edit_effort_by_version"]["1"]["median_dice_proposal_vs_final"]
+        assert widget.ui.editEffortLabel.text == f"Median Dice of proposal vs final, per version: v1: {effort:.2f}"
+        assert not raw(env, widget, "learningCurveLabel").pixmap().isNull()
+
+        # SegLoopTest, the self-test normally run inside Slicer, against the same server.
+        monkeypatch.setenv("SEGLOOP_TEST_URL", server.url)
+        SegLoop.SegLoopTest().runTest()
+        assert client.datastore_status()["completed"] == 5
+
+        def annotator(case):
+            try:
+                return (client.label_info(case) or {}).get("annotator")
+            except env.SegLoopError:  # not labelled
+                return None
+
+        assert sorted(filter(None, map(annotator, {"case_003", "case_004", "case_005"} - {case_id}))) == ["slicer-test"]
+
+        # The server goes away: the training panel says so, nothing crashes.
+        server.stop()
+        click(env, widget, "refreshButton")
+        assert widget.ui.trainingLabel.text.startswith(f"server: cannot reach {server.url}: ")
+        assert messages == []
