@@ -134,6 +134,8 @@ class SegLoopApp(MONAILabelApp):
         return result
 
     def infer(self, request, datastore=None):
+        if request.get("model") not in self._infers:  # upstream answers a bare 500 without the reason
+            raise not_found(f"no model {request.get('model')!r}; available: {sorted(self._infers)}")
         sessions = self.sessions()
         check_infer_image(request, datastore or self.datastore(), sessions.store_path if sessions else None)
         result = super().infer(request, datastore)

@@ -91,6 +91,8 @@ def test_bad_requests_get_clear_client_errors(server, sample_root, tmp_path):
     assert r.status_code == 400 and "invalid image id" in r.json()["detail"]
     r = requests.post(f"{url}/infer/segmentation", params={"image": "no_such_case"})
     assert r.status_code == 404
+    r = requests.post(f"{url}/infer/no_such_model", params={"image": "case_003"})
+    assert r.status_code == 404 and "no model 'no_such_model'" in r.json()["detail"] and "segmentation" in r.json()["detail"]
 
     wrong = str(tmp_path / "wrong.nii.gz")
     save_nifti(np.zeros((10, 10, 10), np.uint8), np.eye(4), wrong)

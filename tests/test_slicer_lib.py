@@ -79,6 +79,15 @@ def test_unreachable_server_is_a_clear_error():
     assert error.value.status == 0 and "cannot reach" in error.value.message
 
 
+def test_status_polls_get_a_short_limit_and_keep_the_login():
+    client = SegLoopClient(" 127.0.0.1:8000/ ")  # as typed: no scheme, spaces, a trailing slash
+    assert client.url == "http://127.0.0.1:8000" and client.http.timeout == 600
+    client.http.token = "t0ken"
+    poll = client.with_timeout(10)
+    assert poll.url == client.url and poll.http.timeout == 10 and poll.http.token == "t0ken"
+    assert client.http.timeout == 600  # the original keeps the long inference limit
+
+
 CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "promotion_tolerance": "1.0", "mc_samples": "2",
         "tta_samples": "2"}
 

@@ -228,9 +228,10 @@ def test_connection_errors_are_shown_and_leave_the_panel_disconnected(env, make_
     kind, text = slicer.standin.messages[-1]
     assert kind == "error" and text.startswith("Connecting failed:\ncannot reach http://127.0.0.1:9: "), text
 
-    type_into(env, widget, "serverUrlLineEdit", "127.0.0.1:8000")  # no scheme
+    type_into(env, widget, "serverUrlLineEdit", "127.0.0.1:9")  # typed without a scheme: http:// is meant
     click(env, widget, "connectButton")
-    assert slicer.standin.messages[-1] == ("error", "Connecting failed:\ncannot reach 127.0.0.1:8000: unknown url type: 127.0.0.1")
+    kind, text = slicer.standin.messages[-1]
+    assert kind == "error" and text.startswith("Connecting failed:\ncannot reach http://127.0.0.1:9: "), text
 
     assert len(slicer.standin.messages) == 3
     assert widget.logic.client is None and widget.ui.statusLabel.text == "Not connected"
@@ -300,6 +301,48 @@ def test_run_with_progress_runs_in_a_thread_behind_a_busy_dialog_and_reraises(en
     assert slicer.mrmlScene.GetFirstNodeByName("from a thread") is None
 
 
+def test_a_second_click_during_a_call_does_nothing(env, make_widget):
+    widget = make_widget()
+    runs = []
+
+    def submit_twice():
+        runs.append("outer")
+        assert widget.call("Submitting the label", lambda: runs.append("inner")) is None  # the impatient click
+        return "done"
+
+    assert widget.call("Submitting the label", submit_twice) == "done"
+    assert runs == ["outer"] and widget.busy is False
+    assert widget.call("Submitting the label", lambda: "again") == "again"  # free once the first one ended
+
+
+def test_polling_only_while_shown_and_case_files_deleted(env, make_widget):
+    widget = make_widget()
+    widget.enter()
+    assert not widget.timer.isActive()  # not connected: nothing to poll
+    widget.logic.client = object()
+    widget.enter()
+    assert widget.timer.isActive()
+    widget.exit()
+    assert not widget.timer.isActive()
+    folder = widget.logic.folder
+    open(os.path.join(folder, "case_003.nii.gz"), "wb").close()
+    widget.logic._forget_case_files()
+    assert os.path.isdir(folder) and os.listdir(folder) == []
+    open(os.path.join(folder, "proposal.nii.gz"), "wb").close()
+    widget.cleanup()
+    assert not os.path.exists(folder)  # downloaded images are patient data
+
+
+def test_submit_message_without_any_dice_says_only_submitted(env, make_widget):
+    widget = make_widget()
+    widget.logic.submit = lambda: {"edit_effort": {"segmentation": {"dice": {"liver": None}}, "prompt": None}}
+    widget.onSubmit()
+    assert widget.ui.caseLabel.text == "Submitted."
+    widget.logic.submit = lambda: {"edit_effort": {"segmentation": {"dice": {"liver": 0.8, "spleen": 0.6, "tumor": None}}}}
+    widget.onSubmit()
+    assert widget.ui.caseLabel.text == "Submitted. segmentation: Dice vs proposal 0.70"
+
+
 # -- slow: the widget against a real server ------------------------------------------------------
 # Both models train once at start on the 3 labels (4 s budget); the submission (1 new label) retrains nothing.
 CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "retrain_every": "3", "promotion_tolerance": "1.0"}
@@ -360,13 +403,12 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
             segment_id = segmentation.GetSegmentIdBySegmentName(name)
             return slicer.util.arrayFromSegmentBinaryLabelmap(widget.logic.segmentation_node, segment_id, volume).transpose(2, 1, 0)
 
-        # A model the server does not have: reported as a failure (MONAI Label answers a bare
-        # "500: Internal Server Error", without the reason), nothing changes.
+        # A model the server does not have: the server's reason, nothing changes.
         raw(env, widget, "autoModelComboBox").addItem("no_such_model")
         choose(env, widget, "autoModelComboBox", "no_such_model")
         click(env, widget, "autoSegmentButton")
         assert len(messages) == 1 and messages[0][0] == "error"
-        assert messages[0][1].startswith("Running the automatic model failed:\n5"), messages[0][1]
+        assert messages[0][1].startswith("Running the automatic model failed:\n404: no model 'no_such_model'"), messages[0][1]
         assert widget.logic.uncertainty_node is None and widget.ui.caseLabel.text == f"Case {case_id}"
         messages.clear()
 

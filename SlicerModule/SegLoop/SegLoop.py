@@ -7,6 +7,7 @@ everything that does not need Slicer (HTTP client, geometry, campaign figures) l
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -28,6 +29,7 @@ from SegLoopLib.campaign import training_text
 from SegLoopLib.geometry import compose_label_map, points_to_ijk, roi_to_box
 
 SETTINGS = "SegLoop"
+STATUS_TIMEOUT_S = 10  # the panel's 5 s status poll runs on the main thread: never wait long for it
 
 
 class SegLoop(ScriptedLoadableModule):
@@ -104,15 +106,27 @@ class SegLoopWidget(ScriptedLoadableModuleWidget):
         self.timer = qt.QTimer()
         self.timer.setInterval(5000)
         self.timer.timeout.connect(self.onRefresh)
+        self.busy = False
         self.updateButtons()
+
+    def enter(self):
+        if self.logic.client is not None:
+            self.timer.start()
+
+    def exit(self):
+        self.timer.stop()  # no polling while the module is not shown
 
     def cleanup(self):
         self.timer.stop()
+        self.logic.cleanup()
 
     # -- helpers -------------------------------------------------------------------------------
     def call(self, title, function, *args, **kwargs):
         """A clinician action: ``function`` (a logic method) on the main thread, its server calls in a
         thread behind a busy dialog called ``title``; the server's message in an error box on failure."""
+        if self.busy:  # a second click while the busy dialog is not shown yet (its first 300 ms)
+            return None
+        self.busy = True
         self.logic.server = lambda f, *a, **k: run_with_progress(title, f, *a, **k)
         try:
             return function(*args, **kwargs)
@@ -121,6 +135,8 @@ class SegLoopWidget(ScriptedLoadableModuleWidget):
         except Exception as e:
             logging.exception(title)
             slicer.util.errorDisplay(f"{title} failed unexpectedly:\n{e}")
+        finally:
+            self.busy = False
         return None
 
     def updateButtons(self):
@@ -139,6 +155,7 @@ class SegLoopWidget(ScriptedLoadableModuleWidget):
         info = self.call("Connecting", self.logic.connect, url, annotator, self.ui.passwordLineEdit.text)
         if info is None:
             return
+        url = self.logic.client.url
         settings = qt.QSettings()
         settings.setValue(f"{SETTINGS}/serverUrl", url)
         settings.setValue(f"{SETTINGS}/annotator", annotator)
@@ -193,11 +210,8 @@ class SegLoopWidget(ScriptedLoadableModuleWidget):
     def onSubmit(self):
         answer = self.call("Submitting the label", self.logic.submit)
         if answer:
-            effort = answer.get("edit_effort", {})
-            text = "; ".join(
-                f"{model}: Dice vs proposal {np.nanmean([v for v in (e.get('dice') or {}).values() if v is not None]):.2f}"
-                for model, e in effort.items() if e
-            )
+            dice = {model: [v for v in (e.get("dice") or {}).values() if v is not None] for model, e in answer.get("edit_effort", {}).items() if e}
+            text = "; ".join(f"{model}: Dice vs proposal {np.mean(values):.2f}" for model, values in dice.items() if values)
             self.ui.caseLabel.text = f"Submitted. {text}" if text else "Submitted."
             self.onRefresh()
         self.updateButtons()
@@ -249,6 +263,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.client = None
+        self.status_client = None
         self.annotator = ""
         self.labels = {}
         self.case = None
@@ -269,7 +284,16 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
 
         info = self.server(handshake)
         self.client, self.annotator, self.labels = client, annotator, SegLoopClient.labels_of(info)
+        self.status_client = client.with_timeout(STATUS_TIMEOUT_S)
         return info
+
+    def cleanup(self):
+        """Delete the downloaded images and results: they are patient data."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _forget_case_files(self):
+        for name in os.listdir(self.folder):
+            os.remove(os.path.join(self.folder, name))
 
     def point_list(self, name):
         node = slicer.mrmlScene.GetFirstNodeByName(f"SegLoop {name}")
@@ -407,11 +431,13 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             tool="SegLoop Slicer module", proposal_version=self.case.proposal_version,
         )
         self.case = None
+        self._forget_case_files()  # the submitted case stays in the scene, not on disk
         return answer
 
     def panel_status(self, model):
-        figures = CampaignFigures.from_server(self.client.datastore_status(), self.client.model_status(model))
-        return {"figures": figures, "progress": self.client.train_progress(model)}
+        client = self.status_client
+        figures = CampaignFigures.from_server(client.datastore_status(), client.model_status(model))
+        return {"figures": figures, "progress": client.train_progress(model)}
 
 
 class SegLoopTest(ScriptedLoadableModuleTest):

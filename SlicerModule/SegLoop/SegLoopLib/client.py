@@ -21,6 +21,13 @@ class SegLoopClient:
     def url(self) -> str:
         return self.http.url
 
+    def with_timeout(self, seconds: float) -> "SegLoopClient":
+        """The same server and login with another limit per call: short for background status polls,
+        so a server that hangs cannot freeze the caller for the long inference limit."""
+        other = SegLoopClient(self.url, seconds)
+        other.http.token = self.http.token
+        return other
+
     # -- connection ----------------------------------------------------------------------------
     def auth_enabled(self) -> bool:
         """MONAI Label mounts ``/auth`` only when auth is on."""

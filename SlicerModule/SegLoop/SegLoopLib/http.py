@@ -67,6 +67,9 @@ def decode_multipart(body: bytes, content_type: str) -> Dict[str, Tuple[Optional
 
 class Http:
     def __init__(self, url: str, timeout: float = 600.0):
+        url = url.strip()
+        if "://" not in url:  # "127.0.0.1:8000", as people type it
+            url = f"http://{url}"
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.token: Optional[str] = None
