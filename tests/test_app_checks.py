@@ -1,3 +1,4 @@
+import time
 import tempfile
 
 import pytest
@@ -38,3 +39,23 @@ def test_ids_uploads_and_session_images_are_accepted(tmp_path):
     outside.write_bytes(b"x")
     with pytest.raises(ClientError):
         check_infer_image({"image": str(outside), "session": {"id": "abc"}}, FakeIds(), str(sessions))
+
+
+def test_stopping_a_server_ends_the_training_runs_it_leaves_behind():
+    """A run started while the server shuts down misses its SIGTERM (here: a child that ignores
+    it); stop() must not leave it running beside the next tests."""
+    import subprocess
+
+    import psutil
+
+    from segloop.evaluation.server import ServerHandle
+
+    proc = subprocess.Popen(["bash", "-c", "(trap '' TERM; exec sleep 300) & sleep 300"], start_new_session=True)
+    deadline = time.time() + 10
+    while not psutil.Process(proc.pid).children() and time.time() < deadline:
+        time.sleep(0.05)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children
+    ServerHandle("http://127.0.0.1:9", proc, None).stop()
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    assert alive == [] and proc.poll() is not None

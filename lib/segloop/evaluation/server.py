@@ -98,8 +98,14 @@ class ServerHandle:
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                pass
+        # A training run the server started while shutting down missed the SIGTERM and would go on
+        # alone (one ran for 20 CPU-minutes beside the next tests): end whatever is left of the group.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def memory_mb(self) -> float:
         """Resident memory (MiB) of the server and all its children (train subprocesses included)."""
