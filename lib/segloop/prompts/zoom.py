@@ -49,7 +49,7 @@ def world_bounds(affine: np.ndarray, shape: Sequence[int]) -> Tuple[np.ndarray, 
 def ras_grid(lo: np.ndarray, hi: np.ndarray, spacing: Sequence[float], multiple: int = 8) -> Grid:
     """RAS grid at ``spacing`` covering world box ``[lo, hi]``, each size a multiple of ``multiple``
     and at least ``2 x multiple``: the encoder's deepest level keeps 2 voxels a side, which
-    instance normalisation needs (a thin slab of a few slices would otherwise reach 1)."""
+    instance normalisation needs (a small region of ``multiple`` voxels a side would reach 1)."""
     spacing = np.asarray(spacing, float)
     size = np.ceil((hi - lo) / spacing + 1).astype(int)
     size = np.maximum(np.ceil(size / multiple) * multiple, 2 * multiple).astype(int)
