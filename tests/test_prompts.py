@@ -207,6 +207,64 @@ def test_network_shapes_and_label_conditioning():
     assert torch.allclose(out[0], same[0]) and not torch.allclose(out[1], same[1])
 
 
+def test_network_answers_several_label_queries_from_one_pass():
+    torch.manual_seed(0)
+    net = PromptSegNet(num_labels=4, init_filters=8, blocks_down=(1, 1, 1), feature_size=8).eval()
+    x = torch.rand(2, 5, 32, 32, 16)
+    with torch.no_grad():
+        every = net(x, label=torch.tensor([[1, 2, 3, 4], [2, -1, -1, -1]]))
+        spleen = net(x, label=torch.tensor([2, 2]))
+    assert every.shape == (2, 4, 32, 32, 16)
+    assert torch.allclose(every[0, 1], spleen[0, 0], atol=1e-5) and torch.allclose(every[1, 0], spleen[1, 0], atol=1e-5)
+
+
+def test_prompt_loss_leaves_padding_queries_out_and_absent_structures_to_cross_entropy():
+    from monai.losses import DiceLoss
+
+    from segloop.trainers.prompt import PromptLoss
+
+    torch.manual_seed(0)
+    pred = torch.randn(2, 3, 8, 8, 8)
+    target = (torch.rand(2, 3, 8, 8, 8) > 0.5).float()
+    target[0, 2] = 0  # a label absent from the view
+    target[1, 1:] = -1  # item 1 asked one query only
+    loss = PromptLoss()(pred, target)
+    used, present = [(0, 0), (0, 1), (0, 2), (1, 0)], [(0, 0), (0, 1), (1, 0)]
+    pick = lambda t, items: torch.stack([t[b, k] for b, k in items])[:, None]  # noqa: E731
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(pick(pred, used), pick(target, used))
+    expected = expected + DiceLoss(sigmoid=True, batch=False)(pick(pred, present), pick(target, present))
+    assert torch.allclose(loss, expected)
+    pred[1, 1:] += 100.0  # whatever the padding queries predict
+    assert torch.allclose(PromptLoss()(pred, target), loss)
+    pred[0, 2] = -20.0  # an absent label predicted absent costs (almost) nothing
+    assert PromptLoss()(pred, target) < loss
+
+
+def test_training_items_ask_for_one_structure_or_for_every_label():
+    from segloop.trainers.prompt_interaction import PADDING, PromptInteraction
+
+    label = np.zeros((24, 24, 24), np.int64)
+    label[2:10, 2:10, 2:10] = 1
+    label[14:20, 14:20, 14:20] = 3
+    interaction = PromptInteraction((24, 24, 24), num_labels=4, seed=0)
+    kinds = set()
+    for _ in range(60):
+        prompt, classes, targets = interaction.prompt(label)
+        assert len(classes) == 4 and targets.shape == (4, 24, 24, 24)
+        if classes == [1, 2, 3, 4]:  # every label at once: no spatial prompt, each its own mask
+            kinds.add("all")
+            assert not prompt.has_spatial
+            assert all(np.array_equal(targets[c - 1], label == c) for c in classes)
+        else:
+            kinds.add("one")
+            assert classes[1:] == [PADDING] * 3 and (targets[1:] == PADDING).all()
+            assert classes[0] == prompt.label
+            assert prompt.label in (0, 1, 3) and set(np.unique(targets[0])) <= {0.0, 1.0} and targets[0].any()
+            if prompt.label:
+                assert np.array_equal(targets[0], label == prompt.label)
+    assert kinds == {"all", "one"}
+
+
 # -- zoom-out-zoom-in ----------------------------------------------------------------------------
 @pytest.mark.parametrize("index", [0, 1])
 def test_pipeline_returns_the_prompted_region_on_the_input_grid(index):
@@ -287,10 +345,24 @@ class FaceRule(torch.nn.Module):
 
 
 def test_false_positives_in_the_window_padding_do_not_move_the_region_off_the_image():
-    # 50 voxels of 4 mm pad to a 56-voxel coarse grid: its last x-plane lies 12 mm outside the image.
+    # 50 voxels of 4 mm (196 mm) pad to a 40-voxel coarse grid of 6 mm: its last x-plane lies outside the image.
     image = MetaTensor(torch.zeros(1, 50, 50, 30), affine=torch.diag(torch.tensor([4.0, 4.0, 4.0, 1.0], dtype=torch.float64)))
     pipeline = ZoomOutZoomIn(FaceRule(), PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
     mask, details = pipeline(image, Prompt(label=1))
     assert mask.shape == (50, 50, 30) and not mask.any() and details["roi_mm"] is None
     mask, details = pipeline(image, Prompt(positive=[(49, 25, 15)], label=1))  # a click at the very edge
     assert mask.shape == (50, 50, 30) and details["roi_mm"] is not None
+
+
+
+def test_a_label_prompt_keeps_every_part_of_the_class_in_the_region():
+    """Both kidneys are one label: a click on one with the label asks for both; without it, for one."""
+    coarse = np.zeros((40, 40, 40), bool)
+    coarse[5:12, 5:12, 5:12] = True  # one kidney
+    coarse[28:35, 5:12, 5:12] = True  # the other
+    coarse[20, 30, 30] = True  # a speck of noise
+    pipeline = ZoomOutZoomIn(ChannelRule(channel=0), PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
+    with_label = pipeline._region(coarse, Prompt(positive=[(8, 8, 8)], label=3))
+    assert with_label[8, 8, 8] and with_label[31, 8, 8] and not with_label[20, 30, 30]
+    clicked_only = pipeline._region(coarse, Prompt(positive=[(8, 8, 8)]))
+    assert clicked_only[8, 8, 8] and not clicked_only[31, 8, 8]

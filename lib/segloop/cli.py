@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results", help="folder for interactive.json / interactive.png")
     p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")
     p.add_argument("--train-minutes", type=float, default=15.0)
+    p.add_argument(
+        "--train-epochs", type=int, default=0,
+        help="stop after this many epochs (one iteration per training case each) even within the minutes; "
+        "0: the minutes alone. Fixes the iteration count, e.g. to train on a GPU what a CPU budget trains",
+    )
     p.add_argument("--train-cases", type=int, default=16)
     p.add_argument("--held-out", type=int, default=4)
     p.add_argument("--clicks", type=int, default=10)

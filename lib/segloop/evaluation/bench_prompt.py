@@ -1,8 +1,12 @@
 """``segloop bench prompt``: train the prompt model on a CPU budget, then evaluate it interactively.
 
 Generates ``--train-cases`` labelled phantoms (random sizes and spacings) and ``--held-out``
-unlabelled ones at 128 x 128 x 64 voxels of 1.5 x 1.5 x 3 mm (the latency target's volume),
-trains the prompt model for ``--train-minutes`` through the app's own trainer, and runs the
+unlabelled ones at 128 x 128 x 64 voxels (the latency target's volume) of 2.6 x 2.6 x 3.4 mm: a
+333 x 333 x 218 mm field of view, so the held-out patients are adults like the training ones (at
+1.5 x 1.5 x 3 mm the phantom fits a patient of half the size into the 192 mm field of view, and
+every organ would be half the size the model learnt),
+trains the prompt model for ``--train-minutes`` (or ``--train-epochs``, whichever ends first)
+through the app's own trainer, and runs the
 ``segloop eval interactive`` protocol on the held-out cases. Writes ``interactive.json`` (with
 the training run) and ``interactive.png`` into ``--out``.
 """
@@ -19,7 +23,7 @@ from segloop.evaluation.interactive import build_pipeline, evaluate_interactive,
 from segloop.evaluation.training import train
 
 HELD_OUT_SHAPE = (128, 128, 64)
-HELD_OUT_SPACING = (1.5, 1.5, 3.0)
+HELD_OUT_SPACING = (2.6, 2.6, 3.4)
 
 
 def main(args) -> int:
@@ -33,7 +37,7 @@ def main(args) -> int:
     )
     print(f"Training the prompt model for {args.train_minutes:g} min ...", flush=True)
     conf = dict(kv.split("=", 1) for kv in args.conf)
-    request = {"max_epochs": 100000, "max_seconds": args.train_minutes * 60, "val_split": 0.0, "seed": 0}
+    request = {"max_epochs": args.train_epochs or 100000, "max_seconds": args.train_minutes * 60, "val_split": 0.0, "seed": 0}
     run = train(studies, request, conf, name="prompt")
     pipeline, matcher, labels = build_pipeline(studies, conf)
     cases = held_out_cases(studies, truth, labels)
@@ -47,6 +51,7 @@ def main(args) -> int:
         "budget_min": args.train_minutes,
         "wall_s": run["seconds"],
         "iterations": run["stats"].get("current_iteration"),
+        "max_epochs": args.train_epochs or None,
         "train_cases": args.train_cases,
         "conf": conf,
     }

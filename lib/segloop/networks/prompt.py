@@ -17,8 +17,12 @@ the first layer on, which is what makes the model learnable from a few dozen cor
 minutes of CPU time (SAM-style sparse tokens need far more training to localise clicks).
 
 Shapes: input ``x`` [B, 5, X, Y, Z] = the image (HU window mapped to 0..1) and the 4 prompt
-channels; ``label`` [B] long; output logits [B, 1, X, Y, Z]. X, Y, Z must be multiples of ``size_multiple``.
-The label goes as a keyword so MONAI's inferers and ``PrepareBatchExtraInput`` can pass it.
+channels; ``label`` [B] long (one query per image) or [B, K] (K class queries per image, from the
+same features: training asks for every label at once when no spatial prompt is given); output
+logits [B, K, X, Y, Z] (K = 1 for a [B] label). A negative class index is a padding query: its
+channel holds class 0's logits and training ignores it. X, Y, Z must be multiples of
+``size_multiple``. The label goes as a keyword so MONAI's inferers and ``PrepareBatchExtraInput``
+can pass it.
 """
 
 from dataclasses import dataclass
@@ -45,9 +49,11 @@ class PromptPreset:
 
 PROMPT_PRESETS: Dict[str, PromptPreset] = {
     # CPU default: 48^3 windows, 8 initial filters: a training step (2 windows) takes about 0.6 s
-    # and a 64^3 forward pass 0.2 s on 2 threads. Zoom-out at 4 mm (the whole abdomen in one
-    # pass), zoom-in at 2 mm.
-    "prompt_cpu": PromptPreset("prompt_cpu", (48, 48, 48), (4.0, 4.0, 4.0), (2.0, 2.0, 2.0), 8, (1, 2, 2, 4), 16, 3e-3),
+    # and a 64^3 forward pass 0.2 s on 2 threads. Zoom-out at 6 mm (an adult abdomen, 35 x 35 x
+    # 25 cm, in one 64 x 64 x 48 pass), zoom-in at 3 mm (a liver's region about 72 x 64 x 64): a
+    # click then costs under a second on 2 CPU threads. Training views are the 2 x roi crop halved
+    # (the zoom-out scale) or roi windows at full resolution, so coarse = 2 x fine spacing.
+    "prompt_cpu": PromptPreset("prompt_cpu", (48, 48, 48), (6.0, 6.0, 6.0), (3.0, 3.0, 3.0), 8, (1, 2, 2, 4), 16, 3e-3),
     # GPU: VISTA3D-sized encoder (48 filters, five levels) on 128^3 windows, zoom-in at 1.5 mm.
     # At 3e-3 its loss diverged within 5 steps (on an H200, and on CPU at 32^3); 3e-4 trains.
     "prompt": PromptPreset("prompt", (128, 128, 128), (3.0, 3.0, 3.0), (1.5, 1.5, 1.5), 48, (1, 2, 2, 4, 4), 48, 3e-4),
@@ -83,12 +89,14 @@ class PromptSegNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         features = self.image_encoder(x)
-        labels = torch.as_tensor(label, device=x.device).long().reshape(-1).expand(features.shape[0])
+        labels = torch.as_tensor(label, device=x.device).long()
+        labels = labels.reshape(-1, 1) if labels.dim() < 2 else labels
+        labels = labels.expand(features.shape[0], labels.shape[1]).clamp(min=0)
         logits = []
-        # ClassMappingClassify maps one image's features to one mask per class vector entry.
+        # ClassMappingClassify maps one image's features to one mask per entry of its class vector.
         for b in range(features.shape[0]):
-            masks, _ = self.class_head(features[b : b + 1], labels[b].reshape(1, 1))
-            logits.append(masks[0])  # [1, X, Y, Z]
+            masks, _ = self.class_head(features[b : b + 1], labels[b].reshape(-1, 1))
+            logits.append(masks[:, 0])  # [K, X, Y, Z]
         return torch.stack(logits)
 
 

@@ -6,15 +6,25 @@ multi-label map (network channels: 0 background, 1..N labels). For each item:
 
 1. a **view**: the whole crop halved (the zoom-out scale) or an ``roi`` window at full
    resolution around a random voxel of a structure (the zoom-in scale);
-2. a **target** class present in the view and a **prompt**: a click inside one component, that
-   component's jittered box, the label alone, or clicks/box together with the label. Without a
-   label prompt the target is the clicked / boxed component; with one, the whole class;
-3. up to ``max_interactions`` **simulated corrections** without gradients: the model predicts,
-   the next click goes to the centre of the largest error (positive in a miss, negative in a false
-   positive) and the prediction becomes the previous-mask prompt (DeepEdit / SAM-Med3D).
+2. a **prompt** and its **targets**:
 
-The returned batch is ``image`` [B, 5, roi] (CT + prompt channels), ``label`` [B, 1, roi]
-(binary target) and ``class_index`` [B] (the label prompt), trained by the engine's own step.
+   * a click inside one component, that component's jittered box, or the label alone, each
+     with or without the label. Without a label prompt the target is the clicked / boxed
+     component; with one, the whole class;
+   * **all labels**: no spatial prompt, and the network is asked for every label at once from
+     the same features, each against its own mask (empty where the label is absent from the
+     view). One forward pass then teaches what every label looks like, and where it is not,
+     which the label / text prompt and the first click rely on;
+
+3. up to ``max_interactions`` **simulated corrections** (one-structure items only) without
+   gradients: the model predicts, the next click goes to the centre of the largest error
+   (positive in a miss, negative in a false positive) and the prediction becomes the
+   previous-mask prompt (DeepEdit / SAM-Med3D).
+
+The returned batch is ``image`` [B, 5, roi] (CT + prompt channels), ``class_index`` [B, N] (the
+label queries: one-structure items use slot 0 and pad the rest with -1) and ``label``
+[B, N, roi] (one binary target per query; a padding query's target is all -1, which
+:class:`segloop.trainers.prompt.PromptLoss` skips), trained by the engine's own step.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -27,14 +37,19 @@ from scipy import ndimage
 from segloop.prompts.encoding import Prompt, encode_prompts
 from segloop.prompts.simulation import jittered_box, next_click, random_click, region_centre
 
-MODES = ("click", "click+label", "box", "box+label", "label")
-MODE_WEIGHTS = (0.2, 0.3, 0.15, 0.1, 0.25)  # clicks with the label: what the Slicer plugin sends
+MODES = ("click", "click+label", "box", "box+label", "label", "all labels")
+# Clicks with the label: what the Slicer plugin sends. "all labels" supervises every label per pass.
+MODE_WEIGHTS = (0.15, 0.3, 0.15, 0.05, 0.05, 0.3)
+PADDING = -1  # class index / target value of an unused label query
 ZOOM_OUT_SHARE = 0.4  # the zoom-in view is the harder one (less context): it gets more of the steps
 
 
 class PromptInteraction:
-    def __init__(self, roi_size: Sequence[int], max_interactions: int = 2, seed: Optional[int] = None):
+    def __init__(
+        self, roi_size: Sequence[int], num_labels: int, max_interactions: int = 2, seed: Optional[int] = None
+    ):
         self.roi_size = tuple(int(v) for v in roi_size)
+        self.num_labels = int(num_labels)
         self.max_interactions = max_interactions
         self.rng = np.random.default_rng(seed)
 
@@ -62,18 +77,25 @@ class PromptInteraction:
     def _fit_label(self, label: np.ndarray) -> np.ndarray:
         return self._fit(torch.as_tensor(label)[None])[0].numpy()
 
-    def prompt(self, label: np.ndarray) -> Tuple[Prompt, np.ndarray]:
-        """A random prompt on ``label`` (class channels) and the binary target it asks for."""
+    def prompt(self, label: np.ndarray) -> Tuple[Prompt, List[int], np.ndarray]:
+        """A random prompt on ``label`` (class channels), its label queries and their targets.
+
+        Returns the spatial prompt, ``num_labels`` class indices (padded with -1) and targets
+        [num_labels, X, Y, Z] float (1 / 0; all -1 for a padding query).
+        """
+        targets = np.full((self.num_labels, *label.shape), PADDING, np.float32)
         present = [c for c in np.unique(label) if c > 0]
-        if not present:
-            return Prompt(), np.zeros(label.shape, bool)
+        mode = MODES[self.rng.choice(len(MODES), p=MODE_WEIGHTS)]
+        if mode == "all labels" or not present:
+            classes = list(range(1, self.num_labels + 1))
+            targets[:] = label[None] == np.asarray(classes).reshape(-1, 1, 1, 1)
+            return Prompt(), classes, targets
         cls = int(self.rng.choice(present))
         whole = label == cls
         components, _ = ndimage.label(whole)
         # The component under a random voxel of the class: large parts are prompted more often than
         # the slivers a crop border leaves of a structure.
         component = components == components[random_click(whole, self.rng)]
-        mode = MODES[self.rng.choice(len(MODES), p=MODE_WEIGHTS)]
         with_label = mode.endswith("label")
         prompt = Prompt(label=cls if with_label else 0)
         if mode.startswith("click"):
@@ -81,40 +103,44 @@ class PromptInteraction:
             prompt.positive.append(region_centre(component) if centre else random_click(component, self.rng))
         elif mode.startswith("box"):
             prompt.box = jittered_box(component, self.rng)
-        return prompt, (whole if with_label else component)
+        targets[0] = whole if with_label else component
+        return prompt, [prompt.label] + [PADDING] * (self.num_labels - 1), targets
 
     # -- the iteration -------------------------------------------------------------------------
     def __call__(self, engine, batchdata: Dict) -> Dict:
         images, labels = batchdata["image"], batchdata["label"]
-        views, prompts, targets = [], [], []
+        views, prompts, queries, targets = [], [], [], []
         for b in range(images.shape[0]):
             image, label = self.view(images[b], labels[b])
-            prompt, target = self.prompt(label)
+            prompt, classes, target = self.prompt(label)
             views.append(image)
             prompts.append(prompt)
+            queries.append(classes)
             targets.append(target)
+        single = [q[1:] == [PADDING] * (len(q) - 1) for q in queries]  # one-structure items get corrections
         previous: List = [None] * len(views)
         device = engine.state.device if hasattr(engine.state, "device") else images.device
-        for _ in range(int(self.rng.integers(0, self.max_interactions + 1))):
-            x, cls = self._inputs(views, prompts, previous)
+        for _ in range(int(self.rng.integers(0, self.max_interactions + 1)) if any(single) else 0):
+            x = self._inputs(views, prompts, previous)
+            first = torch.tensor([q[0] for q in queries], dtype=torch.long)
             with torch.no_grad():
-                logits = engine.network(x.to(device), label=cls.to(device))
+                logits = engine.network(x.to(device), label=first.to(device))
             for b, target in enumerate(targets):
+                if not single[b]:
+                    continue
                 prediction = (logits[b, 0] > 0).cpu().numpy()
-                click = next_click(prediction, target)
+                click = next_click(prediction, target[0] > 0)
                 if click is not None:
                     (prompts[b].positive if click[1] else prompts[b].negative).append(click[0])
-                previous[b] = torch.sigmoid(logits[b, 0]).cpu()
-        x, cls = self._inputs(views, prompts, previous)
+                previous[b] = torch.sigmoid(logits[b, 0].float()).cpu()
         batch = {
-            "image": x,
-            "label": torch.as_tensor(np.stack(targets)[:, None], dtype=torch.float32),
-            "class_index": cls,
+            "image": self._inputs(views, prompts, previous),
+            "label": torch.as_tensor(np.stack(targets)),
+            "class_index": torch.tensor(queries, dtype=torch.long),
         }
         return engine._iteration(engine, batch)
 
-    def _inputs(self, views, prompts, previous) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = torch.stack(
+    def _inputs(self, views, prompts, previous) -> torch.Tensor:
+        return torch.stack(
             [torch.cat([v.float().cpu(), encode_prompts(p, self.roi_size, prev)]) for v, p, prev in zip(views, prompts, previous)]
         )
-        return x, torch.tensor([p.label for p in prompts], dtype=torch.long)
