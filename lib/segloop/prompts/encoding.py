@@ -20,7 +20,7 @@ from monai.networks.layers import GaussianFilter
 from segloop.networks.prompt import PROMPT_CHANNELS
 
 Point = Tuple[float, float, float]
-CLICK_SIGMA = 3.0  # voxels: 12 mm at the zoom-out, 6 mm at the zoom-in spacing of prompt_cpu
+CLICK_SIGMA = 3.0  # voxels: 18 mm at the zoom-out, 9 mm at the zoom-in spacing of prompt_cpu
 
 
 @dataclass
