@@ -1,7 +1,8 @@
 """Zoom-out-zoom-in inference of the prompt model (SegVol, Du et al. 2024), for one structure.
 
 1. **Zoom out**: the whole volume is resampled to a RAS grid at ``coarse_spacing`` mm (6 mm on
-   the CPU preset: a 48^3 window sees 29 cm) and segmented by sliding windows with the prompts mapped onto it.
+   the CPU preset: a 48^3 window sees 29 cm) and segmented, by sliding windows where it is
+   large, with the prompts mapped onto it.
 2. **Region of interest**: the coarse mask, reduced to the components the prompts point at (the
    ones under a positive click or inside the box; with a label prompt, also every component at
    least a fifth of the largest, since the label asks for the whole class: both kidneys when the

@@ -17,9 +17,9 @@ import copy
 from typing import Dict, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.engines import PrepareBatchExtraInput
 from monai.handlers import MeanDice, from_engine
-import torch.nn.functional as F
 from monai.losses import DiceLoss
 from monai.transforms import Activationsd, AsDiscreted
 from monailabel.tasks.train.basic_train import Context
@@ -86,10 +86,7 @@ class PromptTrainer(SegmentationTrainer):
         )
 
     def train_post_transforms(self, context: Context):
-        return [
-            Activationsd(keys="pred", sigmoid=True),
-            AsDiscreted(keys="pred", threshold=0.5),
-        ]
+        return [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=0.5)]
 
     def train_key_metric(self, context: Context):
         return {"train_dice": MeanDice(include_background=True, output_transform=first_query)}

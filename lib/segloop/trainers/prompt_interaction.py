@@ -117,7 +117,7 @@ class PromptInteraction:
             prompts.append(prompt)
             queries.append(classes)
             targets.append(target)
-        single = [q[1:] == [PADDING] * (len(q) - 1) for q in queries]  # one-structure items get corrections
+        single = [p.has_spatial or p.label > 0 for p in prompts]  # one-structure items get corrections
         previous: List = [None] * len(views)
         device = engine.state.device if hasattr(engine.state, "device") else images.device
         for _ in range(int(self.rng.integers(0, self.max_interactions + 1)) if any(single) else 0):
