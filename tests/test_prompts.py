@@ -20,6 +20,7 @@ from segloop.infers.prompt import PromptInfer
 from segloop.labels import DEFAULT_LABELS
 from segloop.networks.prompt import PROMPT_PRESETS, PromptSegNet
 from segloop.prompts.encoding import Prompt, encode_prompts, to_grid, transform_points
+from segloop.prompts.refine import local_update
 from segloop.prompts.request import parse_prompt
 from segloop.prompts.simulation import jittered_box, next_click, region_centre
 from segloop.prompts.text import LabelMatcher, parse_vocabulary
@@ -366,3 +367,74 @@ def test_a_label_prompt_keeps_every_part_of_the_class_in_the_region():
     assert with_label[8, 8, 8] and with_label[31, 8, 8] and not with_label[20, 30, 30]
     clicked_only = pipeline._region(coarse, Prompt(positive=[(8, 8, 8)]))
     assert clicked_only[8, 8, 8] and not clicked_only[31, 8, 8]
+
+
+class RecordingRule(ChannelRule):
+    """ChannelRule that keeps the previous-mask channel of every grid it is given."""
+
+    def __init__(self, channel: int):
+        super().__init__(channel)
+        self.mask_channels = []
+
+    def forward(self, x, label=None):
+        self.mask_channels.append(x[0, 4].clone())
+        return super().forward(x, label)
+
+
+def test_a_previous_mask_widens_the_region_but_the_network_sees_the_coarse_prior():
+    """A refinement may take back what the previous mask covered, so the region holds it; the mask
+    channel stays the zoom-out probability of the current prompts (a sent binary mask there made
+    positive clicks shrink the result)."""
+    image, label, affine, spec = case(1)
+    spleen, liver = label == LABELS["spleen"], label == LABELS["liver"]
+    click = region_centre(spleen)
+    network = RecordingRule(channel=0)
+    pipeline = ZoomOutZoomIn(network, PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
+    _, alone = pipeline(image, Prompt(positive=[click]))
+    fine_prior_alone = network.mask_channels[-1]
+    _, refined = pipeline(image, Prompt(positive=[click]), previous=liver.astype(np.float32))
+    assert np.prod(refined["fine_grid"]) > 2 * np.prod(alone["fine_grid"])  # the liver's box joined the region
+    coarse_prior, fine_prior = network.mask_channels[-2], network.mask_channels[-1]
+    assert not coarse_prior.any()  # zoom-out: no mask prompt
+    # The click's coarse blob, not the liver: as much prior as without the previous mask.
+    assert 0 < float(fine_prior.sum()) == pytest.approx(float(fine_prior_alone.sum()), rel=0.05)
+    assert float(fine_prior[fine_prior > 0.5].numel()) < 0.05 * fine_prior.numel()
+
+
+# -- local refinement ----------------------------------------------------------------------------
+def test_a_negative_click_removes_only_what_lies_near_it():
+    """The proposal shrank the whole organ; only the part within the radius of the click goes."""
+    previous = np.zeros((60, 60, 60), bool)
+    previous[10:50, 10:50, 10:50] = True
+    proposal = np.zeros_like(previous)
+    proposal[14:46, 14:46, 14:46] = True  # a 4-voxel shell gone everywhere
+    updated = local_update(previous, proposal, Prompt(negative=[(12, 30, 30)]), (1.0, 1.0, 1.0), radius_mm=10)
+    assert not updated[12, 30, 30] and not updated[10, 25, 35]  # near the click: removed
+    assert updated[47, 30, 30] and updated[30, 12, 30]  # far from it: the previous mask stays
+    assert proposal.sum() < updated.sum() < previous.sum()
+
+
+def test_a_positive_click_adds_the_part_it_touches_not_a_distant_blob():
+    previous = np.zeros((60, 60, 60), bool)
+    previous[10:30, 10:30, 10:30] = True
+    proposal = previous.copy()
+    proposal[30:36, 10:30, 10:30] = True  # the miss the click is in
+    proposal[50:55, 50:55, 50:55] = True  # a false positive elsewhere
+    proposal[10:12] = False  # and a shrink nobody asked for
+    updated = local_update(previous, proposal, Prompt(positive=[(33, 20, 20)]), (2.0, 2.0, 2.0), radius_mm=40)
+    assert updated[30:36, 10:30, 10:30].all()  # added
+    assert not updated[50:55, 50:55, 50:55].any() and updated[10:12, 10:30, 10:30].all()
+
+
+def test_the_pipeline_refines_a_previous_mask_locally():
+    image, label, affine, spec = case(1)
+    liver = label == LABELS["liver"]
+    far_end = tuple(int(v) for v in np.argwhere(liver)[-1])  # the liver voxel of largest I
+    # The rule network segments the click blob only: taken whole it would drop the whole liver.
+    pipeline = ZoomOutZoomIn(ChannelRule(channel=0), PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
+    click = region_centre(liver)
+    mask, details = pipeline(image, Prompt(positive=[click]), previous=liver.astype(np.float32))
+    assert details["refinement"] == "local" and (mask == liver).all()  # the blob is inside: nothing changes
+    outside = tuple(int(v) for v in np.argwhere(~liver & (label == 0))[0])
+    mask, _ = pipeline(image, Prompt(positive=[outside]), previous=liver.astype(np.float32))
+    assert mask[outside] and mask[far_end] and mask.sum() > liver.sum()  # added at the click, kept elsewhere

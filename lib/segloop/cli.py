@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=int, default=4)
     p.add_argument("--clicks", type=int, default=10)
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="app --conf options, e.g. prompt_network=prompt")
+    p.add_argument("--request", action="append", default=[], metavar="KEY=VALUE", help="training request options, e.g. lr=1e-3")
+    p.add_argument("--seed", type=int, default=0, help="training seed (data generation is fixed)")
     p.set_defaults(func=_bench_prompt)
     return parser
 

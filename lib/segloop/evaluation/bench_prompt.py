@@ -37,7 +37,8 @@ def main(args) -> int:
     )
     print(f"Training the prompt model for {args.train_minutes:g} min ...", flush=True)
     conf = dict(kv.split("=", 1) for kv in args.conf)
-    request = {"max_epochs": args.train_epochs or 100000, "max_seconds": args.train_minutes * 60, "val_split": 0.0, "seed": 0}
+    request = {"max_epochs": args.train_epochs or 100000, "max_seconds": args.train_minutes * 60, "val_split": 0.0}
+    request.update({"seed": args.seed, **dict(kv.split("=", 1) for kv in args.request)})
     run = train(studies, request, conf, name="prompt")
     pipeline, matcher, labels = build_pipeline(studies, conf)
     cases = held_out_cases(studies, truth, labels)
@@ -54,6 +55,7 @@ def main(args) -> int:
         "max_epochs": args.train_epochs or None,
         "train_cases": args.train_cases,
         "conf": conf,
+        "request": {k: v for k, v in request.items() if k not in ("max_epochs", "max_seconds")},
     }
     report["machine"] = {
         "cpu_threads": os.cpu_count(),

@@ -6,13 +6,20 @@
 2. **Region of interest**: the coarse mask, reduced to the components the prompts point at (the
    ones under a positive click or inside the box; with a label prompt, also every component at
    least a fifth of the largest, since the label asks for the whole class: both kidneys when the
-   click is on one), joined with the prompts themselves and grown by ``margin_mm``.
+   click is on one), joined with the prompts themselves and the previous mask (when one is sent,
+   so a refinement can take back what it covered), grown by ``margin_mm``.
 3. **Zoom in**: that region alone is resampled from the original image at ``fine_spacing`` mm and
-   segmented again, the coarse probability given as the previous-mask prompt (the user's previous
-   mask instead, when one was sent). The fine result is final inside the region; outside it the
-   structure is absent.
+   segmented again, the coarse probability given as the previous-mask prompt. The fine result is
+   final inside the region; outside it the structure is absent.
 4. The fine probabilities are resampled onto the input's own grid (shape and affine) and
    thresholded at 0.5, so the mask lines up voxel for voxel with the image the client shows.
+5. With a previous mask and clicks, that mask is updated **locally** around the clicks
+   (:mod:`segloop.prompts.refine`, FocalClick-style) instead of being replaced.
+
+A user's previous mask reaches the network only through the region and the clicks accumulated on
+it, not as the mask channel: a sent binary mask in that channel made positive clicks *shrink* the
+result (spleen Dice 0.79 -> 0.66 over three clicks on 4 held-out cases), where the clicks with the
+coarse probability as prior took it to 0.84.
 
 Every resampling is MONAI's ``SpatialResample`` between affines, so LPS- or RAS-stored inputs and
 oblique spacings need no special case.
@@ -30,6 +37,7 @@ from monai.transforms import ScaleIntensityRange, SpatialResample
 from scipy import ndimage
 
 from segloop.prompts.encoding import Prompt, encode_prompts, to_grid
+from segloop.prompts.refine import DEFAULT_RADIUS_MM, local_update
 from segloop.transforms import DEFAULT_HU_WINDOW
 
 
@@ -43,7 +51,12 @@ class Grid:
 
 def world_bounds(affine: np.ndarray, shape: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
     """World (mm) bounding box of the voxel centres of a grid."""
-    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    return world_box(affine, np.zeros(3), np.asarray(shape) - 1)
+
+
+def world_box(affine: np.ndarray, first: np.ndarray, last: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """World (mm) bounding box of the voxel box ``first..last`` (IJK, inclusive) of a grid."""
+    corners = np.array([[i, j, k, 1.0] for i in (first[0], last[0]) for j in (first[1], last[1]) for k in (first[2], last[2])])
     world = (np.asarray(affine, float) @ corners.T).T[:, :3]
     return world.min(0), world.max(0)
 
@@ -90,6 +103,7 @@ class ZoomOutZoomIn:
         device: str = "cpu",
         margin_mm: float = 10.0,
         max_fine_voxels: int = 128**3,
+        refine_radius_mm: float = DEFAULT_RADIUS_MM,
     ):
         self.network = network
         self.roi_size = tuple(roi_size)
@@ -99,6 +113,7 @@ class ZoomOutZoomIn:
         self.device = torch.device(device)
         self.margin_mm = margin_mm
         self.max_fine_voxels = max_fine_voxels
+        self.refine_radius_mm = refine_radius_mm
         self.size_multiple = getattr(network, "size_multiple", 8)  # grids the encoder can take whole
 
     def _segment(self, image: torch.Tensor, prompt: Prompt, previous: Optional[torch.Tensor]) -> torch.Tensor:
@@ -149,13 +164,11 @@ class ZoomOutZoomIn:
         affine = np.asarray(image.affine, float)
         shape = tuple(image.shape[1:])
         hu = torch.as_tensor(image).float()
-        prev = None if previous is None else torch.as_tensor(np.asarray(previous, np.float32))[None]
 
         lo, hi = world_bounds(affine, shape)
         coarse = ras_grid(lo, hi, self.coarse_spacing, self.size_multiple)
-        coarse_prev = None if prev is None else resample(prev, affine, coarse)[0]
         coarse_prompt = to_grid(prompt, affine, coarse.affine)
-        coarse_logits = self._segment(resample(hu, affine, coarse), coarse_prompt, coarse_prev)
+        coarse_logits = self._segment(resample(hu, affine, coarse), coarse_prompt, None)
         coarse_seconds = time.time() - start
 
         # Only coarse voxels inside the image count: the grid is padded to whole windows, and a
@@ -164,24 +177,31 @@ class ZoomOutZoomIn:
         voxels = np.argwhere(region)
         if coarse_prompt.has_spatial:
             voxels = np.concatenate([voxels, coarse_prompt.spatial_points()])
-        if not len(voxels):
-            return np.zeros(shape, bool), {"roi_mm": None, "coarse_s": round(coarse_seconds, 3), "fine_s": 0.0}
         world = (coarse.affine @ np.c_[voxels, np.ones(len(voxels))].T).T[:, :3]
+        if previous is not None and np.any(previous):
+            kept = np.argwhere(np.asarray(previous) > 0)
+            world = np.concatenate([world, np.stack(world_box(affine, kept.min(0), kept.max(0)))])
+        if not len(world):
+            return np.zeros(shape, bool), {"roi_mm": None, "coarse_s": round(coarse_seconds, 3), "fine_s": 0.0}
         roi_lo = np.clip(world.min(0) - self.margin_mm, lo, hi)
         roi_hi = np.clip(world.max(0) + self.margin_mm, roi_lo, hi)
         fine = ras_grid(roi_lo, roi_hi, self.fine_spacing, self.size_multiple)
         fine_prev = torch.sigmoid(resample(coarse_logits[None], coarse.affine, fine)[0])
-        if prev is not None:
-            fine_prev = resample(prev, affine, fine)[0]
         fine_logits = self._segment(resample(hu, affine, fine), to_grid(prompt, affine, fine.affine), fine_prev)
         fine_seconds = time.time() - start - coarse_seconds
 
         probability = torch.sigmoid(fine_logits)[None]
         on_input = resample(probability, fine.affine, Grid(affine, shape))[0].numpy()  # type: ignore[arg-type]
+        mask = on_input > 0.5
+        refined = previous is not None and bool(prompt.positive or prompt.negative)
+        if refined:
+            spacing = np.linalg.norm(affine[:3, :3], axis=0)  # voxel size along I, J, K (mm)
+            mask = local_update(np.asarray(previous) > 0, mask, prompt, spacing, self.refine_radius_mm)
         details = {
             "roi_mm": [[round(float(v), 1) for v in roi_lo], [round(float(v), 1) for v in roi_hi]],
             "fine_grid": list(fine.shape),
             "coarse_s": round(coarse_seconds, 3),
             "fine_s": round(fine_seconds, 3),
+            "refinement": "local" if refined else None,
         }
-        return on_input > 0.5, details
+        return mask, details

@@ -1,9 +1,11 @@
-"""Ignite handlers for training runs: progress reporting and the time budget."""
+"""Ignite handlers for training runs: progress reporting, the time budget and the learning rate."""
 
 import logging
+import math
 import time
 from typing import Any, Dict, Optional
 
+import torch
 from ignite.engine import Engine, Events
 from monailabel.tasks.train.handler import prepare_stats
 
@@ -38,14 +40,22 @@ class TrainingProgress:
         self.max_iterations = int(max_iterations or 0)
         self.extra: Dict[str, Any] = {}
 
+    def fraction(self) -> float:
+        """How much of the run is done, 0..1: the furthest of epochs, iterations and seconds."""
+        state = self.trainer.state
+        total = max(1, (state.max_epochs or 1) * max(1, state.epoch_length or 0))
+        if self.max_iterations > 0:
+            total = min(total, self.max_iterations)
+        fraction = state.iteration / total
+        if self.max_seconds > 0:
+            fraction = max(fraction, (time.time() - self.start_ts) / self.max_seconds)
+        return min(1.0, fraction)
+
     def progress(self) -> Dict[str, Any]:
         state = self.trainer.state
         per_epoch = state.epoch_length or 0
-        total = max(1, (state.max_epochs or 1) * max(1, per_epoch))
         elapsed = time.time() - self.start_ts
-        fraction = min(1.0, state.iteration / total)
-        if self.max_seconds > 0:
-            fraction = max(fraction, min(1.0, elapsed / self.max_seconds))
+        fraction = self.fraction()
         loss = state.output[0]["loss"] if isinstance(state.output, list) and state.output else None
         return {
             "epoch": state.epoch,
@@ -91,3 +101,44 @@ class TrainingProgress:
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.write())
         else:
             self.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.write())
+
+
+class BudgetCosineLR:
+    """Linear warm-up, then cosine decay, over a run's budget, whichever of epochs, iterations or
+    seconds ends it (ignite's ``CosineAnnealingScheduler`` needs the iteration count in advance,
+    which a time budget does not give). The rate climbs to the optimizer's own ``lr`` over the
+    first ``warmup`` of the run and decays to ``floor x lr`` at its end, so a run's last weights
+    (the candidate) are not those of a noisy step at full rate."""
+
+    def __init__(self, optimizer, progress: TrainingProgress, warmup: float = 0.05, floor: float = 0.02):
+        self.optimizer = optimizer
+        self.progress = progress
+        self.warmup = float(warmup)
+        self.floor = float(floor)
+        self.base = [group["lr"] for group in optimizer.param_groups]
+
+    def factor(self) -> float:
+        done = self.progress.fraction()
+        if done < self.warmup:
+            return self.floor + (1.0 - self.floor) * done / self.warmup
+        decay = (done - self.warmup) / max(1e-9, 1.0 - self.warmup)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * decay))
+
+    def _on_iteration(self, engine: Engine) -> None:
+        factor = self.factor()
+        for group, base in zip(self.optimizer.param_groups, self.base):
+            group["lr"] = base * factor
+
+    def attach(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.ITERATION_STARTED, self._on_iteration)
+
+
+def clip_gradients(optimizer, max_norm: float) -> None:
+    """Clip the global gradient norm to ``max_norm`` before every ``optimizer.step`` (MONAI's
+    ``SupervisedTrainer`` has no clipping option; with AMP the scaler unscales before the step)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def clip(*_):
+        torch.nn.utils.clip_grad_norm_(params, max_norm)  # the hook must return None
+
+    optimizer.register_step_pre_hook(clip)
