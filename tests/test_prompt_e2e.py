@@ -71,7 +71,8 @@ def test_clicks_improve_the_prompt_model_on_held_out_cases(trained, capsys):
     first = np.mean([report["labels"][k]["dice_after_clicks"][0] for k in organs])
     third = np.mean([report["labels"][k]["dice_after_clicks"][2] for k in organs])
     assert third > 0.12, third  # three clicks (with the label name, as the plugin sends it) on unseen cases
-    assert third > first + 0.05, (first, third)  # correction clicks help
+    # Correction clicks help: they take away at least a tenth of the error left after one click.
+    assert 1 - third < 0.9 * (1 - first), (first, third)
 
 
 def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
@@ -102,6 +103,7 @@ def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
                 out = nib.load(results[name])
                 assert out.shape == image.shape and np.allclose(out.affine, image.affine, atol=1e-4)
                 assert params["target"] == name and params["label_names"] == {name: 1} and params["model_version"] == 1
+                assert params["previous_mask"] == ("remembered" if k else None)  # resent clicks refine the last answer
                 scores.append(dice(np.asarray(out.dataobj) > 0, target))
             sessions[name] = scores
         print(f"Dice after 1..3 clicks through the server: {sessions}")

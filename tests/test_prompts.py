@@ -20,6 +20,7 @@ from segloop.infers.prompt import PromptInfer
 from segloop.labels import DEFAULT_LABELS
 from segloop.networks.prompt import PROMPT_PRESETS, PromptSegNet
 from segloop.prompts.encoding import Prompt, encode_prompts, to_grid, transform_points
+from segloop.prompts.memory import ClickMemory
 from segloop.prompts.refine import local_update
 from segloop.prompts.request import parse_prompt
 from segloop.prompts.simulation import jittered_box, next_click, region_centre
@@ -307,7 +308,9 @@ def test_pipeline_click_blob_sits_on_the_click():
     assert np.linalg.norm((centroid - np.asarray(click)) * spacing) < 4.0  # mm
 
 
-def test_infer_task_writes_the_input_grid_and_reports_the_target(tmp_path):
+def rule_infer_task(tmp_path):
+    """A PromptInfer over ChannelRule(0) (the mask is the click blobs) and a phantom saved as NIfTI:
+    the task, the image path, the phantom (image, label, affine)."""
     image, label, affine, spec = generate_case("p", seed=5, index=1)
     path = str(tmp_path / "img.nii.gz")
     save_nifti(image, affine, path)
@@ -316,6 +319,11 @@ def test_infer_task_writes_the_input_grid_and_reports_the_target(tmp_path):
     task = PromptInfer(
         path=[str(checkpoint)], network=ChannelRule(0), labels=LABELS, preset=PRESET, matcher=MATCHER, device="cpu"
     )
+    return task, path, (image, label, affine)
+
+
+def test_infer_task_writes_the_input_grid_and_reports_the_target(tmp_path):
+    task, path, (image, label, affine) = rule_infer_task(tmp_path)
     click = [int(v) for v in region_centre(label == LABELS["kidney"])]
     result_file, result = task({"image": path, "label": "kidney", "foreground": [click], "background": []})
     out = nib.load(result_file)
@@ -438,3 +446,36 @@ def test_the_pipeline_refines_a_previous_mask_locally():
     outside = tuple(int(v) for v in np.argwhere(~liver & (label == 0))[0])
     mask, _ = pipeline(image, Prompt(positive=[outside]), previous=liver.astype(np.float32))
     assert mask[outside] and mask[far_end] and mask.sum() > liver.sum()  # added at the click, kept elsewhere
+
+
+def test_click_memory_hands_back_the_mask_a_longer_click_sequence_extends():
+    memory = ClickMemory(capacity=2)
+    first = Prompt(positive=[(10, 10, 10)], label=2)
+    mask = np.zeros((20, 20, 20), bool)
+    mask[5:15, 5:15, 5:15] = True
+    memory.remember("img", first, mask)
+    longer = Prompt(positive=[(10, 10, 10)], negative=[(14, 14, 14)], label=2)
+    assert (memory.previous("img", longer) == mask).all()
+    assert memory.previous("img", first) is None  # the same clicks again: a fresh answer
+    assert memory.previous("img", Prompt(positive=[(3, 3, 3)], label=2)) is None  # another sequence
+    assert memory.previous("img", Prompt(positive=[(10, 10, 10), (3, 3, 3)], label=1)) is None  # another label
+    assert memory.previous("other", longer) is None
+    memory.forget("img")
+    assert memory.previous("img", longer) is None
+    for name in ("a", "b", "c"):  # least recently used first out
+        memory.remember(name, first, mask)
+    assert memory.previous("a", longer) is None and memory.previous("c", longer) is not None
+
+
+def test_infer_task_refines_resent_clicks_from_its_last_answer(tmp_path):
+    """The plugin resends every click and no mask: the task remembers its last answer."""
+    task, path, (image, label, affine) = rule_infer_task(tmp_path)
+    first = [int(v) for v in region_centre(label == LABELS["liver"])]
+    second = [int(v) for v in region_centre(label == LABELS["spleen"])]
+    request = {"image": path, "label": "liver", "foreground": [first], "background": []}
+    _, result = task(dict(request))
+    assert result["previous_mask"] is None
+    _, result = task(dict(request, foreground=[first, second]))
+    assert result["previous_mask"] == "remembered" and result["refinement"] == "local"
+    _, result = task(dict(request, foreground=[first, second, second], reset_state=True))
+    assert result["previous_mask"] is None and result["refinement"] is None

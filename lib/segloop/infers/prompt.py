@@ -3,9 +3,12 @@
 Declared as MONAI Label ``deepgrow`` type, so the upstream Slicer plugin shows its point tools and
 sends its usual request (see :mod:`segloop.prompts.request` for every accepted form). A previous
 mask to refine can be uploaded as the ``label`` file of ``/infer`` (name the structure with
-``text`` then, since ``label`` is taken by the file). The result is a uint8 mask (1 = the
-structure) with exactly the input's shape and affine; its JSON names the structure, the model
-version and the zoom-out-zoom-in details.
+``text`` then, since ``label`` is taken by the file); for a client that resends all its clicks
+instead (the plugin) the task remembers its last answer (:mod:`segloop.prompts.memory`). Either
+way a correction click updates the mask locally around it (:mod:`segloop.prompts.refine`). The
+result is a uint8 mask (1 = the structure) with exactly the input's shape and affine; its JSON
+names the structure, the model version, where the previous mask came from and the zoom-out-zoom-in
+details.
 """
 
 import logging
@@ -19,10 +22,12 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage
 from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.utils.others.generic import strtobool
 
 from segloop.errors import bad_request, unprocessable
 from segloop.infers.segmentation import SegmentationInfer
 from segloop.networks.prompt import PromptPreset
+from segloop.prompts.memory import ClickMemory
 from segloop.prompts.request import parse_prompt
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
@@ -57,6 +62,7 @@ class PromptInfer(SegmentationInfer):
         self.type = InferType.DEEPGROW
         self.preset = preset
         self.matcher = matcher
+        self.memory = ClickMemory()
 
     def _not_trained_message(self) -> str:
         return (
@@ -83,7 +89,13 @@ class PromptInfer(SegmentationInfer):
         image = LoadImage(image_only=True, ensure_channel_first=True)(image_path)
         shape = tuple(image.shape[1:])
         prompt, notes = parse_prompt(request, shape, self.labels, self.matcher)
-        previous = self._previous_mask(request, shape)
+        uploaded = self._previous_mask(request, shape)
+        previous, source = uploaded, "uploaded" if uploaded is not None else None
+        if strtobool(str(request.get("reset_state", False))):
+            self.memory.forget(image_path)
+        elif previous is None and prompt.has_spatial:
+            previous = self.memory.previous(image_path, prompt)
+            source = "remembered" if previous is not None else None
 
         device = self._config.get("device", "cpu")
         if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -94,6 +106,7 @@ class PromptInfer(SegmentationInfer):
             network, self.preset.roi_size, self.preset.coarse_spacing, self.preset.fine_spacing, self.hu_window, device
         )
         mask, details = pipeline(image, prompt, previous)
+        self.memory.remember(image_path, prompt, mask)
 
         stored = nib.load(image_path)
         out = nib.Nifti1Image(mask.astype(np.uint8), stored.affine)
@@ -102,13 +115,14 @@ class PromptInfer(SegmentationInfer):
         result_file = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         nib.save(out, result_file)
         segment = request.get("label")  # the plugin's segment name, unless it is an uploaded previous mask
-        name = notes.get("target") or (segment if isinstance(segment, str) and previous is None else None)
+        name = notes.get("target") or (segment if isinstance(segment, str) and uploaded is None else None)
         result_json = {
             "model": self.model_name,
             "checkpoint": os.path.basename(checkpoint),
             "model_version": result.get("model_version"),
             "label_names": {str(name or "structure"): 1},
             "voxels": int(mask.sum()),
+            "previous_mask": source,
             **notes,
             **details,
             "latencies": {"total": round(time.time() - start, 3)},
