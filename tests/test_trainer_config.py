@@ -87,3 +87,12 @@ def test_amp_off_trains_in_float32_on_a_gpu(tmp_path):
     assert trainer._amp is False
     assert make_config(tmp_path, device="cuda").trainer()._amp is True
     assert make_config(tmp_path, device="cpu").trainer()._amp is False
+
+
+def test_prompt_runs_warm_up_decay_and_clip_and_segmentation_runs_keep_a_constant_rate(tmp_path):
+    config = Prompt()
+    config.init("prompt", str(tmp_path / "prompt"), {}, None)
+    prompt = config.trainer()._config
+    segmentation = make_config(tmp_path).trainer()._config
+    assert prompt["lr_schedule"][0] == "cosine" and prompt["grad_clip"] == 1.0  # 3 of 8 runs collapsed without
+    assert segmentation["lr_schedule"][0] == "constant" and segmentation["grad_clip"] == 0.0

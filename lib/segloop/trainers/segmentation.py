@@ -18,8 +18,9 @@ Request options (besides MONAI Label's ``max_epochs``, ``val_split``, ``dataset`
 ``from_scratch``, ``incremental``, ``max_seconds`` (time budget checked at epoch ends; 0 = none),
 ``max_iterations`` (iteration budget, also checked at epoch ends),
 ``lr``, ``lr_schedule`` (``constant``, or ``cosine``: warm-up then decay over the run's budget),
-``grad_clip`` (global gradient-norm limit, 0 = none), ``samples_per_case``, ``replay_ratio``, ``promotion_tolerance``, ``nice`` (CPU priority of
-the run, default 10: inference requests keep their speed while a run trains), ``seed``.
+``grad_clip`` (global gradient-norm limit, 0 = none), ``samples_per_case``, ``replay_ratio``,
+``promotion_tolerance``, ``nice`` (CPU priority of the run, default 10: inference requests keep
+their speed while a run trains), ``seed``.
 """
 
 import logging
