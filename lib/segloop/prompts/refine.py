@@ -25,7 +25,9 @@ from segloop.prompts.encoding import Prompt
 DEFAULT_RADIUS_MM = 30.0
 
 
-def ball(shape: Sequence[int], centre: Sequence[int], spacing_mm: Sequence[float], radius_mm: float) -> Tuple[Tuple[slice, ...], np.ndarray]:
+def ball(
+    shape: Sequence[int], centre: Sequence[int], spacing_mm: Sequence[float], radius_mm: float
+) -> Tuple[Tuple[slice, ...], np.ndarray]:
     """The box of voxels around ``centre`` within ``radius_mm`` and the ball inside it (boolean)."""
     box = tuple(
         slice(max(0, c - int(radius_mm // s)), min(n, c + int(radius_mm // s) + 1)) for c, s, n in zip(centre, spacing_mm, shape)
