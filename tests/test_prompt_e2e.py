@@ -65,8 +65,8 @@ def test_clicks_improve_the_prompt_model_on_held_out_cases(trained, capsys):
     # 1-4% of these volumes, so chance-level masks score well under 0.1. The benchmark trains longer.
     # How well it does varies from run to run on CPU (mean organ Dice after one click 0.07-0.30,
     # after three 0.18-0.47, in five runs of 288-304 steps of an earlier recipe; 0.49 and 0.67 after
-    # 360 s of the current one, 0.40-0.61 and 0.59-0.76 in two runs of 270 s), so the bar is "clearly above chance after three clicks,
-    # and clicks help", not a quality target.
+    # 360 s of the current one, 0.40-0.61 and 0.59-0.76 in two runs of 270 s), so the bar is
+    # "clearly above chance after three clicks, and clicks help", not a quality target.
     organs = ("liver", "spleen", "kidney")
     first = np.mean([report["labels"][k]["dice_after_clicks"][0] for k in organs])
     third = np.mean([report["labels"][k]["dice_after_clicks"][2] for k in organs])
