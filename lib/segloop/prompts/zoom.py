@@ -34,6 +34,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import ScaleIntensityRange, SpatialResample
+from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 
 from segloop.prompts.encoding import Prompt, encode_prompts, to_grid
@@ -179,8 +180,8 @@ class ZoomOutZoomIn:
             voxels = np.concatenate([voxels, coarse_prompt.spatial_points()])
         world = (coarse.affine @ np.c_[voxels, np.ones(len(voxels))].T).T[:, :3]
         if previous is not None and np.any(previous):
-            kept = np.argwhere(np.asarray(previous) > 0)
-            world = np.concatenate([world, np.stack(world_box(affine, kept.min(0), kept.max(0)))])
+            first, end = generate_spatial_bounding_box(np.asarray(previous)[None] > 0)  # MONAI's box; end exclusive
+            world = np.concatenate([world, np.stack(world_box(affine, np.asarray(first), np.asarray(end) - 1))])
         if not len(world):
             return np.zeros(shape, bool), {"roi_mm": None, "coarse_s": round(coarse_seconds, 3), "fine_s": 0.0}
         roi_lo = np.clip(world.min(0) - self.margin_mm, lo, hi)
