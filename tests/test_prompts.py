@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 
 from segloop.data.phantom import generate_case
 from segloop.data.sample import save_nifti
@@ -25,7 +26,7 @@ from segloop.prompts.refine import local_update
 from segloop.prompts.request import parse_prompt
 from segloop.prompts.simulation import jittered_box, next_click, region_centre
 from segloop.prompts.text import LabelMatcher, parse_vocabulary
-from segloop.prompts.zoom import ZoomOutZoomIn, ras_grid, resample, world_bounds
+from segloop.prompts.zoom import Grid, ZoomOutZoomIn, merge_overlapping, ras_grid, resample, sub_grid, world_bounds
 
 LABELS = dict(DEFAULT_LABELS)
 MATCHER = LabelMatcher(parse_vocabulary(None, list(LABELS)))
@@ -267,6 +268,28 @@ def test_training_items_ask_for_one_structure_or_for_every_label():
     assert kinds == {"all", "one"}
 
 
+def test_zoom_in_views_vary_in_size_around_the_window_and_keep_the_structure():
+    """Zoom-in regions are as large as their structure, so training views vary: 2/3..4/3 of the
+    window a side, multiples of the encoder's size factor; zoom-out views stay one window."""
+    from segloop.trainers.prompt_interaction import PromptInteraction
+
+    interaction = PromptInteraction((24, 24, 24), num_labels=4, seed=0, size_multiple=8)
+    image = torch.rand(1, 48, 48, 48)
+    label = torch.zeros(1, 48, 48, 48)
+    label[0, 20:28, 20:28, 20:28] = 2
+    sizes = set()
+    for _ in range(40):
+        size = interaction.view_size(zoom_out=False)
+        sizes.add(size)
+        assert all(s in (16, 24, 32) for s in size)
+        view, target = interaction.view(image, label, size, zoom_out=False)
+        assert tuple(view.shape[1:]) == size and target.shape == size and (target == 2).sum() > 0
+    assert len(sizes) > 5
+    assert interaction.view_size(zoom_out=True) == (24, 24, 24)
+    view, target = interaction.view(image, label, (24, 24, 24), zoom_out=True)
+    assert tuple(view.shape[1:]) == (24, 24, 24) and (target == 2).sum() == 4**3  # halved
+
+
 # -- zoom-out-zoom-in ----------------------------------------------------------------------------
 @pytest.mark.parametrize("index", [0, 1])
 def test_pipeline_returns_the_prompted_region_on_the_input_grid(index):
@@ -292,7 +315,7 @@ def test_five_level_encoder_gets_grids_it_can_take_whole():
     click = region_centre(label == LABELS["liver"])
     mask, details = ZoomOutZoomIn(net, (32, 32, 32), (6.0, 6.0, 6.0), (3.0, 3.0, 3.0))(image, Prompt(positive=[click]))
     assert mask.shape == label.shape
-    assert all(s % 16 == 0 for s in details["fine_grid"])
+    assert all(s % 16 == 0 for grid in details["fine_grids"] for s in grid)
     # A small region: 16 voxels a side would leave the deepest level 1 voxel, too few to normalise.
     assert ras_grid(np.zeros(3), np.full(3, 10.0), (1.5, 1.5, 1.5), 16).shape == (32, 32, 32)
 
@@ -377,6 +400,56 @@ def test_a_label_prompt_keeps_every_part_of_the_class_in_the_region():
     assert clicked_only[8, 8, 8] and not clicked_only[31, 8, 8]
 
 
+def test_overlapping_boxes_merge_and_distant_ones_stay_apart():
+    a, b, c = (np.zeros(3), np.full(3, 10.0)), (np.full(3, 8.0), np.full(3, 20.0)), (np.full(3, 18.0), np.full(3, 30.0))
+    far = (np.full(3, 100.0), np.full(3, 110.0))
+    merged = merge_overlapping([a, far, c, b])  # a touches b, b touches c: one chain, whatever the order
+    assert len(merged) == 2
+    chain = min(merged, key=lambda box: box[0][0])
+    assert np.allclose(chain[0], 0) and np.allclose(chain[1], 30)
+
+
+def test_each_distant_part_of_a_class_gets_its_own_region():
+    """Both kidneys under a label prompt: two regions of about a kidney each, not one box across the
+    spine; parts closer than twice the margin share one."""
+    pipeline = ZoomOutZoomIn(ChannelRule(channel=0), PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing, margin_mm=10)
+    coarse = Grid(np.diag([6.0, 6.0, 6.0, 1.0]), (40, 40, 40))
+    parts = np.zeros((40, 40, 40), int)
+    parts[5:12, 5:12, 5:12] = 1  # one kidney
+    parts[28:35, 5:12, 5:12] = 2  # the other, 96 mm away
+    lo, hi = world_bounds(coarse.affine, coarse.shape)
+    rois = pipeline._rois(parts, coarse, Prompt(positive=[(8, 8, 8)], label=3), None, coarse.affine, lo, hi)
+    assert len(rois) == 2
+    assert all(np.all(h - l <= 6 * 6 + 2 * 10) for l, h in rois)  # 7 voxels of 6 mm + the margins
+    parts[13:27, 5:12, 5:12] = 3  # a bridge: one structure
+    assert len(pipeline._rois(parts, coarse, Prompt(label=3), None, coarse.affine, lo, hi)) == 1
+
+
+def test_two_distant_clicks_are_segmented_in_two_regions_on_the_input_grid():
+    image, label, affine, spec = case(1)
+    kidneys, count = ndimage.label(label == LABELS["kidney"])
+    largest = np.argsort(np.bincount(kidneys.ravel())[1:])[-2:] + 1  # the two kidneys, not a tumour's sliver
+    clicks = [region_centre(kidneys == k) for k in largest]
+    pipeline = ZoomOutZoomIn(ChannelRule(channel=0), PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
+    mask, details = pipeline(image, Prompt(positive=clicks))
+    assert len(details["fine_grids"]) == 2 and len(details["roi_mm"]) == 2
+    assert all(mask[c] for c in clicks)
+    assert ndimage.label(mask)[1] == 2
+
+
+def test_a_window_of_the_input_grid_resamples_like_the_whole_grid():
+    image, label, affine, spec = case(1)  # stored LPS or oblique spacing: the window must follow the affine
+    source = ras_grid(*world_bounds(affine, label.shape), (3.0, 3.0, 3.0))
+    volume = resample(torch.as_tensor(label[None] == LABELS["liver"], dtype=torch.float32), affine, source)
+    lo, hi = world_bounds(source.affine, source.shape)
+    lo, hi = lo + 0.3 * (hi - lo), hi - 0.3 * (hi - lo)
+    window, grid = sub_grid(affine, label.shape, lo, hi)
+    whole = resample(volume, source.affine, Grid(affine, label.shape))[0].numpy()
+    part = resample(volume, source.affine, grid)[0].numpy()
+    assert part.shape == whole[window].shape and 0 < part.size < 0.5 * whole.size
+    assert np.allclose(part, whole[window], atol=1e-4)
+
+
 class RecordingRule(ChannelRule):
     """ChannelRule that keeps the previous-mask channel of every grid it is given."""
 
@@ -400,13 +473,16 @@ def test_a_previous_mask_widens_the_region_but_the_network_sees_the_coarse_prior
     pipeline = ZoomOutZoomIn(network, PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
     _, alone = pipeline(image, Prompt(positive=[click]))
     fine_prior_alone = network.mask_channels[-1]
+    calls = len(network.mask_channels)
     _, refined = pipeline(image, Prompt(positive=[click]), previous=liver.astype(np.float32))
-    assert np.prod(refined["fine_grid"]) > 2 * np.prod(alone["fine_grid"])  # the liver's box joined the region
-    coarse_prior, fine_prior = network.mask_channels[-2], network.mask_channels[-1]
+    fine_voxels = [sum(int(np.prod(g)) for g in d["fine_grids"]) for d in (alone, refined)]
+    assert fine_voxels[1] > 2 * fine_voxels[0]  # the liver's box joined the regions
+    coarse_prior, *fine_priors = network.mask_channels[calls:]
     assert not coarse_prior.any()  # zoom-out: no mask prompt
     # The click's coarse blob, not the liver: as much prior as without the previous mask.
-    assert 0 < float(fine_prior.sum()) == pytest.approx(float(fine_prior_alone.sum()), rel=0.05)
-    assert float(fine_prior[fine_prior > 0.5].numel()) < 0.05 * fine_prior.numel()
+    prior = sum(float(p.sum()) for p in fine_priors)
+    assert 0 < prior == pytest.approx(float(fine_prior_alone.sum()), rel=0.05)
+    assert sum(float((p > 0.5).sum()) for p in fine_priors) < 0.05 * fine_voxels[1]
 
 
 # -- local refinement ----------------------------------------------------------------------------

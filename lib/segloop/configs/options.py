@@ -11,10 +11,10 @@ from typing import Dict, List, Mapping, Optional, Tuple
 from segloop.labels import parse_labels
 from segloop.prompts.text import parse_vocabulary
 from segloop.networks import DEFAULT_NETWORK, check_roi_size, get_preset
+from segloop.networks.precision import AMP_MODES
 from segloop.networks.prompt import DEFAULT_PROMPT_NETWORK, get_prompt_preset
 from segloop.transforms import DEFAULT_HU_WINDOW
 
-AMP_MODES = ("auto", "float16", "off")
 
 OPTIONS: Dict[str, Tuple[str, str]] = {
     "models": ("segmentation,prompt", "comma-separated task names to serve: segmentation, prompt"),
@@ -26,7 +26,7 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "roi_size": ("", "JSON [x,y,z] voxels of the network input; default: the network preset's"),
     "hu_window": (json.dumps(list(DEFAULT_HU_WINDOW)), "JSON [low,high] HU mapped to [0,1]"),
     "device": ("auto", "auto (cuda if available), cpu or cuda[:N]"),
-    "amp": ("auto", "GPU training precision: auto (bfloat16 autocast where the GPU has it, else float16), float16 or off"),
+    "amp": ("auto", "precision: auto (GPU training in bfloat16 where the GPU has it, else float16; prompt inference in bfloat16 where the GPU or CPU computes it natively), float16 or off"),
     "checkpoint": ("", "local path of a starting checkpoint (.pt); never downloaded"),
     "max_epochs": ("50", "default epochs per manual training run"),
     "auto_train": ("true", "retrain automatically when final labels are submitted"),

@@ -45,6 +45,7 @@ class Prompt(TaskConfig):
             hu_window=self.options.hu_window,
             model_name=self.name,
             device=self.device,
+            amp=self.options.amp,
         )
 
     def trainer(self):

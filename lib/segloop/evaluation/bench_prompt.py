@@ -21,6 +21,7 @@ import torch
 from segloop.data.sample import write_sample_data
 from segloop.evaluation.interactive import build_pipeline, evaluate_interactive, held_out_cases, write_report
 from segloop.evaluation.training import train
+from segloop.networks.precision import native_bfloat16
 
 HELD_OUT_SHAPE = (128, 128, 64)
 HELD_OUT_SPACING = (2.6, 2.6, 3.4)
@@ -61,6 +62,8 @@ def main(args) -> int:
         "cpu_threads": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "native_bfloat16": native_bfloat16(torch.device(pipeline.device)),  # autocast under --conf amp auto
+        "amp": pipeline.amp,
         "platform": platform.platform(),
     }
     report["targets"] = {"organ_noc@90": 3, "organ_dice_after_1_click": 0.8, "latency_s": 1.0}

