@@ -65,7 +65,7 @@ class PromptInteraction:
         from 2/3..4/3 x roi (multiples of ``size_multiple``), since the zoom-in region of interest
         is as large as the structure (a kidney about 32 x 32 x 40 voxels, a liver 56 x 64 x 80) and
         the encoder's instance norms make its answer depend on the field of view: trained on 48^3
-        windows only, one model marked 1.45 x the spleen's volume in 48^3 and 0.87 x in 32 x 40 x 48."""
+        windows only, one model marked 1.46 x the spleen's volume in 48^3 and 0.87 x in 32 x 40 x 48."""
         if zoom_out:
             return self.roi_size
         m = self.size_multiple
