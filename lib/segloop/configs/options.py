@@ -26,7 +26,7 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "roi_size": ("", "JSON [x,y,z] voxels of the network input; default: the network preset's"),
     "hu_window": (json.dumps(list(DEFAULT_HU_WINDOW)), "JSON [low,high] HU mapped to [0,1]"),
     "device": ("auto", "auto (cuda if available), cpu or cuda[:N]"),
-    "amp": ("auto", "precision: auto (GPU training in bfloat16 where the GPU has it, else float16; prompt inference in bfloat16 where the GPU or CPU computes it natively), float16 or off"),
+    "amp": ("auto", "precision: auto (GPU training in bfloat16 where the GPU has it, else float16; the prompt model's inference, and its training on a CPU, in bfloat16 where the hardware computes it natively), float16 or off"),
     "checkpoint": ("", "local path of a starting checkpoint (.pt); never downloaded"),
     "max_epochs": ("50", "default epochs per manual training run"),
     "auto_train": ("true", "retrain automatically when final labels are submitted"),
