@@ -7,7 +7,8 @@
 * **prompt encoder** — spatial prompts are encoded densely, as MONAI's DeepGrow/DeepEdit
   guidance signals (see ``segloop.prompts.encoding``): channel 0 positive clicks and channel 1
   negative clicks (Gaussian blobs, peak 1), channel 2 the box (1 inside), channel 3 the previous
-  mask (0..1). The label / text prompt is a class index (0 = "the structure under the clicks",
+  mask (0..1; filled by training's simulated corrections only: inference leaves it empty, see
+  ``segloop.prompts.zoom``). The label / text prompt is a class index (0 = "the structure under the clicks",
   1..N = the campaign's labels in ascending storage-index order);
 * **mask decoder** — VISTA3D's ``ClassMappingClassify`` head: the class embedding of the label
   prompt, dotted with the post-mapped features, gives the mask logits.
