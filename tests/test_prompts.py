@@ -290,6 +290,21 @@ def test_zoom_in_views_vary_in_size_around_the_window_and_keep_the_structure():
     assert tuple(view.shape[1:]) == (24, 24, 24) and (target == 2).sum() == 4**3  # halved
 
 
+def test_zoom_out_views_keep_the_label_on_the_averaged_image():
+    """The halved view averages 2 x 2 x 2 blocks of the image, so its labels must describe the same
+    blocks: a structure whose edges fall mid-block is labelled symmetrically, not shifted."""
+    from segloop.trainers.prompt_interaction import PromptInteraction
+
+    interaction = PromptInteraction((16, 16, 16), num_labels=4, seed=0)
+    label = torch.zeros(1, 32, 32, 32)
+    label[0, 5:21, 4:20, 3:19] = 3  # I: half blocks at both ends; J: whole blocks; K: half, then whole
+    view, target = interaction.view(label.clone(), label, (16, 16, 16), zoom_out=True)
+    labelled, image_inside = target == 3, view[0].numpy() >= 1.5  # at least half of the block is the structure
+    assert np.array_equal(labelled, image_inside)
+    first, last = np.argwhere(labelled).min(0), np.argwhere(labelled).max(0)
+    assert first.tolist() == [2, 2, 1] and last.tolist() == [10, 9, 9]
+
+
 # -- zoom-out-zoom-in ----------------------------------------------------------------------------
 @pytest.mark.parametrize("index", [0, 1])
 def test_pipeline_returns_the_prompted_region_on_the_input_grid(index):
