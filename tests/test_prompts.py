@@ -542,6 +542,14 @@ def test_click_memory_hands_back_the_mask_a_longer_click_sequence_extends():
     longer = Prompt(positive=[(10, 10, 10)], negative=[(14, 14, 14)], label=2)
     assert (memory.previous("img", longer) == mask).all()
     assert memory.previous("img", first) is None  # the same clicks again: a fresh answer
+    # Clicking again on a clicked voxel (nothing changed there) extends the sequence: the earlier
+    # local corrections stay.
+    again = Prompt(positive=[(10, 10, 10), (10, 10, 10)], label=2)
+    assert (memory.previous("img", again) == mask).all()
+    memory.remember("img", again, mask)
+    assert memory.previous("img", first) is None  # one of the two clicks dropped: another sequence
+    assert (memory.previous("img", Prompt(positive=[(10, 10, 10)] * 3, label=2)) == mask).all()
+    memory.remember("img", first, mask)
     assert memory.previous("img", Prompt(positive=[(3, 3, 3)], label=2)) is None  # another sequence
     assert memory.previous("img", Prompt(positive=[(10, 10, 10), (3, 3, 3)], label=1)) is None  # another label
     assert memory.previous("other", longer) is None

@@ -5,7 +5,9 @@ new click, and no previous mask. To refine those requests locally (:mod:`segloop
 like one that uploads its previous mask, the infer task remembers, per image and prompted
 structure (label index and box), the clicks it answered and the mask it returned. A request whose
 clicks extend a remembered sequence (every remembered click is still there, and there are more)
-refines that mask; any other request starts afresh. ``reset_state`` (the plugin's "new segment")
+refines that mask; any other request starts afresh. Clicks count as a multiset: a click on the
+voxel of an earlier one (the clinician clicks again where nothing changed) extends the sequence,
+it does not restart it and drop the earlier local corrections. ``reset_state`` (the plugin's "new segment")
 forgets an image's sequences.
 
 Masks are kept bit-packed (1/8 of a boolean array), at most ``capacity`` sequences, least recently
@@ -13,18 +15,18 @@ used dropped first.
 """
 
 import threading
-from collections import OrderedDict
-from typing import FrozenSet, Hashable, Optional, Sequence, Tuple
+from collections import Counter, OrderedDict
+from typing import Hashable, Optional, Sequence, Tuple
 
 import numpy as np
 
 from segloop.prompts.encoding import Prompt
 
-Voxels = FrozenSet[Tuple[int, int, int]]
+Voxels = Counter  # voxel (i, j, k) -> how many clicks it holds
 
 
 def _voxels(points: Sequence[Sequence[float]]) -> Voxels:
-    return frozenset(tuple(int(round(v)) for v in p) for p in points)  # type: ignore[misc]
+    return Counter(tuple(int(round(v)) for v in p) for p in points)
 
 
 class ClickMemory:
@@ -46,7 +48,8 @@ class ClickMemory:
         if entry is None:
             return None
         old_positive, old_negative, shape, bits = entry
-        extends = old_positive <= positive and old_negative <= negative and (old_positive | old_negative) != (positive | negative)
+        kept = not (old_positive - positive) and not (old_negative - negative)  # no remembered click dropped
+        extends = kept and (old_positive, old_negative) != (positive, negative)
         if not extends:
             return None
         return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
