@@ -6,9 +6,9 @@ like one that uploads its previous mask, the infer task remembers, per image and
 structure (label index and box), the clicks it answered and the mask it returned. A request whose
 clicks extend a remembered sequence (every remembered click is still there, and there are more)
 refines that mask; any other request starts afresh. Clicks count as a multiset: a click on the
-voxel of an earlier one (the clinician clicks again where nothing changed) extends the sequence,
-it does not restart it and drop the earlier local corrections. ``reset_state`` (the plugin's "new segment")
-forgets an image's sequences.
+voxel of an earlier one (the clinician clicks again where nothing changed) extends the sequence
+rather than restarting it and dropping the earlier local corrections. ``reset_state`` (the
+plugin's "new segment") forgets an image's sequences.
 
 Masks are kept bit-packed (1/8 of a boolean array), at most ``capacity`` sequences, least recently
 used dropped first.
