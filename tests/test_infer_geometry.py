@@ -61,6 +61,49 @@ def test_output_has_input_shape_affine_and_unmirrored_content(tmp_path, orientat
     os.unlink(result_file)
 
 
+class ConvolutionRule(torch.nn.Module):
+    """IntensityRule as a 1x1x1 convolution; records whether each pass ran it on oneDNN."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 5, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1] = 20.0
+            self.conv.bias[1] = -10.0
+        self.on_onednn = []
+        # Registered first, this hook sees the convolution's raw output, before the task's hooks.
+        # A bound method, so the task's deep copy of the network records into its own list.
+        self.conv.register_forward_hook(self._record)
+
+    def _record(self, module, args, output):
+        self.on_onednn.append(output.is_mkldnn)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_cpu_inference_runs_the_convolutions_on_onednn_with_the_same_answer(tmp_path):
+    image, label, affine, _ = generate_case("geo", seed=21, index=1)
+    liver = label == DEFAULT_LABELS["liver"]
+    path = str(tmp_path / "geo.nii.gz")
+    save_nifti(np.where(liver, 200, -1000).astype(np.int16), affine, path)
+    checkpoint = tmp_path / "conv.pt"
+    torch.save({"model": ConvolutionRule().state_dict()}, checkpoint)
+    task = SegmentationInfer(
+        path=[str(checkpoint)], network=ConvolutionRule(), labels=DEFAULT_LABELS,
+        target_spacing=(3.0, 3.0, 3.0), roi_size=(64, 64, 64), device="cpu",
+    )
+    result_file, _ = task({"image": path})
+    served = task._networks["cpu"][0]
+    assert served.on_onednn and all(served.on_onednn)
+    pred = np.asarray(nib.load(result_file).dataobj)
+    assert dice_per_label(pred, liver.astype(np.uint8), {"liver": 1})["liver"] > 0.9
+    os.unlink(result_file)
+
+
 def test_orientations_covered_by_the_cases_above():
     assert {generate_case("g", 21, i)[3]["orientation"] for i in range(4)} == {"RAS", "LPS"}
 

@@ -1,10 +1,13 @@
-"""Prompt-model precision: bfloat16 autocast only where the hardware computes it natively."""
+"""Inference precision: bfloat16 autocast only where the hardware computes it natively; float32 CPU
+passes with their convolutions on oneDNN."""
 
 import pytest
 import torch
 
 from segloop.networks import precision
-from segloop.networks.precision import AutocastInferer, autocast_for, native_bfloat16
+from segloop.networks.onednn import onednn_convolutions
+from segloop.networks.precision import AutocastInferer, autocast_for, inference_context, native_bfloat16
+from segloop.networks.prompt import build_prompt_network
 
 CPU = torch.device("cpu")
 
@@ -54,3 +57,68 @@ def test_prompt_training_uses_bfloat16_on_a_cpu_that_has_it(monkeypatch, native)
     assert isinstance(task.train_inferer(context), AutocastInferer) == native
     task.amp_mode = "off"
     assert not isinstance(task.train_inferer(context), AutocastInferer)
+
+
+def conv_inputs_on_onednn(network: torch.nn.Module, run) -> list:
+    """Whether each Conv3d of ``network`` got a oneDNN tensor while ``run()`` ran (the spy hooks
+    are registered last, so they see the input the other hooks hand on)."""
+    seen = []
+    spies = [
+        m.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_mkldnn))
+        for m in network.modules() if isinstance(m, torch.nn.Conv3d)
+    ]
+    run()
+    for spy in spies:
+        spy.remove()
+    return seen
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_float32_cpu_inference_runs_every_convolution_on_onednn_with_the_same_logits():
+    from monai.data import MetaTensor
+
+    torch.manual_seed(0)
+    network = build_prompt_network("prompt_cpu", 2).eval()
+    x = MetaTensor(torch.rand(1, 5, 16, 16, 16))  # the zoom passes hand the network a MetaTensor
+    label = torch.tensor([1])
+    with torch.no_grad():
+        native = network(x, label=label)
+        with onednn_convolutions(network):
+            inside = conv_inputs_on_onednn(network, lambda: network(x, label=label))
+            routed = network(x, label=label)
+        after = conv_inputs_on_onednn(network, lambda: network(x, label=label))
+    assert inside and all(inside)
+    assert not any(after)  # the hooks are gone on exit
+    assert not routed.is_mkldnn and routed.dtype == torch.float32
+    assert torch.allclose(routed, native, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_onednn_routing_steps_aside_for_training_and_for_bfloat16():
+    torch.manual_seed(0)
+    network = build_prompt_network("prompt_cpu", 2)
+    x = torch.rand(1, 5, 16, 16, 16)
+    label = torch.tensor([1])
+    with onednn_convolutions(network):
+        training = conv_inputs_on_onednn(network, lambda: network(x, label=label).sum().backward())
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            bfloat16 = conv_inputs_on_onednn(network, lambda: network(x, label=label))
+    assert training and not any(training)
+    assert network.image_encoder.encoder.conv_init.weight.grad is not None
+    assert bfloat16 and not any(bfloat16)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_inference_context_routes_float32_cpu_passes_only(monkeypatch, native):
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device: native)
+    network = build_prompt_network("prompt_cpu", 2).eval()
+    x = torch.rand(1, 5, 16, 16, 16)
+
+    def routed(mode, onednn=True):
+        with torch.no_grad(), inference_context(network, CPU, mode, onednn):
+            seen = conv_inputs_on_onednn(network, lambda: network(x, label=torch.tensor([1])))
+        return all(seen)
+
+    assert routed("off") == torch.backends.mkldnn.is_available()
+    assert not routed("off", onednn=False)
+    assert routed("auto") == (not native and torch.backends.mkldnn.is_available())

@@ -76,6 +76,26 @@ def test_clicks_improve_the_prompt_model_on_held_out_cases(trained, capsys):
     assert 1 - third < 0.9 * (1 - first), (first, third)
 
 
+def test_latency_bench_times_each_cpu_path_on_the_trained_model(trained, tmp_path):
+    from segloop.cli import build_parser
+
+    out = tmp_path / "latency"
+    args = build_parser().parse_args(
+        ["bench", "latency", "--studies", f"{trained}/studies", "--ground-truth", f"{trained}/ground_truth",
+         "--cases", HELD_OUT[0], "--clicks", "2", "--out", str(out)]
+    )
+    assert args.func(args) == 0
+    report = json.loads((out / "latency.json").read_text())
+    assert (out / "latency.png").stat().st_size > 0
+    native, onednn = report["paths"]["float32_native"], report["paths"]["float32_onednn"]
+    assert native["interactions"] == onednn["interactions"] > 0
+    for name, row in native["labels"].items():
+        # The same float32 arithmetic on other kernels: the same masks, click for click.
+        assert np.allclose(row["dice_after_clicks"], onednn["labels"][name]["dice_after_clicks"], atol=2e-3), name
+        assert 0 < row["latency_s_median"] <= row["latency_s_max"]
+    assert report["speedup_of_median_vs_float32_native"]["float32_onednn"] > 0
+
+
 def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
     Client = upstream_slicer_client()
     studies = f"{trained}/studies"

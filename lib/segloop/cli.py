@@ -50,6 +50,12 @@ def _bench_prompt(args) -> int:
     return bench_main(args)
 
 
+def _bench_latency(args) -> int:
+    from segloop.evaluation.bench_latency import main as bench_main
+
+    return bench_main(args)
+
+
 def _simulate(args) -> int:
     from segloop.evaluation.simulate import main as simulate_main
 
@@ -137,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request", action="append", default=[], metavar="KEY=VALUE", help="training request options, e.g. lr=1e-3")
     p.add_argument("--seed", type=int, default=0, help="training seed (data generation is fixed)")
     p.set_defaults(func=_bench_prompt)
+
+    p = bench.add_parser("latency", help="prompt model click latency on the CPU: float32 (native / oneDNN) and bfloat16")
+    p.add_argument("--studies", required=True, help="datastore folder whose serving prompt model is timed")
+    p.add_argument("--ground-truth", required=True, help="folder of <case>.nii.gz ground-truth label maps")
+    p.add_argument("--cases", default="", help="comma-separated case ids (default: those without a final label)")
+    p.add_argument("--clicks", type=int, default=3, help="clicks per structure and path")
+    p.add_argument("--out", default="benchmarks/results/latency", help="folder for latency.json / latency.png")
+    p.set_defaults(func=_bench_latency)
     return parser
 
 

@@ -46,7 +46,7 @@ from monai.transforms import ScaleIntensityRange, SpatialResample
 from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 
-from segloop.networks.precision import autocast_for
+from segloop.networks.precision import inference_context
 from segloop.prompts.encoding import Prompt, encode_prompts, to_grid
 from segloop.prompts.refine import DEFAULT_RADIUS_MM, local_update
 from segloop.transforms import DEFAULT_HU_WINDOW
@@ -146,6 +146,7 @@ class ZoomOutZoomIn:
         max_fine_voxels: int = 128**3,
         refine_radius_mm: float = DEFAULT_RADIUS_MM,
         amp: str = "auto",
+        onednn: bool = True,
     ):
         self.network = network
         self.roi_size = tuple(roi_size)
@@ -157,6 +158,7 @@ class ZoomOutZoomIn:
         self.max_fine_voxels = max_fine_voxels
         self.refine_radius_mm = refine_radius_mm
         self.amp = amp
+        self.onednn = onednn  # float32 CPU passes: convolutions on oneDNN (networks/onednn.py)
         self.size_multiple = getattr(network, "size_multiple", 8)  # grids the encoder can take whole
 
     def _segment(self, image: torch.Tensor, prompt: Prompt) -> torch.Tensor:
@@ -165,7 +167,7 @@ class ZoomOutZoomIn:
         channels = encode_prompts(prompt, image.shape[1:])
         x = torch.cat([self.normalize(image), channels])[None].to(self.device)
         label = torch.tensor([prompt.label], device=self.device)
-        with torch.no_grad(), autocast_for(self.device, self.amp):
+        with torch.no_grad(), inference_context(self.network, self.device, self.amp, self.onednn):
             if int(np.prod(image.shape[1:])) <= self.max_fine_voxels:
                 logits = self.network(x, label=label)
             else:
