@@ -29,11 +29,11 @@ class IntensityRule(torch.nn.Module):
         return logits
 
 
-def infer_task(tmp_path, roi=(64, 64, 64), spacing=(3.0, 3.0, 3.0)):
+def infer_task(tmp_path, roi=(64, 64, 64), spacing=(3.0, 3.0, 3.0), rule=IntensityRule):
     checkpoint = tmp_path / "rule.pt"
-    torch.save({"model": IntensityRule().state_dict()}, checkpoint)
+    torch.save({"model": rule().state_dict()}, checkpoint)
     return SegmentationInfer(
-        path=[str(checkpoint)], network=IntensityRule(), labels=DEFAULT_LABELS,
+        path=[str(checkpoint)], network=rule(), labels=DEFAULT_LABELS,
         target_spacing=spacing, roi_size=roi, device="cpu",
     )
 
@@ -90,12 +90,7 @@ def test_cpu_inference_runs_the_convolutions_on_onednn_with_the_same_answer(tmp_
     liver = label == DEFAULT_LABELS["liver"]
     path = str(tmp_path / "geo.nii.gz")
     save_nifti(np.where(liver, 200, -1000).astype(np.int16), affine, path)
-    checkpoint = tmp_path / "conv.pt"
-    torch.save({"model": ConvolutionRule().state_dict()}, checkpoint)
-    task = SegmentationInfer(
-        path=[str(checkpoint)], network=ConvolutionRule(), labels=DEFAULT_LABELS,
-        target_spacing=(3.0, 3.0, 3.0), roi_size=(64, 64, 64), device="cpu",
-    )
+    task = infer_task(tmp_path, rule=ConvolutionRule)
     result_file, _ = task({"image": path})
     served = task._networks["cpu"][0]
     assert served.on_onednn and all(served.on_onednn)

@@ -24,7 +24,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from segloop.evaluation.interactive import _class_indices, build_pipeline, click_session, held_out_cases, load_case
+from segloop.evaluation.interactive import build_pipeline, case_structures, click_session, held_out_cases
 from segloop.networks.precision import native_bfloat16
 
 PATHS = {  # name -> (amp mode, oneDNN convolutions)
@@ -37,21 +37,13 @@ TARGET_S = 1.0
 
 def measure(pipeline, cases, labels, clicks: int, paths: List[str], progress=None) -> Dict:
     """Per path and label: the click sessions' latencies and Dice curves."""
-    classes = _class_indices(labels)
     rows: Dict[str, Dict[str, Dict[str, list]]] = {p: {n: {"latency_s": [], "curves": []} for n in labels} for p in paths}
-    for n, case in enumerate(cases, start=1):
-        image, truth = load_case(case["image"], case["label"])
-        for name, c in classes.items():
-            target = truth == labels[name]
-            if not target.any():
-                continue
-            for path in paths:
-                pipeline.amp, pipeline.onednn = PATHS[path]
-                session = click_session(pipeline, image, target, c, clicks)
-                rows[path][name]["latency_s"].extend(session["latency_s"])
-                rows[path][name]["curves"].append(session["dice"])
-        if progress:
-            progress(n, len(cases))
+    for image, name, c, target in case_structures(cases, labels, progress):
+        for path in paths:
+            pipeline.amp, pipeline.onednn = PATHS[path]
+            session = click_session(pipeline, image, target, c, clicks)
+            rows[path][name]["latency_s"].extend(session["latency_s"])
+            rows[path][name]["curves"].append(session["dice"])
     report: Dict = {"paths": {}, "clicks": clicks, "cases": [c["id"] for c in cases], "target_s": TARGET_S}
     for path, per_label in rows.items():
         out = report["paths"][path] = {"labels": {}}

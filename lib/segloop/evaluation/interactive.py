@@ -68,19 +68,28 @@ def _class_indices(labels: Mapping[str, int]) -> Dict[str, int]:
     return {name: c for c, name in enumerate(sorted(labels, key=labels.get), start=1)}
 
 
+def case_structures(cases: Sequence[Dict[str, str]], labels: Mapping[str, int], progress=None):
+    """Each structure present in ``cases``: ``(image, label name, class index, target mask)``;
+    ``progress(n, total)`` after each case."""
+    classes = _class_indices(labels)
+    for n, case in enumerate(cases, start=1):
+        image, truth = load_case(case["image"], case["label"])
+        for name, c in classes.items():
+            target = truth == labels[name]
+            if target.any():
+                yield image, name, c, target
+        if progress:
+            progress(n, len(cases))
+
+
 def score_prompt_weights(network, datalist, labels, roi_size, coarse_spacing, fine_spacing, hu_window, device, amp="auto"):
     """Promotion score: per label, mean Dice of one click (with the label) and of the label alone."""
     pipeline = ZoomOutZoomIn(network, roi_size, coarse_spacing, fine_spacing, hu_window, device, amp=amp)
     per_label: Dict[str, List[float]] = {}
-    for item in datalist:
-        image, truth = load_case(item["image"], item["label"])
-        for name, c in _class_indices(labels).items():
-            target = truth == labels[name]
-            if not target.any():
-                continue
-            one_click = click_session(pipeline, image, target, c, 1)["dice"][0]
-            label_only, _ = pipeline(image, Prompt(label=c))
-            per_label.setdefault(name, []).extend([one_click, dice(label_only, target)])
+    for image, name, c, target in case_structures(datalist, labels):
+        one_click = click_session(pipeline, image, target, c, 1)["dice"][0]
+        label_only, _ = pipeline(image, Prompt(label=c))
+        per_label.setdefault(name, []).extend([one_click, dice(label_only, target)])
     scores = {name: float(np.mean(v)) for name, v in per_label.items()}
     scores["mean"] = float(np.mean(list(scores.values()))) if scores else float("nan")
     return scores
@@ -97,24 +106,17 @@ def evaluate_interactive(
     """The full report over ``cases`` (each ``{"id", "image", "label"}``); see the module docstring."""
     classes = _class_indices(labels)
     rows: Dict[str, Dict[str, list]] = {name: {"curves": [], "box": [], "text": [], "latency_s": []} for name in labels}
-    for n, case in enumerate(cases, start=1):
-        image, truth = load_case(case["image"], case["label"])
-        for name, c in classes.items():
-            target = truth == labels[name]
-            if not target.any():
-                continue
-            session = click_session(pipeline, image, target, c, clicks)
-            row = rows[name]
-            row["curves"].append(session["dice"])
-            row["latency_s"].extend(session["latency_s"])
-            lo, hi = np.argwhere(target).min(0), np.argwhere(target).max(0)
-            boxed, _ = pipeline(image, Prompt(box=(tuple(map(float, lo)), tuple(map(float, hi)))))
-            row["box"].append(dice(boxed, target))
-            phrase = matcher.vocabulary[name]["synonyms"][0] if matcher.vocabulary[name]["synonyms"] else name
-            texted, _ = pipeline(image, Prompt(label=classes[matcher.resolve(phrase)]))
-            row["text"].append(dice(texted, target))
-        if progress:
-            progress(n, len(cases))
+    for image, name, c, target in case_structures(cases, labels, progress):
+        session = click_session(pipeline, image, target, c, clicks)
+        row = rows[name]
+        row["curves"].append(session["dice"])
+        row["latency_s"].extend(session["latency_s"])
+        lo, hi = np.argwhere(target).min(0), np.argwhere(target).max(0)
+        boxed, _ = pipeline(image, Prompt(box=(tuple(map(float, lo)), tuple(map(float, hi)))))
+        row["box"].append(dice(boxed, target))
+        phrase = matcher.vocabulary[name]["synonyms"][0] if matcher.vocabulary[name]["synonyms"] else name
+        texted, _ = pipeline(image, Prompt(label=classes[matcher.resolve(phrase)]))
+        row["text"].append(dice(texted, target))
     report: Dict = {"cases": [c["id"] for c in cases], "clicks": clicks, "labels": {}}
     for name, row in rows.items():
         if not row["curves"]:
