@@ -198,6 +198,56 @@ def test_jittered_box_stays_in_the_image():
         assert all(0 <= a <= b <= 19 for a, b in zip(lo, hi))
 
 
+# The simulation and encoding work on the region (a click's blob, a region's box) instead of the whole
+# window, for speed; these compare them with the plain whole-volume computation they replace.
+def _random_regions(count, seed=0):
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        shape = tuple(int(v) for v in rng.integers(3, 28, 3))
+        region = ndimage.binary_dilation(rng.random(shape) < rng.uniform(0.002, 0.05), iterations=int(rng.integers(0, 4)))
+        yield shape, region, rng
+
+
+def test_region_centre_is_the_whole_volume_distance_maximum():
+    for shape, region, _ in _random_regions(150):
+        if not region.any():
+            continue
+        # The voxel farthest from the border, the volume edge counting as border; ties: first in C order.
+        distance = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1, 1:-1]
+        expected = np.unravel_index(np.argmax(distance), shape)
+        assert region_centre(region) == tuple(int(v) for v in expected)
+
+
+def test_click_blobs_are_the_whole_grid_gaussian_blur_of_the_clicks():
+    from monai.networks.layers import GaussianFilter
+
+    for shape, _, rng in _random_regions(60, seed=1):
+        clicks = [tuple(rng.uniform(-4, s + 4) for s in shape) for _ in range(int(rng.integers(1, 5)))]
+        clicks.append(clicks[0])  # the same voxel twice is one click
+        impulses = torch.zeros((1, 1, *shape))
+        for c in clicks:
+            idx = tuple(int(round(v)) for v in c)
+            if all(0 <= i < s for i, s in zip(idx, shape)):
+                impulses[(0, 0, *idx)] = 1.0
+        expected = GaussianFilter(3, sigma=3.0)(impulses)[0, 0]
+        expected = expected / expected.max() if expected.max() > 0 else expected
+        got = encode_prompts(Prompt(positive=clicks), shape)[0]
+        assert torch.allclose(got, expected, atol=1e-6), float((got - expected).abs().max())
+
+
+def test_halved_labels_are_each_blocks_majority_class():
+    from segloop.trainers.prompt_interaction import PromptInteraction, present_classes
+
+    interaction = PromptInteraction((8, 8, 8), num_labels=4, seed=0)
+    for shape, region, rng in _random_regions(100, seed=2):
+        label = (rng.integers(1, 5, shape) * region).astype(np.int64)
+        one_hot = torch.nn.functional.one_hot(torch.as_tensor(label), 5).permute(3, 0, 1, 2).float()
+        share = torch.nn.functional.avg_pool3d(one_hot[None], 2)[0]
+        share[0] -= 1e-3  # a structure wins a tie with background
+        assert np.array_equal(interaction._halve_label(label), share.argmax(0).numpy())
+        assert present_classes(label) == [int(c) for c in np.unique(label) if c > 0]
+
+
 # -- network -------------------------------------------------------------------------------------
 def test_network_shapes_and_label_conditioning():
     torch.manual_seed(0)

