@@ -45,6 +45,7 @@ MODES = ("click", "click+label", "box", "box+label", "label", "all labels")
 # Clicks with the label: what the Slicer plugin sends. "all labels" supervises every label per pass.
 MODE_WEIGHTS = (0.15, 0.3, 0.15, 0.05, 0.05, 0.3)
 PADDING = -1  # class index / target value of an unused label query
+ZOOM_OUT_SHARE = 0.4  # the zoom-in view is the harder one (less context): it gets more of the steps
 
 
 def _block_sums(mask: np.ndarray) -> np.ndarray:
@@ -56,11 +57,10 @@ def _block_sums(mask: np.ndarray) -> np.ndarray:
 
 
 def present_classes(label: np.ndarray) -> List[int]:
-    """The structures (class > 0) in an integer label map, ascending (a count, not a sort: 20x
+    """The structures (class > 0) in an integer label map, ascending (a count, not a sort: 5x
     faster than ``np.unique`` on a 256^3 crop)."""
     counts = np.bincount(np.asarray(label).ravel())
     return [int(c) for c in np.flatnonzero(counts[1:]) + 1]
-ZOOM_OUT_SHARE = 0.4  # the zoom-in view is the harder one (less context): it gets more of the steps
 
 
 class PromptInteraction:
