@@ -20,8 +20,14 @@ CONF = {
 }
 
 
+# MONAI Label runs /infer inside its event loop, so every other request waits for the hammer's
+# inference in flight; with a training run and the scoring job on the same 2 cores one took 31 s
+# (1-2 s alone) and a 30 s read timeout failed a CI run. The loop, not latency, is tested here.
+STATE_TIMEOUT_S = 120
+
+
 def model_state(url):
-    return requests.get(f"{url}/segloop/models/segmentation", timeout=30).json()
+    return requests.get(f"{url}/segloop/models/segmentation", timeout=STATE_TIMEOUT_S).json()
 
 
 def wait_until(predicate, timeout=300, every=1.0, what="condition"):
@@ -32,7 +38,7 @@ def idle(url):
     s = model_state(url)
     t = s["trigger"]
     busy = t["running"] or t["queued"] or s["training_run"] is not None
-    train = requests.get(f"{url}/train/", timeout=30)
+    train = requests.get(f"{url}/train/", timeout=STATE_TIMEOUT_S)
     if train.status_code == 200 and train.json()["status"] in ("SUBMITTED", "RUNNING"):
         busy = True
     return None if busy else s
