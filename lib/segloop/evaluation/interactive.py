@@ -24,7 +24,7 @@ from monai.transforms import LoadImage
 
 from segloop.evaluation.metrics import dice
 from segloop.prompts.encoding import Prompt
-from segloop.prompts.simulation import largest_component, next_click, region_centre
+from segloop.prompts.simulation import bounding_box, largest_component, next_click, region_centre
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
 
@@ -111,7 +111,7 @@ def evaluate_interactive(
         row = rows[name]
         row["curves"].append(session["dice"])
         row["latency_s"].extend(session["latency_s"])
-        lo, hi = np.argwhere(target).min(0), np.argwhere(target).max(0)
+        lo, hi = bounding_box(target)
         boxed, _ = pipeline(image, Prompt(box=(tuple(map(float, lo)), tuple(map(float, hi)))))
         row["box"].append(dice(boxed, target))
         phrase = matcher.vocabulary[name]["synonyms"][0] if matcher.vocabulary[name]["synonyms"] else name
