@@ -32,6 +32,9 @@ $(SAMPLE)/studies: | install
 
 sample-data: $(SAMPLE)/studies
 
+# Server, training and scoring processes share the CPU: their OpenMP threads sleep when idle
+# (segloop/cpu_sharing.py).
+serve: export OMP_WAIT_POLICY ?= PASSIVE
 serve: install
 	@if [ "$(STUDIES)" = "$(SAMPLE)/studies" ]; then $(MAKE) --no-print-directory sample-data; fi
 	@echo "SegLoop: serving $(STUDIES) at http://$(HOST):$(PORT)/"

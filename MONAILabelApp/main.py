@@ -26,6 +26,7 @@ from segloop.campaign.assignments import AssignmentBook, UnassignedView
 from segloop.campaign.loop import CampaignLoop
 from segloop.configs import TASK_CONFIGS
 from segloop.configs.options import parse_options
+from segloop.cpu_sharing import SHARED_CPU_SETTINGS, shared_cpu_env
 from segloop.datastore import SegLoopDatastore
 from segloop.errors import not_found
 
@@ -34,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 class SegLoopApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
+        if any(key not in os.environ for key in SHARED_CPU_SETTINGS):
+            logger.info(f"SegLoop: start the server with {SHARED_CPU_SETTINGS} for faster inference while it trains")
+        # Too late for this process's OpenMP (read at start-up), but the train and scoring
+        # subprocesses MONAI Label starts copy os.environ (segloop.cpu_sharing).
+        shared_cpu_env()
         try:
             self.options = parse_options(conf)
         except ValueError as e:

@@ -1,3 +1,4 @@
+import os
 import time
 import tempfile
 
@@ -59,3 +60,12 @@ def test_stopping_a_server_ends_the_training_runs_it_leaves_behind():
     ServerHandle("http://127.0.0.1:9", proc, None).stop()
     gone, alive = psutil.wait_procs(children, timeout=5)
     assert alive == [] and proc.poll() is not None
+
+
+def test_server_processes_get_passive_openmp_unless_the_user_chose():
+    from segloop.cpu_sharing import shared_cpu_env
+    from segloop.evaluation.server import server_env
+
+    assert shared_cpu_env({"PATH": "/bin"}) == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert shared_cpu_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert server_env()["OMP_WAIT_POLICY"] == (os.environ.get("OMP_WAIT_POLICY") or "PASSIVE")

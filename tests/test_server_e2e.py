@@ -8,6 +8,7 @@ import shutil
 
 import nibabel as nib
 import numpy as np
+import psutil
 import pytest
 import requests
 from monailabel.client import MONAILabelClient
@@ -31,6 +32,17 @@ def server(sample_root, tmp_path_factory):
 
 def truth(sample_root, case_id):
     return os.path.join(sample_root, "ground_truth", f"{case_id}.nii.gz")
+
+
+def train_subprocess_env(server):
+    """The environment of the server's training subprocess, once it runs (else None)."""
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            if "train" in child.cmdline() and "monailabel.interfaces.utils.app" in child.cmdline():
+                return child.environ()
+        except psutil.NoSuchProcess:
+            continue
+    return None
 
 
 def wait_for_training(client, timeout=600):
@@ -64,6 +76,9 @@ def test_full_annotation_round_trip(server, sample_root, tmp_path):
 
     started = client.train_start("segmentation", {"max_epochs": 2, "val_split": 0.0})
     assert started["status"] in ("SUBMITTED", "RUNNING")
+    # The training subprocess shares the CPU with the server: its OpenMP threads sleep when idle.
+    train_env = wait_for(lambda: train_subprocess_env(server), 60, 0.2, "the training subprocess")
+    assert train_env.get("OMP_WAIT_POLICY") == "PASSIVE"
     status = wait_for_training(client)
     assert status["status"] == "DONE", status
     assert any("progress: epoch" in line for line in status["details"])  # progress is reported

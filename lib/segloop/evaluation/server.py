@@ -11,6 +11,8 @@ from typing import Dict, Iterator, Optional
 
 import requests
 
+from segloop.cpu_sharing import shared_cpu_env
+
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 SEGLOOP_APP = os.path.join(REPO_ROOT, "MONAILabelApp")
 
@@ -38,7 +40,7 @@ def server_env() -> Dict[str, str]:
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["MONAI_LABEL_TRACKING_ENABLED"] = "false"
     env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
+    return dict(shared_cpu_env(env))
 
 
 @contextmanager
