@@ -44,14 +44,17 @@ def test_autocast_inferer_hands_back_float32_logits(monkeypatch):
     assert torch.allclose(out, conv(x), atol=0.05)  # bfloat16 keeps about 3 significant digits
 
 
+@pytest.mark.parametrize("trainer", ["segmentation", "prompt"])
 @pytest.mark.parametrize("native", [True, False])
-def test_prompt_training_uses_bfloat16_on_a_cpu_that_has_it(monkeypatch, native):
+def test_training_uses_bfloat16_on_a_cpu_that_has_it(monkeypatch, native, trainer):
     from types import SimpleNamespace
 
     from segloop.trainers import prompt as prompt_trainer
+    from segloop.trainers import segmentation as segmentation_trainer
 
-    monkeypatch.setattr(prompt_trainer, "native_bfloat16", lambda device: native)
-    task = object.__new__(prompt_trainer.PromptTrainer)  # only the precision option matters here
+    monkeypatch.setattr(segmentation_trainer, "native_bfloat16", lambda device: native)
+    cls = {"segmentation": segmentation_trainer.SegmentationTrainer, "prompt": prompt_trainer.PromptTrainer}[trainer]
+    task = object.__new__(cls)  # only the precision option matters here
     task.amp_mode = "auto"
     context = SimpleNamespace(device="cpu")
     assert isinstance(task.train_inferer(context), AutocastInferer) == native

@@ -25,9 +25,14 @@ def server(sample_root, tmp_path_factory):
     studies = str(tmp_path_factory.mktemp("e2e") / "studies")
     shutil.copytree(os.path.join(sample_root, "studies"), studies)
     log = str(tmp_path_factory.mktemp("logs") / "server.log")
-    with running_server(studies, conf={"auto_train": "false"}, log_path=log) as handle:
-        handle.studies = studies
-        yield handle
+    # Started as a user would by hand, without SegLoop's OpenMP setting: the app itself must give
+    # it to the training subprocess (segloop.cpu_sharing).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("OMP_WAIT_POLICY", raising=False)
+        mp.setattr("segloop.evaluation.server.shared_cpu_env", lambda env: env)
+        with running_server(studies, conf={"auto_train": "false"}, log_path=log) as handle:
+            handle.studies = studies
+            yield handle
 
 
 def truth(sample_root, case_id):
@@ -76,7 +81,8 @@ def test_full_annotation_round_trip(server, sample_root, tmp_path):
 
     started = client.train_start("segmentation", {"max_epochs": 2, "val_split": 0.0})
     assert started["status"] in ("SUBMITTED", "RUNNING")
-    # The training subprocess shares the CPU with the server: its OpenMP threads sleep when idle.
+    # The training subprocess shares the CPU with the server: the app lets its OpenMP threads sleep.
+    assert "OMP_WAIT_POLICY" not in psutil.Process(server.proc.pid).environ()
     train_env = wait_for(lambda: train_subprocess_env(server), 60, 0.2, "the training subprocess")
     assert train_env.get("OMP_WAIT_POLICY") == "PASSIVE"
     status = wait_for_training(client)

@@ -25,7 +25,6 @@ from monai.losses import DiceLoss
 from monai.transforms import Activationsd, AsDiscreted
 from monailabel.tasks.train.basic_train import Context
 
-from segloop.networks.precision import AutocastInferer, native_bfloat16
 from segloop.trainers.prompt_interaction import PADDING, PromptInteraction
 from segloop.trainers.segmentation import SegmentationTrainer
 
@@ -79,14 +78,6 @@ class PromptTrainer(SegmentationTrainer):
     @property
     def crop_ratios(self):
         return [0.0] + [1.0] * (self.num_channels - 1)  # centred on a structure, every label as often
-
-    def train_inferer(self, context: Context):
-        # GPUs get their precision from the engine's AMP (configure_autocast); a CPU with native
-        # bfloat16 trains the prompt model under bfloat16 autocast (networks/precision.py).
-        device = torch.device(context.device)
-        if device.type == "cpu" and self.amp_mode == "auto" and native_bfloat16(device):
-            return AutocastInferer(device, self.amp_mode)
-        return super().train_inferer(context)
 
     def loss_function(self, context: Context):
         return PromptLoss()

@@ -52,6 +52,7 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.utils.others.generic import strtobool
 
 from segloop.campaign.registry import ModelRegistry
+from segloop.networks.precision import AutocastInferer, native_bfloat16
 from segloop.evaluation.calibration import CalibrationAccumulator
 from segloop.trainers.handlers import BudgetCosineLR, TrainingProgress, clip_gradients
 from segloop.trainers.scoring import score_weights
@@ -193,6 +194,16 @@ class SegmentationTrainer(BasicTrainTask):
     def optimizer(self, context: Context):
         lr = float(context.request.get("lr", self._config["lr"]))
         return torch.optim.AdamW(context.network.parameters(), lr=lr, weight_decay=1e-5)
+
+    def train_inferer(self, context: Context):
+        # GPUs get their precision from the engine's AMP (configure_autocast); a CPU with native
+        # bfloat16 trains under bfloat16 autocast (networks/precision.py): a unetr_cpu step took
+        # 0.64 s instead of 1.47 s on this project's CPU (benchmarks/training_step_precision.py),
+        # and 192 steps learnt held-out liver 0.82 / kidney 0.58 (float32: 0.83 / 0.53).
+        device = torch.device(context.device)
+        if device.type == "cpu" and self.amp_mode == "auto" and native_bfloat16(device):
+            return AutocastInferer(device, self.amp_mode)
+        return super().train_inferer(context)
 
     def loss_function(self, context: Context):
         return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
