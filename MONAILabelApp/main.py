@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 class SegLoopApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         if any(key not in os.environ for key in SHARED_CPU_SETTINGS):
-            logger.info(f"SegLoop: start the server with {SHARED_CPU_SETTINGS} for faster inference while it trains")
+            logger.info(f"SegLoop: start the server with {SHARED_CPU_SETTINGS}: training and scoring then progress beside it")
         # Too late for this process's OpenMP (read at start-up), but the train and scoring
         # subprocesses MONAI Label starts copy os.environ (segloop.cpu_sharing).
         shared_cpu_env()

@@ -9,15 +9,17 @@ CPU kernels run on libgomp, whose idle threads spin (``OMP_WAIT_POLICY`` unset o
 so burn the cores the other processes wait for. This script runs, as separate processes started
 with the policy in their environment:
 
-* ``infer``: the default segmentation network's forward pass on one 96 x 96 x 64 window, the
-  server's side (median and max seconds of 12 passes after a warm-up);
+* ``infer``: the default segmentation network's forward pass on one training window (64^3 for
+  ``unetr_cpu``), the server's side (median and max seconds of 12 passes after a warm-up);
 * ``train``: prompt-model training steps (two 48^3 windows, forward / backward / AdamW), the
   training subprocess (steps per second over its run: ``seconds`` alone; beside ``infer``, from
   its start until ``infer`` ends, so partly alone);
-* ``score``: the segmentation network's forward passes in a loop, the scoring subprocess;
+* ``score``: the segmentation network's forward passes in a loop, the scoring subprocess.
 
-alone and together (``infer`` + ``train``, ``infer`` + ``train`` + ``score``), for each policy, and
-writes the figures as JSON (default ``benchmarks/results/openmp_contention.json``).
+``train`` and ``score`` run at niceness 10, as SegLoop's training runs and scoring job do. Each
+runs alone and together (``infer`` + ``train``, ``infer`` + ``train`` + ``score``), under each
+policy; the script writes the figures as JSON (default
+``benchmarks/results/openmp_contention.json``).
 """
 
 import json
@@ -31,6 +33,8 @@ import time
 
 import torch
 
+from segloop.trainers.segmentation import lower_priority
+
 # libgomp's settings per policy: unset it spins 300,000 rounds before sleeping at a barrier,
 # PASSIVE sleeps at once; GOMP_SPINCOUNT sets the rounds between.
 POLICIES = {
@@ -38,18 +42,22 @@ POLICIES = {
     "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
     "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
 }
+BACKGROUND_NICE = 10  # the trainers' and the scoring job's default ``nice``
 STARTUP_S = 10.0  # imports and network construction of a worker, before ``infer`` starts beside it
 
 
 def _segmentation_network():
     from segloop.networks import DEFAULT_NETWORK, build_network, get_preset
 
-    return build_network(DEFAULT_NETWORK, 5, get_preset(DEFAULT_NETWORK).roi_size).eval(), get_preset(DEFAULT_NETWORK).roi_size
+    roi = get_preset(DEFAULT_NETWORK).roi_size
+    return build_network(DEFAULT_NETWORK, 5, roi).eval(), roi
 
 
 def worker(role: str, stop_file: str) -> dict:
     """One process's workload; returns its figures. ``train`` and ``score`` run until ``stop_file`` exists."""
     running = lambda: not os.path.exists(stop_file)  # noqa: E731
+    if role != "infer":
+        lower_priority(BACKGROUND_NICE)  # as SegLoop's training runs and scoring job do
     torch.manual_seed(0)
     if role == "train":
         from segloop.networks.prompt import build_prompt_network

@@ -67,7 +67,7 @@ def test_clicks_improve_the_prompt_model_on_held_out_cases(trained, capsys):
     # (mean organ Dice after one click 0.07-0.30, after three 0.18-0.47, in five runs of 288-304
     # steps of an earlier recipe; 0.49 and 0.67 after 360 s of a later one, 0.40-0.61 and 0.59-0.76
     # in two runs of 270 s; 0.58 and 0.68 in CI with bfloat16 training and 48^3 zoom-in windows;
-    # 0.68 and 0.80 in a 270 s run of commit 2dfadd7, whose budget was then cut to 180 s),
+    # 0.68 and 0.80 in a 270 s run of commit 2dfadd7, 0.51 and 0.65 in the first CI run of 180 s),
     # so the bar is "clearly above chance after three clicks, and clicks help", not a quality target.
     organs = ("liver", "spleen", "kidney")
     first = np.mean([report["labels"][k]["dice_after_clicks"][0] for k in organs])
