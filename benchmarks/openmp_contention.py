@@ -33,6 +33,7 @@ import time
 
 import torch
 
+from segloop.io import atomic_write_json
 from segloop.trainers.segmentation import lower_priority
 
 # libgomp's settings per policy: unset it spins 300,000 rounds before sleeping at a barrier,
@@ -122,9 +123,7 @@ def main(out_path: str, seconds: float) -> dict:
             row = {"processes": "+".join(roles), "omp_wait_policy": policy, **scenario(roles, policy, seconds)}
             print(json.dumps(row), flush=True)
             report["scenarios"].append(row)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(report, f, indent=1)
+    atomic_write_json(out_path, report)
     print(f"wrote {out_path}")
     return report
 

@@ -21,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from segloop.io import atomic_write_json
 from segloop.networks import DEFAULT_NETWORK, build_network, get_preset
 from segloop.networks.precision import native_bfloat16
 from segloop.networks.prompt import DEFAULT_PROMPT_NETWORK, build_prompt_network, get_prompt_preset
@@ -71,9 +72,7 @@ def main(out_path: str, steps: int) -> dict:
         row["speed-up"] = round(row["float32_step_s"] / row["bfloat16_autocast_step_s"], 2)
         report["networks"][name] = row
         print(name, json.dumps(row), flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(report, f, indent=1)
+    atomic_write_json(out_path, report)
     print(f"wrote {out_path}")
     return report
 

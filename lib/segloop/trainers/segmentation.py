@@ -52,8 +52,8 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.utils.others.generic import strtobool
 
 from segloop.campaign.registry import ModelRegistry
-from segloop.networks.precision import AutocastInferer, native_bfloat16
 from segloop.evaluation.calibration import CalibrationAccumulator
+from segloop.networks.precision import AutocastInferer, native_bfloat16
 from segloop.trainers.handlers import BudgetCosineLR, TrainingProgress, clip_gradients
 from segloop.trainers.scoring import score_weights
 from segloop.trainers.split import case_key, stable_split
