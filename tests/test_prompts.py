@@ -318,6 +318,41 @@ def test_training_items_ask_for_one_structure_or_for_every_label():
     assert kinds == {"all", "one"}
 
 
+def test_corrections_train_clicks_with_and_without_the_previous_mask(monkeypatch):
+    """Inference sends every click so far with an empty mask channel, so simulated corrections must
+    train that input too, not only clicks plus the model's last answer."""
+    from types import SimpleNamespace
+
+    from segloop.trainers import prompt_interaction
+
+    inputs = []
+
+    def recording_encode(prompt, shape, previous=None):
+        inputs.append((len(prompt.positive) + len(prompt.negative), previous is not None))
+        return encode_prompts(prompt, shape, previous)
+
+    monkeypatch.setattr(prompt_interaction, "encode_prompts", recording_encode)
+    interaction = prompt_interaction.PromptInteraction((16, 16, 16), num_labels=4, max_interactions=2, seed=0)
+    final = []
+
+    def step(engine, batch):
+        final.extend(inputs[-len(batch["image"]) :])  # the batch the engine trains on
+        return batch
+
+    engine = SimpleNamespace(
+        state=SimpleNamespace(device=torch.device("cpu")),
+        network=None,
+        inferer=lambda x, network, label: torch.full((x.shape[0], 1, *x.shape[2:]), -5.0),  # misses everything
+        _iteration=step,
+    )
+    label = torch.zeros(2, 1, 32, 32, 32)
+    label[:, 0, 8:24, 8:24, 8:24] = 1
+    for _ in range(40):
+        interaction(engine, {"image": torch.rand(2, 1, 32, 32, 32), "label": label.clone()})
+    corrected = [has_mask for clicks, has_mask in final if clicks >= 2]
+    assert corrected and 0 < sum(corrected) < len(corrected)
+
+
 def test_zoom_in_views_vary_in_size_around_the_window_and_keep_the_structure():
     """Zoom-in regions are as large as their structure, so training views vary: 2/3..4/3 of the
     window a side, multiples of the encoder's size factor; zoom-out views stay one window."""
