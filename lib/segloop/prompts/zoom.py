@@ -11,8 +11,8 @@
    overlap merge. Two kidneys are then two regions, not one box across the spine.
 3. **Zoom in**: each region alone is resampled from the original image at ``fine_spacing`` mm and
    segmented again from the prompts alone, with an empty mask channel, as training's first pass
-   and half its corrections see it. The coarse result only places the regions: given as the mask prompt, its 6 mm
-   probability, wider than the organ, was copied into the answer (one-click liver Dice 0.80 and
+   and half its corrections see it. The coarse result only places the regions: given as the mask
+   prompt, its 6 mm probability, wider than the organ, was copied into the answer (one-click liver Dice 0.80 and
    0.75 with it, 0.94 and 0.92 without, on two trained models' 4 held-out cases; spleen 0.82 /
    0.75 -> 0.90 / 0.77; kidney 0.92 / 0.89 -> 0.91 / 0.89). The fine grid is centred on the region
    and at least one training window (``roi_size``) a side: the encoder's instance norms make its
