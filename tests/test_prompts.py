@@ -467,6 +467,16 @@ def test_infer_task_writes_the_input_grid_and_reports_the_target(tmp_path):
     assert e.value.status_code == 422 and "previous mask" in e.value.message
 
 
+def test_an_empty_answer_says_what_to_do_next(tmp_path):
+    task, path, (image, label, affine) = rule_infer_task(tmp_path)  # ChannelRule(0): no clicks, no mask
+    result_file, result = task({"image": path, "text": "hepar"})
+    assert not np.asarray(nib.load(result_file).dataobj).any() and result["voxels"] == 0
+    assert result["message"].startswith("found no liver") and "click" in result["message"]
+    click = [int(v) for v in region_centre(label == LABELS["liver"])]
+    _, result = task({"image": path, "label": "liver", "foreground": [click], "background": []})
+    assert result["voxels"] > 0 and "message" not in result
+
+
 class FaceRule(torch.nn.Module):
     """Positive only on the last x-plane of whatever grid it sees (the window padding, here)."""
 

@@ -199,7 +199,8 @@ class SegLoopWidget(ScriptedLoadableModuleWidget):
             self.ui.boxPlaceWidget.currentNode(), self.ui.textLineEdit.text.strip(),
         )
         if result:
-            self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: {result.get('target') or self.ui.labelComboBox.currentText} updated from prompts"
+            target = result.get("target") or self.ui.labelComboBox.currentText
+            self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: " + (result.get("message") or f"{target} updated from prompts")
 
     def onClearPrompts(self):
         self.logic.clear_prompts()

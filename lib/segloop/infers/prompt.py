@@ -130,4 +130,9 @@ class PromptInfer(SegmentationInfer):
             **details,
             "latencies": {"total": round(time.time() - start, 3)},
         }
+        if not mask.any():
+            result_json["message"] = (
+                f"found no {name or 'structure'} from these prompts: "
+                "put a positive click on it or draw a box around it"
+            )
         return result_file, result_json
