@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from segloop.data.sample import write_sample_data
-from segloop.evaluation.interactive import build_pipeline, evaluate_interactive, held_out_cases
+from segloop.evaluation.interactive import build_pipeline, evaluate_interactive, held_out_cases, write_report
 from segloop.evaluation.metrics import dice
 from segloop.evaluation.server import running_server, wait_for
 from segloop.labels import DEFAULT_LABELS
@@ -53,7 +53,7 @@ def truth_of(root, case_id):
     return np.asarray(nib.load(f"{root}/ground_truth/{case_id}.nii.gz").dataobj)
 
 
-def test_clicks_improve_the_prompt_model_on_held_out_cases(trained, capsys):
+def test_clicks_improve_the_prompt_model_on_held_out_cases(trained, capsys, tmp_path):
     pipeline, matcher, labels = build_pipeline(f"{trained}/studies")
     cases = held_out_cases(f"{trained}/studies", f"{trained}/ground_truth", labels)
     assert [c["id"] for c in cases] == HELD_OUT
@@ -75,6 +75,10 @@ def test_clicks_improve_the_prompt_model_on_held_out_cases(trained, capsys):
     assert third > 0.12, third  # three clicks (with the label name, as the plugin sends it) on unseen cases
     # Correction clicks help: they take away at least a tenth of the error left after one click.
     assert 1 - third < 0.9 * (1 - first), (first, third)
+    paths = write_report(report, str(tmp_path))  # what `segloop eval interactive` writes
+    with open(paths["json"]) as f:
+        assert json.load(f)["labels"]["liver"]["noc@90_per_case"] == report["labels"]["liver"]["noc@90_per_case"]
+    assert os.path.getsize(paths["png"]) > 10_000
 
 
 def test_latency_bench_times_each_cpu_path_on_the_trained_model(trained, tmp_path):

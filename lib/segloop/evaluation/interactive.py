@@ -14,6 +14,7 @@ Protocol (IMIS-Bench / SAM-Med3D style), per held-out case and label, on the ima
 Writes ``interactive.json`` and ``interactive.png`` (mean Dice against clicks, one line per label).
 """
 
+import itertools
 import json
 import os
 import time
@@ -151,9 +152,12 @@ def write_report(report: Dict, out_dir: str) -> Dict[str, str]:
     with open(json_path, "w") as f:
         json.dump(report, f, indent=2)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, row in report["labels"].items():
+    for (name, row), marker in zip(report["labels"].items(), itertools.cycle("osD^v")):  # markers tell overlapping curves apart
         curve = row["dice_after_clicks"]
-        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=f"{name} (box {row['box_dice']:.2f}, text {row['text_dice']:.2f})")
+        reached = [v for v in row["noc@90_per_case"] if v is not None]
+        noc = f"{row['noc@90']:.2f}" if reached else "not reached"
+        legend = f"{name} (NoC@90 {noc}, box {row['box_dice']:.2f}, text {row['text_dice']:.2f})"
+        ax.plot(range(1, len(curve) + 1), curve, marker=marker, label=legend)
     ax.axhline(0.9, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("simulated clicks")
     ax.set_ylabel("mean Dice on held-out cases")
