@@ -528,3 +528,15 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         click(env, widget, "refreshButton")
         assert widget.ui.trainingLabel.text.startswith(f"server: cannot reach {server.url}: ")
         assert messages == []
+
+
+def test_prompt_line_shows_the_servers_message_for_an_empty_answer(env, make_widget):
+    widget = make_widget()
+    widget.logic.case = SimpleNamespace(image_id="case_003")
+    empty = "found no tumor from these prompts: put a positive click on it or draw a box around it"
+    widget.logic.prompt_segment = lambda *args: {"target": "tumor", "voxels": 0, "message": empty}
+    widget.onPrompt()
+    assert widget.ui.caseLabel.text == f"Case case_003: {empty}"
+    widget.logic.prompt_segment = lambda *args: {"target": "liver", "voxels": 900}
+    widget.onPrompt()
+    assert widget.ui.caseLabel.text == "Case case_003: liver updated from prompts"
