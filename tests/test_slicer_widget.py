@@ -469,6 +469,17 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         messages.clear()
         click(env, widget, "clearPromptsButton")
 
+        # An empty answer (as the server sends when the model finds nothing): its message, the segment kept.
+        def empty_answer(model, image_id, dest, **prompts):
+            nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), dest)
+            return dest, {"target": "liver", "voxels": 0, "message": "found no liver from these prompts: ..."}
+
+        widget.logic.client.prompt_segment = empty_answer
+        click(env, widget, "promptButton")
+        assert messages == [] and widget.ui.caseLabel.text == f"Case {case_id}: found no liver from these prompts: ..."
+        assert np.array_equal(segment("liver"), mask > 0)
+        del widget.logic.client.prompt_segment  # the real request again
+
         # Segment Editor on this case.
         click(env, widget, "segmentEditorButton")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor

@@ -398,8 +398,10 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             foreground=self._points("foreground"), background=self._points("background"), box=box, text=text or label_name,
         )
         labelmap = slicer.util.loadLabelVolume(path)
-        self._set_segment(result.get("target") or label_name, slicer.util.arrayFromVolume(labelmap) > 0)
+        mask = slicer.util.arrayFromVolume(labelmap) > 0
         slicer.mrmlScene.RemoveNode(labelmap)
+        if mask.any():  # an empty answer (the result's "message" says so) leaves the segment as it was
+            self._set_segment(result.get("target") or label_name, mask)
         return result
 
     def clear_prompts(self):
