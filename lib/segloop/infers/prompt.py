@@ -130,7 +130,7 @@ class PromptInfer(SegmentationInfer):
             **details,
             "latencies": {"total": round(time.time() - start, 3)},
         }
-        if not mask.any():
+        if result_json["voxels"] == 0:
             result_json["message"] = (
                 f"found no {name or 'structure'} from these prompts: "
                 "put a positive click on it or draw a box around it"
