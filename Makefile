@@ -16,7 +16,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export MONAI_LABEL_TRACKING_ENABLED := false
 
-.PHONY: install sample-data serve test bench clean
+.PHONY: install sample-data serve test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -44,8 +44,12 @@ serve: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The inner loop: unit and in-process tests, no servers, no training runs (under 3 minutes).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
 bench: install
-	$(BIN)/segloop bench infer
+	$(BIN)/segloop-bench bench infer
 
 clean:
 	rm -rf $(SAMPLE)/studies $(SAMPLE)/ground_truth MONAILabelApp/logs MONAILabelApp/model .pytest_cache

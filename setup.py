@@ -37,5 +37,5 @@ setup(
     install_requires=INSTALL_REQUIRES,
     # PySide6-Essentials: the Slicer module's widget runs headless in tests/test_slicer_widget.py
     extras_require={"test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "PySide6-Essentials==6.12.0"]},
-    entry_points={"console_scripts": ["segloop=segloop.cli:main"]},
+    entry_points={"console_scripts": ["segloop=segloop.cli:main", "segloop-bench=segloop_bench.cli:main"]},
 )

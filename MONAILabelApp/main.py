@@ -20,14 +20,14 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 import segloop
-from segloop.app import check_infer_image
-from segloop.campaign.api import build_router
+from segloop.server.request_checks import check_infer_image
+from segloop.server.routes import build_router
 from segloop.campaign.assignments import AssignmentBook, UnassignedView
 from segloop.campaign.loop import CampaignLoop
 from segloop.configs import TASK_CONFIGS
 from segloop.configs.options import parse_options
 from segloop.cpu_sharing import SHARED_CPU_SETTINGS, shared_cpu_env
-from segloop.datastore import SegLoopDatastore
+from segloop.server.datastore import SegLoopDatastore
 from segloop.errors import not_found
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Inference latency and training throughput when the server, a training run and the scoring job
 share the CPU, under each OpenMP wait policy.
 
-    PYTHONPATH=lib python benchmarks/openmp_contention.py [out.json] [seconds]
+    python benchmarks/openmp_contention.py [out.json] [seconds]
 
 In a campaign, MONAI Label's server answers ``/infer`` while its training subprocess trains and its
 scoring subprocess scores, each process with as many torch threads as there are cores. PyTorch's
@@ -19,7 +19,7 @@ with the policy in their environment:
 ``train`` and ``score`` run at niceness 10, as SegLoop's training runs and scoring job do. Each
 runs alone and together (``infer`` + ``train``, ``infer`` + ``train`` + ``score``), under each
 policy; the script writes the figures as JSON (default
-``benchmarks/results/openmp_contention.json``).
+``benchmarks/results/openmp_contention/openmp_contention.json``).
 """
 
 import json
@@ -33,8 +33,8 @@ import time
 
 import torch
 
-from segloop.io import atomic_write_json
-from segloop.trainers.segmentation import lower_priority
+from segloop.cpu_sharing import lower_priority
+from segloop_bench.provenance import write_result
 
 # libgomp's settings per policy: unset it spins 300,000 rounds before sleeping at a barrier,
 # PASSIVE sleeps at once; GOMP_SPINCOUNT sets the rounds between.
@@ -123,7 +123,7 @@ def main(out_path: str, seconds: float) -> dict:
             row = {"processes": "+".join(roles), "omp_wait_policy": policy, **scenario(roles, policy, seconds)}
             print(json.dumps(row), flush=True)
             report["scenarios"].append(row)
-    atomic_write_json(out_path, report)
+    write_result(out_path, report, "OMP_WAIT_POLICY unset (libgomp's spinning default), same processes, same machine, same run")
     print(f"wrote {out_path}")
     return report
 
@@ -132,5 +132,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         print(json.dumps(worker(sys.argv[2], sys.argv[3])))
     else:
-        main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/openmp_contention.json",
+        main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/openmp_contention/openmp_contention.json",
              float(sys.argv[2]) if len(sys.argv) > 2 else 30.0)

@@ -1,12 +1,12 @@
 """Training-step time of SegLoop's CPU networks in float32 and under bfloat16 autocast, side by side.
 
-    PYTHONPATH=lib python benchmarks/training_step_precision.py [out.json] [steps]
+    python benchmarks/training_step_precision.py [out.json] [steps]
 
 One step as the trainers take it: a batch of 2 windows (one case, ``samples_per_case`` 2 for the
 segmentation network; two windows for the prompt network), forward, loss in float32, backward,
 AdamW. The two precisions alternate step by step on the same network, so both see the same
 machine load; the first two steps of each are warm-ups. Prints and writes (default
-``benchmarks/results/training_step_precision.json``) the median seconds per step of each, and
+``benchmarks/results/training_step_precision/training_step_precision.json``) the median seconds per step of each, and
 whether the CPU computes bfloat16 natively (without, autocast is emulated and SegLoop keeps float32).
 """
 
@@ -21,10 +21,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from segloop.io import atomic_write_json
 from segloop.networks import DEFAULT_NETWORK, build_network, get_preset
 from segloop.networks.precision import native_bfloat16
 from segloop.networks.prompt import DEFAULT_PROMPT_NETWORK, build_prompt_network, get_prompt_preset
+from segloop_bench.provenance import write_result
 
 PRECISIONS = {
     "float32": contextlib.nullcontext,
@@ -72,11 +72,11 @@ def main(out_path: str, steps: int) -> dict:
         row["speed-up"] = round(row["float32_step_s"] / row["bfloat16_autocast_step_s"], 2)
         report["networks"][name] = row
         print(name, json.dumps(row), flush=True)
-    atomic_write_json(out_path, report)
+    write_result(out_path, report, "float32 (the same network and batch, steps alternating with bfloat16 autocast)")
     print(f"wrote {out_path}")
     return report
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/training_step_precision.json",
+    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/training_step_precision/training_step_precision.json",
          int(sys.argv[2]) if len(sys.argv) > 2 else 8)

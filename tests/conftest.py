@@ -26,3 +26,25 @@ def slicer_studies(sample_root, tmp_path_factory):
     for case in ("case_000", "case_001", "case_002"):
         shutil.copy(os.path.join(sample_root, "ground_truth", f"{case}.nii.gz"), os.path.join(path, "labels", "final"))
     return path
+
+
+LEARNING_EPOCHS = 24  # 8 cases an epoch: 192 iterations of the unetr_cpu preset
+LEARNING_HELD_OUT = ("case_008", "case_009")
+
+
+@pytest.fixture(scope="session")
+def trained_segmentation(tmp_path_factory):
+    """The default automatic model trained in-process for LEARNING_EPOCHS on 8 labelled cases
+    (seed 7, case_000..case_007); case_008 and case_009 are held out (ground truth only).
+    Shared by the learning test and the promotion test; tests that change it work on a copy."""
+    from monai.utils import set_determinism
+
+    from segloop_bench.training import train
+
+    root = str(tmp_path_factory.mktemp("learning"))
+    write_sample_data(root, cases=10, seed=7, labelled=8, progress=None)
+    # The run's seed covers training, not the initial weights, which the config draws when it builds
+    # the network: without this they depend on every test that ran before.
+    set_determinism(seed=0)
+    run = train(f"{root}/studies", {"max_epochs": LEARNING_EPOCHS, "val_split": 0.0, "seed": 0})
+    return {"root": root, "run": run}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from segloop.evaluation.server import running_server, wait_for
+from segloop_bench.server import running_server, wait_for
 
 pytestmark = pytest.mark.slow
 

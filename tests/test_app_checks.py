@@ -4,7 +4,7 @@ import tempfile
 
 import pytest
 
-from segloop.app import check_infer_image
+from segloop.server.request_checks import check_infer_image
 from segloop.errors import ClientError
 
 
@@ -49,7 +49,7 @@ def test_stopping_a_server_ends_the_training_runs_it_leaves_behind():
 
     import psutil
 
-    from segloop.evaluation.server import ServerHandle
+    from segloop_bench.server import ServerHandle
 
     proc = subprocess.Popen(["bash", "-c", "(trap '' TERM; exec sleep 300) & sleep 300"], start_new_session=True)
     deadline = time.time() + 10
@@ -64,7 +64,7 @@ def test_stopping_a_server_ends_the_training_runs_it_leaves_behind():
 
 def test_server_processes_get_passive_openmp_unless_the_user_chose():
     from segloop.cpu_sharing import shared_cpu_env
-    from segloop.evaluation.server import server_env
+    from segloop_bench.server import server_env
 
     assert shared_cpu_env({"PATH": "/bin"}) == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE"}
     assert shared_cpu_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"

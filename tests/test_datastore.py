@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segloop.data.sample import save_nifti
-from segloop.datastore import SegLoopDatastore
+from segloop.server.datastore import SegLoopDatastore
 from segloop.errors import ClientError
 from segloop.labels import DEFAULT_LABELS
 

@@ -15,7 +15,7 @@ import torch
 from segloop.data.phantom import generate_case
 from segloop.data.sample import save_nifti
 from segloop.errors import ClientError
-from segloop.evaluation.metrics import dice_per_label
+from segloop.metrics.dice import dice_per_label
 from segloop.infers import SegmentationInfer
 from segloop.labels import DEFAULT_LABELS
 

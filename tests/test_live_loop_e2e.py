@@ -8,7 +8,7 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from segloop.evaluation.server import running_server, wait_for
+from segloop_bench.server import running_server, wait_for
 
 pytestmark = pytest.mark.slow
 

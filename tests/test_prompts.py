@@ -16,7 +16,7 @@ from scipy import ndimage
 from segloop.data.phantom import generate_case
 from segloop.data.sample import save_nifti
 from segloop.errors import ClientError
-from segloop.evaluation.metrics import dice
+from segloop.metrics.dice import dice
 from segloop.infers.prompt import PromptInfer
 from segloop.labels import DEFAULT_LABELS
 from segloop.networks.prompt import PROMPT_PRESETS, PromptSegNet

@@ -15,7 +15,7 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from segloop.data.sample import save_nifti
-from segloop.evaluation.server import running_server, wait_for
+from segloop_bench.server import running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def server(sample_root, tmp_path_factory):
     # it to the training subprocess (segloop.cpu_sharing).
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("OMP_WAIT_POLICY", raising=False)
-        mp.setattr("segloop.evaluation.server.shared_cpu_env", lambda env: env)
+        mp.setattr("segloop_bench.server.shared_cpu_env", lambda env: env)
         with running_server(studies, conf={"auto_train": "false"}, log_path=log) as handle:
             handle.studies = studies
             yield handle

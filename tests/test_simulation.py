@@ -6,7 +6,7 @@ import os
 import pytest
 
 from segloop.campaign.registry import ModelRegistry
-from segloop.evaluation.simulate import Simulation, write_report
+from segloop_bench.simulate import Simulation, write_report
 
 pytestmark = pytest.mark.slow
 

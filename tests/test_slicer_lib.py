@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segloop.evaluation.server import running_server, wait_for
+from segloop_bench.server import running_server, wait_for
 from segloop.labels import DEFAULT_LABELS
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "SlicerModule", "SegLoop"))

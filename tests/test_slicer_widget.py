@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import requests
 
-from segloop.evaluation.server import running_server, wait_for
+from segloop_bench.server import running_server, wait_for
 from segloop.labels import DEFAULT_LABELS
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before the stand-in creates the QApplication

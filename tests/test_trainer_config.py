@@ -2,7 +2,7 @@ import os
 
 import torch
 
-from segloop.configs.prompt import Prompt
+from segloop.configs.prompt import InteractiveSegmentation
 from segloop.configs.segmentation import Segmentation
 from segloop.trainers.segmentation import DEFAULT_LR, configure_autocast, per_label_dice
 
@@ -55,7 +55,7 @@ def test_per_label_dice_metric_names_follow_label_order():
 def test_each_prompt_preset_trains_at_its_own_learning_rate(tmp_path):
     rates = {}
     for preset in ("prompt_cpu", "prompt"):
-        config = Prompt()
+        config = InteractiveSegmentation()
         config.init("prompt", str(tmp_path / preset), {"prompt_network": preset}, None)
         rates[preset] = config.trainer()._config["lr"]
     assert rates == {"prompt_cpu": DEFAULT_LR, "prompt": 3e-4}  # the full-size preset diverged at 3e-3
@@ -90,7 +90,7 @@ def test_amp_off_trains_in_float32_on_a_gpu(tmp_path):
 
 
 def test_prompt_runs_warm_up_decay_and_clip_and_segmentation_runs_keep_a_constant_rate(tmp_path):
-    config = Prompt()
+    config = InteractiveSegmentation()
     config.init("prompt", str(tmp_path / "prompt"), {}, None)
     prompt = config.trainer()._config
     segmentation = make_config(tmp_path).trainer()._config

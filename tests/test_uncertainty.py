@@ -13,9 +13,9 @@ from monai.transforms import Compose
 from segloop.activelearning import build_strategies
 from segloop.data.phantom import generate_case
 from segloop.data.sample import save_nifti
-from segloop.datastore import SegLoopDatastore
-from segloop.evaluation.calibration import CalibrationAccumulator, expected_calibration_error, fit_temperature
-from segloop.evaluation.training import build_task_config
+from segloop.server.datastore import SegLoopDatastore
+from segloop.metrics.calibration import CalibrationAccumulator, expected_calibration_error, fit_temperature
+from segloop_bench.training import build_task_config
 from segloop.infers import SegmentationInfer
 from segloop.infers.uncertainty import UncertaintyMaps
 from segloop.labels import DEFAULT_LABELS
@@ -193,7 +193,7 @@ def test_scoring_job_scores_stale_images_only_and_survives_a_bad_one(sample_root
 
 @pytest.mark.parametrize("index", [0, 1])  # RAS and LPS voxel order
 def test_overlay_slices_are_radiological_whatever_the_voxel_order(index):
-    from segloop.evaluation.uncertainty_view import axial_slice
+    from segloop_bench.uncertainty_view import axial_slice
 
     image, label, affine, spec = generate_case("view", seed=21, index=index)
     nifti = nib.Nifti1Image(image, affine)
@@ -207,7 +207,7 @@ def test_overlay_slices_are_radiological_whatever_the_voxel_order(index):
 
 
 def test_uncertainty_view_writes_a_png(sample_root, tmp_path):
-    from segloop.evaluation.uncertainty_view import render
+    from segloop_bench.uncertainty_view import render
 
     studies = str(tmp_path / "studies")
     shutil.copytree(os.path.join(sample_root, "studies"), studies)

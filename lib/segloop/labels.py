@@ -1,6 +1,6 @@
 """Label vocabulary: a name -> index map.
 
-Conventions (see DESIGN.md): 0 is background and never appears in the map; names are the API,
+Conventions: 0 is background and never appears in the map; names are the API,
 indices are what label files store. The map need not be contiguous (``{"liver": 1, "tumor": 4}``
 is valid); networks use one output channel per entry plus background, in ascending index order.
 """

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from filelock import FileLock
 
-from segloop.evaluation.metrics import dice_per_label
+from segloop.metrics.dice import dice_per_label
 from segloop.io import atomic_copy, atomic_write_json, json_safe
 
 

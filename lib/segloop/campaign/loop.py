@@ -14,13 +14,15 @@ from monailabel.utils.async_tasks.utils import processes, run_background_task
 from segloop.campaign.effort import EffortTracker
 from segloop.campaign.registry import ModelRegistry
 from segloop.campaign.trigger import RetrainTrigger
-from segloop.configs.options import SegLoopOptions
 
 logger = logging.getLogger(__name__)
 
 
 class CampaignLoop:
-    def __init__(self, name: str, registry: ModelRegistry, options: SegLoopOptions, datastore_fn, train_config_fn):
+    """``options``: the app's parsed ``--conf`` options (``labels``, ``retrain_every``, ``auto_train``,
+    ``retrain_debounce_s``, ``retrain_max_seconds`` are read)."""
+
+    def __init__(self, name: str, registry: ModelRegistry, options, datastore_fn, train_config_fn):
         self.name = name
         self.registry = registry
         self.options = options

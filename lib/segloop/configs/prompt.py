@@ -16,7 +16,7 @@ from segloop.trainers.prompt import PromptTrainer
 logger = logging.getLogger(__name__)
 
 
-class Prompt(TaskConfig):
+class InteractiveSegmentation(TaskConfig):
     proposes_full_labels = False  # one structure per request: not an automatic proposal of the case
 
     def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):

@@ -114,7 +114,7 @@ class SegmentationInfer(BasicInferTask):
             network.load_state_dict(checkpoint.get("model", checkpoint))
             network.eval()
             if torch.device(device).type == "cpu":
-                register_onednn_convolutions(network)  # float32 CPU windows about 2x faster (networks/onednn.py)
+                register_onednn_convolutions(network)  # float32 CPU windows on oneDNN's kernel (networks/onednn.py)
             version = checkpoint.get(VERSION_KEY)
             temperature = self.registry.temperature(version) if self.registry else 1.0
             cached = (network, mtime, version, temperature)

@@ -4,9 +4,10 @@ A preset fixes the architecture and the geometry it is meant for (``roi_size`` i
 ``target_spacing`` in mm); both can be overridden from the app's ``--conf``.
 
 * ``unetr_cpu`` (default): a small UNETR (hidden 96, 4 heads, ViT depth 12 as in MONAI, feature
-  size 8, residual conv blocks) on 64^3 patches at 3 mm; about 0.9 s per training step (2 patches)
-  and 0.2 s per 64^3 window on 2 CPU threads. Without the conv blocks in the skip paths a step is
-  twice as fast but kidneys and spleen were still unlearnt after 10 minutes.
+  size 8, residual conv blocks) on 64^3 patches at 3 mm, sized for training and inference on a
+  CPU (step time: ``benchmarks/training_step_precision.py``). The conv blocks in the skip paths
+  make a step slower but are kept: without them the small organs (kidneys, spleen) are not learnt
+  within a CPU time budget.
 * ``unetr``: the full-size UNETR of Hatamizadeh et al. (hidden 768, 12 heads) on 96^3 at
   1.5 x 1.5 x 2 mm, for a GPU server.
 * ``segresnet``: MONAI SegResNet (16 initial filters) on 96 x 96 x 64 at 2 x 2 x 3 mm.

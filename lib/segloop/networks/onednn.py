@@ -4,13 +4,11 @@ PyTorch sends a float32 CPU ``conv3d`` of a single image to its native ("slow3d"
 whenever ``batch x channels x depth x height`` is at most 20480 (a heuristic tuned for 2D
 convolutions, in ``ConvParams::use_mkldnn``). The prompt model's full-resolution layers have 5 to 8
 channels, so on a 48^3 window every one of them takes the native path. Handing the convolution a
-oneDNN tensor makes PyTorch run oneDNN's kernel instead: on this machine's 2 threads, the CPU
-preset's forward pass took 0.10 s instead of 0.37 s for a 48^3 window, 0.22 s instead of 0.45 s for
-the 64 x 64 x 48 zoom-out grid and 0.53 s instead of 0.80 s for an 80 x 64 x 80 liver region, the
-logits within 3e-5 of the native path's (``segloop bench latency`` measures whole clicks on a
-trained model). The automatic model's windows gain too: 0.21 s instead of 0.41 s for a 64^3
-``unetr_cpu`` window, 0.93 s instead of 1.29 s for a 96 x 96 x 64 ``segresnet`` one (untrained
-weights, same machine), so its CPU infer task registers the same hooks.
+oneDNN tensor makes PyTorch run oneDNN's kernel instead, which is faster on these thin layers and
+gives the native path's logits to float32 rounding (``segloop-bench bench latency`` times whole
+clicks both ways on a trained model; results in ``benchmarks/results/bench_latency/``). The automatic
+model's windows (``unetr_cpu``, ``segresnet``) take the same slow native path, so its CPU infer
+task registers the same hooks.
 
 Only for inference: under autograd the hooks step aside (oneDNN tensors carry no gradients here),
 and under bfloat16 autocast PyTorch already takes oneDNN's path.

@@ -1,11 +1,11 @@
 """Precision: bfloat16 autocast where the hardware computes it natively (both models' training,
 the prompt model's inference; the automatic model's CPU inference stays float32).
 
-On a CPU with AVX512-BF16 or AMX (oneDNN), a forward pass of the prompt model's CPU preset under
-bfloat16 autocast took 0.054 s instead of 0.34 s for a 48^3 window on 2 threads, its logits within
-0.26 of float32's and 99.9% of the voxels on the same side of 0. A training step (batch of 2, forward
-and backward) took 0.38 s instead of 0.65 s. Without those instructions bfloat16 is emulated and
-slower than float32, so ``auto`` keeps float32 there. Weights, optimiser state and losses stay
+On a CPU with AVX512-BF16 or AMX (oneDNN), bfloat16 autocast makes the prompt model's forward pass
+and a training step (forward and backward) faster than float32, with logits close to float32's
+(measured by ``benchmarks/training_step_precision.py`` and ``segloop-bench bench latency``).
+Without those instructions bfloat16 is emulated and slower than float32, so ``auto`` keeps
+float32 there. Weights, optimiser state and losses stay
 float32; only the autocast-eligible operations (convolutions, matrix products) run in bfloat16.
 A float32 pass on a CPU runs its convolutions on oneDNN (``segloop.networks.onednn``).
 """

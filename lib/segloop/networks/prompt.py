@@ -49,14 +49,15 @@ class PromptPreset:
 
 
 PROMPT_PRESETS: Dict[str, PromptPreset] = {
-    # CPU default: 48^3 windows, 8 initial filters: a training step (2 windows) takes about 0.6 s
-    # and a 64^3 forward pass 0.2 s on 2 threads. Zoom-out at 6 mm (an adult abdomen, 35 x 35 x
-    # 25 cm, in one 64 x 64 x 48 pass), zoom-in at 3 mm (a liver's region about 72 x 64 x 64): a
-    # click then costs under a second on 2 CPU threads. Training views are the 2 x roi crop halved
-    # (the zoom-out scale) or roi windows at full resolution, so coarse = 2 x fine spacing.
+    # CPU default: 48^3 windows, 8 initial filters, sized for the latency target of a click under 1 s
+    # on 2 CPU threads (timed by benchmarks/prompt_step_timing.py). Zoom-out at 6 mm (an adult
+    # abdomen, 35 x 35 x 25 cm, in one 64 x 64 x 48 pass), zoom-in at 3 mm (a liver's region about
+    # 72 x 64 x 64). Training views are the 2 x roi crop halved (the zoom-out scale) or roi windows
+    # at full resolution, so coarse = 2 x fine spacing.
     "prompt_cpu": PromptPreset("prompt_cpu", (48, 48, 48), (6.0, 6.0, 6.0), (3.0, 3.0, 3.0), 8, (1, 2, 2, 4), 16, 3e-3),
     # GPU: VISTA3D-sized encoder (48 filters, five levels) on 128^3 windows, zoom-in at 1.5 mm.
-    # At 3e-3 its loss diverged within 5 steps (on an H200, and on CPU at 32^3); 3e-4 trains.
+    # 3e-4: at 3e-3 its loss diverges (benchmarks/prompt_model_trials.md, section "Earlier result
+    # files", bench_prompt_gpu_h200).
     "prompt": PromptPreset("prompt", (128, 128, 128), (3.0, 3.0, 3.0), (1.5, 1.5, 1.5), 48, (1, 2, 2, 4, 4), 48, 3e-4),
 }
 DEFAULT_PROMPT_NETWORK = "prompt_cpu"

@@ -70,7 +70,7 @@ def _click_map(points: Sequence[Point], shape: Sequence[int], blur: GaussianFilt
 
     Each blob is blurred on its own patch, as far around the click as the kernel reaches, not over
     the whole grid: the filter is linear and zero-padded, so the sum of the patches is the whole-grid
-    blur of the clicks' impulses (to rounding). On a 128^3 grid that was 0.07 s a channel.
+    blur of the clicks' impulses (to rounding), at a cost that follows the clicks, not the grid size.
     """
     smooth = torch.zeros(tuple(shape))
     reach = max(int(max(float(s) * blur.truncated, 0.5) + 0.5) for s in blur.sigma)  # MONAI's kernel tail

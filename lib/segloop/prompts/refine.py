@@ -7,9 +7,9 @@ connected to a negative click, in both cases within ``radius_mm`` of that click 
 that neighbourhood). Everything else keeps the previous mask: a clinician's accepted result does
 not move where nobody clicked.
 
-Why: a single negative click on a trained-from-scratch model shrank the whole organ (spleen Dice
-0.85 -> 0.70 after the third click on 4 held-out cases), the global proposal being worse than the
-previous mask away from the click. The local update kept 0.84-0.86 over five clicks there.
+Why: a single negative click on a trained-from-scratch model can shrink the whole organ, the
+global proposal being worse than the previous mask away from the click; the local update keeps the
+mask there (the global proposal against the local update: benchmarks/prompt_model_trials.md).
 
 Masks are boolean [X, Y, Z] on the image grid; clicks are IJK voxel indices; ``spacing_mm`` the
 voxel size along I, J, K (mm).

@@ -20,8 +20,8 @@ def region_centre(region: np.ndarray) -> Tuple[int, int, int]:
     The distance transform runs on the region's bounding box with one background voxel around it,
     not the whole volume: the nearest border voxel of any inside voxel lies in that box (clipping a
     farther one to the box only brings it closer, and the box's shell is background), so the
-    distances, and the first maximum in C order, are the whole volume's. A 128^3 training window
-    took 0.3 s a click the whole-volume way.
+    distances, and the first maximum in C order, are the whole volume's, at a cost that follows the
+    region's size rather than the volume's.
     """
     if not region.any():
         return tuple(int(v) for v in np.unravel_index(0, region.shape))  # type: ignore

@@ -83,7 +83,7 @@ def parse_vocabulary(value: Union[None, str, Mapping], labels: Sequence[str]) ->
 
 
 class SentenceEncoder:
-    """The bundled all-MiniLM-L6-v2, loaded once per process on first use (about 1 s, 0.5 GB)."""
+    """The bundled all-MiniLM-L6-v2, loaded once per process on first use and kept (loading is the slow part)."""
 
     _lock = threading.Lock()
     _model = None

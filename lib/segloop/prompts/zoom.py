@@ -12,13 +12,11 @@
 3. **Zoom in**: each region alone is resampled from the original image at ``fine_spacing`` mm and
    segmented again from the prompts alone, with an empty mask channel, as training's first pass
    and half its corrections see it. The coarse result only places the regions: given as the mask
-   prompt, its 6 mm probability, wider than the organ, was copied into the answer (one-click liver Dice 0.80 and
-   0.75 with it, 0.94 and 0.92 without, on two trained models' 4 held-out cases; spleen 0.82 /
-   0.75 -> 0.90 / 0.77; kidney 0.92 / 0.89 -> 0.91 / 0.89). The fine grid is centred on the region
-   and at least one training window (``roi_size``) a side: the encoder's instance norms make its
-   answer depend on the field of view, and a kidney's own 32 x 32 x 40 voxels marked about a third
-   of it (one-click kidney Dice 0.46 on 4 held-out cases, 0.89 in 48^3). The fine result is final
-   inside the regions; outside them the structure is absent.
+   prompt, its 6 mm probability, wider than the organ, is copied into the answer (see
+   benchmarks/prompt_model_trials.md). The fine grid is centred on the region and at least one
+   training window (``roi_size``) a side: the encoder's instance norms make its answer depend on
+   the field of view, and a grid as small as a kidney's own 32 x 32 x 40 voxels marks only part of
+   the kidney. The fine result is final inside the regions; outside them the structure is absent.
 4. The fine probabilities are resampled onto the input's own grid (shape and affine; only the
    window each region covers) and thresholded at 0.5, so the mask lines up voxel for voxel with
    the image the client shows.
@@ -26,8 +24,9 @@
    (:mod:`segloop.prompts.refine`, FocalClick-style) instead of being replaced.
 
 A user's previous mask reaches the network only through the region and the clicks accumulated on
-it, not as the mask channel: a sent binary mask in that channel made positive clicks *shrink* the
-result (spleen Dice 0.79 -> 0.66 over three clicks on 4 held-out cases).
+it, not as the mask channel: a sent binary mask in that channel makes positive clicks *shrink* the
+result (see benchmarks/prompt_model_trials.md, section "Earlier result files",
+bench_prompt_gpu_h200_recipe).
 
 Every resampling is MONAI's ``SpatialResample`` between affines, so LPS- or RAS-stored inputs and
 oblique spacings need no special case.

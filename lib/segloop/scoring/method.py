@@ -25,6 +25,7 @@ from monai.transforms import Compose
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
+from segloop.cpu_sharing import lower_priority
 from segloop.scoring.embedding import image_embedding
 from segloop.scoring.store import COMPONENTS, ScoreStore
 from segloop.scoring.uncertainty import (
@@ -122,8 +123,6 @@ class UncertaintyScoring(ScoringMethod):
         return todo
 
     def __call__(self, request, datastore: Datastore):
-        from segloop.trainers.segmentation import lower_priority
-
         if not self.infer_task.get_path():
             return {"status": "skipped", "reason": "no model version serves yet"}
         if self.registry is not None and self.registry.state().get("running") and not request.get("force"):

@@ -25,6 +25,7 @@ from monai.losses import DiceLoss
 from monai.transforms import Activationsd, AsDiscreted
 from monailabel.tasks.train.basic_train import Context
 
+from segloop.trainers.candidate_eval import prompt_dice
 from segloop.trainers.prompt_interaction import PADDING, PromptInteraction
 from segloop.trainers.segmentation import SegmentationTrainer
 
@@ -35,8 +36,8 @@ class PromptLoss(torch.nn.Module):
     ``pred`` logits and ``target`` (1 / 0) are [B, K, X, Y, Z]; a query whose target is all
     ``PADDING`` (-1) is left out. Cross-entropy covers every other query. Dice covers those whose
     structure is in the view, each query one item (a tumour and a liver weigh the same): the Dice of
-    an empty target is about 1 for any prediction short of exactly zero, and pushed every label
-    query towards an empty mask in a trial run (label-only Dice 0 on every organ after 300 steps).
+    an empty target is about 1 for any prediction short of exactly zero, so it would push every
+    label query towards an empty mask.
     """
 
     def __init__(self):
@@ -61,9 +62,9 @@ def first_query(output):
 
 class PromptTrainer(SegmentationTrainer):
     def __init__(self, *args, coarse_spacing: Sequence[float], fine_spacing: Sequence[float], **kwargs):
-        # Warm-up, cosine decay and gradient clipping: at a constant 3e-3, 3 of 8 runs of 720 steps
-        # collapsed (every label query all-foreground or all-empty, logits in the hundreds); with
-        # them 0 of 8 did (NVIDIA H200, same recipe otherwise).
+        # Warm-up, cosine decay and gradient clipping: at a constant 3e-3 a run can collapse (every
+        # label query all-foreground or all-empty); see benchmarks/prompt_model_trials.md, section
+        # "Earlier result files" (bench_prompt_gpu_h200_recipe).
         kwargs.setdefault("lr_schedule", "cosine")
         kwargs.setdefault("grad_clip", 1.0)
         super().__init__(*args, target_spacing=fine_spacing, **kwargs)
@@ -109,11 +110,9 @@ class PromptTrainer(SegmentationTrainer):
         return None  # prompt results are judged by Dice per click, not voxel confidence
 
     def _score(self, weights: Mapping[str, torch.Tensor], context: Context, on_logits=None) -> Dict[str, float]:
-        from segloop.evaluation.interactive import score_prompt_weights  # evaluation imports trainers
-
         network = copy.deepcopy(self._network)
         network.load_state_dict(weights)
-        return score_prompt_weights(
+        return prompt_dice(
             network.to(context.device).eval(),
             context.val_datalist,
             self.label_map,

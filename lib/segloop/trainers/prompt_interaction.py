@@ -20,12 +20,9 @@ multi-label map (network channels: 0 background, 1..N labels). For each item:
    gradients: the model predicts, the next click goes to the centre of the largest error
    (positive in a miss, negative in a false positive) and, for half of the items, the prediction
    becomes the previous-mask prompt (DeepEdit / SAM-Med3D). The other half accumulate their clicks
-   with the mask channel empty, which is what inference sends (see ``segloop.prompts.zoom``):
-   before, a second or third click without a mask was an input training never showed, and on
-   held-out cases clicks after the first added little (spleen Dice 0.83 -> 0.87 over three clicks,
-   liver and kidney flat). Dropping the mask channel from every correction measured worse in one
-   run (one-click kidney Dice 0.85 against 0.91, spleen 0.89 against 0.90, liver 0.91 against 0.94;
-   880 against 1,008 steps in the same 15 minutes; not conclusive), so half keep it.
+   with the mask channel empty, which is what inference sends (see ``segloop.prompts.zoom``), so
+   that a second or third click without a mask is an input training shows (see
+   benchmarks/prompt_model_trials.md, "Changes that were kept").
 
 The returned batch is ``image`` [B, 5, X, Y, Z] (CT + prompt channels; X, Y, Z the batch's view
 size), ``class_index`` [B, N] (the label queries: one-structure items use slot 0 and pad the rest
@@ -60,8 +57,8 @@ def _block_sums(mask: np.ndarray) -> np.ndarray:
 
 
 def present_classes(label: np.ndarray) -> List[int]:
-    """The structures (class > 0) in an integer label map, ascending (a count, not a sort: 5x
-    faster than ``np.unique`` on a 256^3 crop)."""
+    """The structures (class > 0) in an integer label map, ascending (a count, not a sort: linear
+    time, where ``np.unique`` sorts the whole crop)."""
     counts = np.bincount(np.asarray(label).ravel())
     return [int(c) for c in np.flatnonzero(counts[1:]) + 1]
 
@@ -86,8 +83,8 @@ class PromptInteraction:
         """The batch's view size: ``roi`` at the zoom-out scale; at the zoom-in scale each side drawn
         from 2/3..4/3 x roi (multiples of ``size_multiple``), since the zoom-in region of interest
         is as large as the structure (a kidney about 32 x 32 x 40 voxels, a liver 56 x 64 x 80) and
-        the encoder's instance norms make its answer depend on the field of view: trained on 48^3
-        windows only, one model marked 1.46 x the spleen's volume in 48^3 and 0.87 x in 32 x 40 x 48."""
+        the encoder's instance norms make its answer depend on the field of view: a model trained on
+        one window size misjudges a structure's extent in the others."""
         if zoom_out:
             return self.roi_size
         m = self.size_multiple

@@ -51,11 +51,13 @@ from monai.utils import set_determinism
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.utils.others.generic import strtobool
 
+from segloop.campaign.promotion import decide_promotion
 from segloop.campaign.registry import ModelRegistry
-from segloop.evaluation.calibration import CalibrationAccumulator
+from segloop.cpu_sharing import lower_priority
+from segloop.metrics.calibration import CalibrationAccumulator
 from segloop.networks.precision import AutocastInferer, native_bfloat16
 from segloop.trainers.handlers import BudgetCosineLR, TrainingProgress, clip_gradients
-from segloop.trainers.scoring import score_weights
+from segloop.trainers.candidate_eval import segmentation_dice
 from segloop.trainers.split import case_key, stable_split
 from segloop.transforms import DEFAULT_HU_WINDOW, load_and_normalize
 
@@ -63,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 VALIDATE_EVERY = 20  # training iterations between validation rounds during a run
 LR_SCHEDULES = ("constant", "cosine")
-DEFAULT_LR = 3e-3  # AdamW; on a small UNETR 3e-3 beat 1e-3 and 3e-4 (held-out liver Dice after 150 s)
+DEFAULT_LR = 3e-3  # AdamW; chosen over 1e-3 and 3e-4 for the small UNETR on a short CPU time budget
 
 
 def per_label_dice(labels: Mapping[str, int]) -> dict:
@@ -94,24 +96,14 @@ def select_incremental(
     return {"new": new, "replay": random.Random(seed).sample(old, k)}
 
 
-def lower_priority(nice: int) -> None:
-    """Run this process at niceness ``nice`` (absolute, so repeated runs do not keep lowering it)."""
-    try:
-        current = os.getpriority(os.PRIO_PROCESS, 0)
-        if nice > current:
-            os.setpriority(os.PRIO_PROCESS, 0, min(19, nice))
-    except (AttributeError, OSError):  # not on this platform / not permitted: train at normal priority
-        pass
-
-
 def configure_autocast(trainer, mode: str) -> None:
     """Pick the autocast dtype of a MONAI ``SupervisedTrainer`` built with ``amp=True``.
 
-    MONAI's default is float16 with a loss scaler; float16 overflows above 65504. On an H200 the
-    prompt model's CPU preset under float16 stopped with a NaN loss after about 740 iterations;
-    under bfloat16 (float32's range) the same run trained 960 iterations without one. So ``auto``
-    uses bfloat16 where the GPU supports it, with the scaler disabled (bfloat16 needs no loss
-    scaling); the engine's own AMP step then runs unchanged.
+    MONAI's default is float16 with a loss scaler; float16 overflows above 65504, which can end a run
+    with a NaN loss, while bfloat16 has float32's range (see
+    benchmarks/prompt_model_trials.md, section "Earlier result files", bench_prompt_gpu_h200). So
+    ``auto`` uses bfloat16 where the GPU supports it, with the scaler disabled (bfloat16 needs no
+    loss scaling); the engine's own AMP step then runs unchanged.
     """
     if not trainer.amp or mode == "float16" or not torch.cuda.is_available() or not torch.cuda.is_bf16_supported():
         return
@@ -197,9 +189,9 @@ class SegmentationTrainer(BasicTrainTask):
 
     def train_inferer(self, context: Context):
         # GPUs get their precision from the engine's AMP (configure_autocast); a CPU with native
-        # bfloat16 trains under bfloat16 autocast (networks/precision.py): a unetr_cpu step took
-        # 0.64 s instead of 1.47 s on this project's CPU (benchmarks/training_step_precision.py),
-        # and 192 steps learnt held-out liver 0.82 / kidney 0.58 (float32: 0.83 / 0.53).
+        # bfloat16 trains under bfloat16 autocast (networks/precision.py): a faster step
+        # (measured by benchmarks/training_step_precision.py), with weights, optimiser state and
+        # loss still in float32.
         device = torch.device(context.device)
         if device.type == "cpu" and self.amp_mode == "auto" and native_bfloat16(device):
             return AutocastInferer(device, self.amp_mode)
@@ -401,7 +393,7 @@ class SegmentationTrainer(BasicTrainTask):
 
     def _score(self, weights: Mapping[str, torch.Tensor], context: Context, on_logits=None) -> Dict[str, float]:
         """Per-label validation Dice (and ``mean``) of ``weights``: decides promotion."""
-        return score_weights(
+        return segmentation_dice(
             self._network, weights, context.val_datalist, self.val_pre_transforms(context),
             self.val_inferer(context), self.label_map, context.device, on_logits=on_logits,
         )
@@ -415,23 +407,19 @@ class SegmentationTrainer(BasicTrainTask):
         candidate = self._candidate_weights()
         tolerance = float(context.request.get("promotion_tolerance", 0.02))
         fields: Dict = {"val_dice": None, "parent_val_dice": None}
-        if not context.val_datalist:
-            promote, reason = True, "no validation cases yet: promoted without comparison"
-        else:
+        serving_exists = os.path.exists(self.registry.serving_path)
+        if context.val_datalist:
             calibration = self._calibration()
             fields["val_dice"] = self._score(candidate, context, on_logits=calibration.add if calibration else None)
             fields["calibration"] = calibration.result() if calibration else None
-            if not os.path.exists(self.registry.serving_path):
-                promote, reason = True, "first version"
-            else:
+            if serving_exists:
                 parent = torch.load(self.registry.serving_path, map_location="cpu", weights_only=True)
                 fields["parent_val_dice"] = self._score(parent.get("model", parent), context)
-                new, old = fields["val_dice"]["mean"], fields["parent_val_dice"]["mean"]
-                promote = new >= old - tolerance
-                reason = (
-                    f"validation mean Dice {new:.4f} vs serving {old:.4f} (tolerance {tolerance}): "
-                    + ("promoted" if promote else "kept, not served")
-                )
-        logger.info(reason)
-        record = self._version_record(start, status="promoted" if promote else "kept", reason=reason, **fields)
-        return self.registry.record(record, candidate, promote)
+        decision = decide_promotion(
+            fields["val_dice"], fields["parent_val_dice"], tolerance,
+            has_validation=bool(context.val_datalist), serving_exists=serving_exists,
+        )
+        logger.info(decision.reason)
+        status = "promoted" if decision.promote else "kept"
+        record = self._version_record(start, status=status, reason=decision.reason, **fields)
+        return self.registry.record(record, candidate, decision.promote)

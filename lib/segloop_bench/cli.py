@@ -1,0 +1,109 @@
+"""``segloop-bench``: benchmarks, evaluations and the campaign simulation.
+
+Each command writes a result JSON with its provenance (:mod:`segloop_bench.provenance`): commit,
+command line, machine, package versions, date and the baseline its figures compare with.
+"""
+
+import argparse
+import importlib
+import sys
+
+
+def _runs(module: str):
+    """The command's ``main(args)``, imported when the command runs (each pulls in torch, MONAI ...)."""
+
+    def run(args) -> int:
+        return importlib.import_module(f"segloop_bench.{module}").main(args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segloop-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="replay annotation campaigns from ground truth: Dice vs labels per strategy")
+    p.add_argument("--studies", required=True, help="folder of images (the last --test-cases are held out)")
+    p.add_argument("--ground-truth", required=True, help="folder of <case>.nii.gz ground-truth label maps")
+    p.add_argument("--strategy", default="all", help="comma-separated strategies, or all: random,entropy,epistemic,diversity,hybrid")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--per-round", type=int, default=2, help="cases labelled per round (picked as by k annotators)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--initial", type=int, default=2, help="randomly chosen labels before the first round")
+    p.add_argument("--test-cases", type=int, default=4, help="held-out cases for Dice")
+    p.add_argument("--first-iterations", type=int, default=60, help="training iterations of the initial model")
+    p.add_argument("--round-iterations", type=int, default=30, help="fine-tuning iterations per round")
+    p.add_argument("--full-iterations", type=int, default=0, help="full-data model (default: 2x a campaign's total)")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="app --conf options")
+    p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")
+    p.add_argument("--out", default="benchmarks/results/simulate", help="folder for simulation.json / .png")
+    p.set_defaults(func=_runs("simulate"))
+
+    evaluate = sub.add_parser("eval", help="evaluations").add_subparsers(dest="eval", required=True)
+    p = evaluate.add_parser("interactive", help="prompt model: Dice per click, NoC@85/90, box and text Dice, latency")
+    p.add_argument("--studies", required=True, help="datastore folder whose serving prompt model is evaluated")
+    p.add_argument("--ground-truth", required=True, help="folder of <case>.nii.gz ground-truth label maps")
+    p.add_argument("--cases", default="", help="comma-separated case ids (default: those without a final label)")
+    p.add_argument("--clicks", type=int, default=10)
+    p.add_argument("--out", default="benchmarks/results/eval_interactive", help="folder for interactive.json / interactive.png")
+    p.set_defaults(func=_runs("interactive"))
+    p = evaluate.add_parser("uncertainty", help="PNG: uncertainty overlay of one case and the reliability diagram")
+    p.add_argument("--studies", required=True, help="datastore folder whose serving automatic model is used")
+    p.add_argument("--image", required=True, help="image id in that datastore")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="app --conf options")
+    p.add_argument("--out", default="benchmarks/results/eval_uncertainty/uncertainty_overlay.png")
+    p.set_defaults(func=_runs("uncertainty_view"))
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("infer", help="SegLoop vs the radiology app's segmentation model: same cases and CPU budget; held-out Dice, /infer latency")
+    p.add_argument("--out", default="benchmarks/results/bench_infer/infer.json")
+    p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")
+    p.add_argument("--train-minutes", type=float, default=10.0, help="training budget of each model (wall-clock minutes)")
+    p.add_argument("--train-cases", type=int, default=24)
+    p.add_argument("--held-out", type=int, default=4)
+    p.set_defaults(func=_runs("bench_infer"))
+
+    p = bench.add_parser("loop", help="label-to-serving time, learning curve, /infer latency during training")
+    p.add_argument("--out", default="benchmarks/results/bench_loop/loop.json")
+    p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")
+    p.add_argument("--labels", type=int, default=6, help="labels submitted one by one")
+    p.add_argument("--run-seconds", type=float, default=30.0, help="budget of each automatic run")
+    p.add_argument("--requests", type=int, default=5, help="timed /infer requests, idle and during training")
+    p.add_argument("--skip-upstream", action="store_true")
+    p.set_defaults(func=_runs("bench_loop"))
+
+    p = bench.add_parser("prompt", help="train the prompt model on a CPU budget, then the interactive evaluation")
+    p.add_argument("--out", default="benchmarks/results/bench_prompt", help="folder for interactive.json / interactive.png")
+    p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")
+    p.add_argument("--train-minutes", type=float, default=30.0, help="training budget (the README's figures: 30 on 2 CPU threads)")
+    p.add_argument(
+        "--train-epochs", type=int, default=0,
+        help="stop after this many epochs (one iteration per training case each) even within the minutes; "
+        "0: the minutes alone. Fixes the iteration count, e.g. to train on a GPU what a CPU budget trains",
+    )
+    p.add_argument("--train-cases", type=int, default=16)
+    p.add_argument("--held-out", type=int, default=4)
+    p.add_argument("--clicks", type=int, default=10)
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="app --conf options, e.g. prompt_network=prompt")
+    p.add_argument("--request", action="append", default=[], metavar="KEY=VALUE", help="training request options, e.g. lr=1e-3")
+    p.add_argument("--seed", type=int, default=0, help="training seed (data generation is fixed)")
+    p.set_defaults(func=_runs("bench_prompt"))
+
+    p = bench.add_parser("latency", help="prompt model click latency on the CPU: float32 (native / oneDNN) and bfloat16")
+    p.add_argument("--studies", required=True, help="datastore folder whose serving prompt model is timed")
+    p.add_argument("--ground-truth", required=True, help="folder of <case>.nii.gz ground-truth label maps")
+    p.add_argument("--cases", default="", help="comma-separated case ids (default: those without a final label)")
+    p.add_argument("--clicks", type=int, default=3, help="clicks per structure and path")
+    p.add_argument("--out", default="benchmarks/results/bench_latency", help="folder for latency.json / latency.png")
+    p.add_argument("--skip-http", action="store_true", help="in-process paths only (no server)")
+    p.set_defaults(func=_runs("bench_latency"))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Interactive evaluation of the prompt model (``segloop-bench eval interactive``).
+
+The click protocol is the product's (:mod:`segloop.prompts.click_protocol`). Each condition is its
+own arm, per held-out case and label, on the image's own grid:
+
+* ``label_and_clicks``: the label prompt sent with every click, as the Slicer plugin does (the
+  segment's name); Dice after each of 1..N clicks, NoC@85 / NoC@90;
+* ``clicks_only``: the same clicks without the label prompt: what the clicks alone get;
+* ``label_only``: the label prompt alone, no click;
+* ``box_only``: the structure's bounding box alone, no label;
+* ``text``: free phrases that are neither a label name nor a synonym (:data:`TEXT_PHRASES`), so
+  they go through the sentence-embedding matcher; each phrase's resolved label and Dice is kept
+  (a phrase resolved to the wrong label, or refused as ambiguous, scores 0);
+* ``baseline_ball``: a ball of the structure's typical size (median equivalent-sphere radius of
+  the training labels) centred on the first click: a click's baseline that learns nothing.
+
+Latency is the in-process time of each zoom-out-zoom-in call, the model loaded; what a user feels
+through HTTP is measured by ``segloop-bench bench latency``. Writes ``interactive.json`` and
+``interactive.png``.
+"""
+
+import itertools
+import os
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from segloop.errors import ClientError
+from segloop.metrics.dice import dice
+from segloop.prompts.click_protocol import (
+    NOC_LEVELS,
+    case_structures,
+    class_indices,
+    click_session,
+    first_click,
+    number_of_clicks,
+)
+from segloop.prompts.encoding import Prompt
+from segloop.prompts.simulation import bounding_box
+from segloop.prompts.text import LabelMatcher
+from segloop.prompts.zoom import ZoomOutZoomIn
+from segloop_bench.baselines import ball_dice, typical_radius_mm
+from segloop_bench.provenance import write_result
+
+CLICK_ARMS = ("label_and_clicks", "clicks_only")
+# Free text for the sample labels: none of these is a label name or synonym (checked at run time).
+TEXT_PHRASES: Dict[str, List[str]] = {
+    "liver": ["large organ in the right upper abdomen", "the organ that makes bile"],
+    "spleen": ["organ in the left upper quadrant behind the stomach", "the organ that filters old blood cells"],
+    "kidney": ["bean-shaped organs beside the spine", "the organs that make urine"],
+    "tumor": ["a dark lump inside an organ", "hypodense focal abnormality"],
+}
+
+
+class HarnessError(RuntimeError):
+    """A harness could not run: missing cases, an untrained model."""
+
+
+def text_arm(pipeline, matcher: LabelMatcher, image, target: np.ndarray, name: str, classes: Mapping[str, int]) -> List[Dict]:
+    rows = []
+    for phrase in TEXT_PHRASES.get(name, []):
+        if matcher.lookup(phrase) is not None:
+            raise HarnessError(f"text phrase {phrase!r} is an exact name or synonym: it would not test the embeddings")
+        try:
+            resolved = matcher.resolve(phrase)
+        except ClientError as e:  # unknown or ambiguous: the user gets a 422 and no mask
+            rows.append({"phrase": phrase, "resolved": None, "error": e.message, "dice": 0.0})
+            continue
+        mask, _ = pipeline(image, Prompt(label=classes[resolved]))
+        rows.append({"phrase": phrase, "resolved": resolved, "dice": dice(mask, target)})
+    return rows
+
+
+def _curve_summary(curves: List[List[float]], clicks: int) -> Dict:
+    array = np.asarray(curves)
+    noc = {f"noc@{int(level * 100)}": [number_of_clicks(c, level) for c in array] for level in NOC_LEVELS}
+    return {
+        "dice_after_clicks": [round(float(v), 4) for v in array.mean(0)],
+        **{key: _mean_noc(values, clicks) for key, values in noc.items()},
+        **{f"{key}_per_case": values for key, values in noc.items()},
+    }
+
+
+def evaluate_interactive(
+    pipeline: ZoomOutZoomIn,
+    matcher: LabelMatcher,
+    cases: Sequence[Dict[str, str]],
+    labels: Mapping[str, int],
+    radius_mm: Mapping[str, float],
+    clicks: int = 10,
+    progress=None,
+) -> Dict:
+    """Every arm over ``cases`` (each ``{"id", "image", "label"}``); ``radius_mm``: per label, the
+    ball baseline's radius (:func:`segloop_bench.baselines.typical_radius_mm` of the training labels)."""
+    classes = class_indices(labels)
+    rows: Dict[str, Dict[str, list]] = {
+        name: {**{arm: [] for arm in CLICK_ARMS}, "label_only": [], "box_only": [], "text": [], "ball": [], "latency_s": []}
+        for name in labels
+    }
+    for image, name, c, target in case_structures(cases, labels, progress):
+        row = rows[name]
+        for arm in CLICK_ARMS:
+            session = click_session(pipeline, image, target, c, clicks, with_label=arm == "label_and_clicks")
+            row[arm].append(session["dice"])
+            row["latency_s"].extend(session["latency_s"])
+        label_only, _ = pipeline(image, Prompt(label=c))
+        row["label_only"].append(dice(label_only, target))
+        lo, hi = bounding_box(target)
+        boxed, _ = pipeline(image, Prompt(box=(tuple(map(float, lo)), tuple(map(float, hi)))))
+        row["box_only"].append(dice(boxed, target))
+        row["text"].extend(text_arm(pipeline, matcher, image, target, name, classes))
+        spacing = [float(s) for s in image.pixdim[:3]]
+        row["ball"].append(ball_dice(target, spacing, first_click(target), radius_mm[name]) if name in radius_mm else float("nan"))
+    report: Dict = {"cases": [c["id"] for c in cases], "clicks": clicks, "labels": {}}
+    for name, row in rows.items():
+        if not row["label_only"]:
+            continue
+        report["labels"][name] = {
+            **{arm: _curve_summary(row[arm], clicks) for arm in CLICK_ARMS},
+            "label_only_dice": round(float(np.mean(row["label_only"])), 4),
+            "box_only_dice": round(float(np.mean(row["box_only"])), 4),
+            "text_dice": round(float(np.mean([t["dice"] for t in row["text"]])), 4) if row["text"] else None,
+            "text_phrases": row["text"],
+            "baseline_ball_dice": round(float(np.nanmean(row["ball"])), 4),
+            "baseline_ball_radius_mm": round(float(radius_mm.get(name, float("nan"))), 1),
+            "latency_s_median": round(float(np.median(row["latency_s"])), 3),
+            "latency_s_max": round(float(np.max(row["latency_s"])), 3),
+        }
+    return report
+
+
+def _mean_noc(values: Sequence[Optional[int]], clicks: int) -> Optional[float]:
+    """Mean NoC, a case that never reached the level counting as ``clicks`` (the usual convention)."""
+    return round(float(np.mean([clicks if v is None else v for v in values])), 2) if values else None
+
+
+BASELINE = (
+    "baseline_ball: a ball of the structure's median training radius centred on the first click (learns nothing); "
+    "each arm (label_and_clicks, clicks_only, label_only, box_only, text) is reported on its own"
+)
+
+
+def write_report(report: Dict, out_dir: str, argv: Optional[list] = None) -> Dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = write_result(os.path.join(out_dir, "interactive.json"), report, BASELINE, argv)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    for (name, row), marker, colour in zip(report["labels"].items(), itertools.cycle("osD^v"), colours):
+        for arm, style in zip(CLICK_ARMS, ("-", "--")):
+            curve = row[arm]["dice_after_clicks"]
+            reached = [v for v in row[arm]["noc@90_per_case"] if v is not None]
+            noc = f"{row[arm]['noc@90']:.2f}" if reached else "not reached"
+            label = f"{name}, {arm.replace('_', ' ')} (NoC@90 {noc})"
+            ax.plot(range(1, len(curve) + 1), curve, style, marker=marker, color=colour, label=label)
+        ax.axhline(row["baseline_ball_dice"], color=colour, linestyle=":", linewidth=1)
+    ax.axhline(0.9, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("simulated clicks")
+    ax.set_ylabel("mean Dice on held-out cases")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Prompt model: Dice after each click ({len(report['cases'])} cases); dotted: ball baseline")
+    ax.legend(fontsize=6, loc="lower right", ncol=2)
+    fig.tight_layout()
+    png_path = os.path.join(out_dir, "interactive.png")
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return {"json": json_path, "png": png_path}
+
+
+def held_out_cases(
+    studies: str, ground_truth: str, labels: Mapping[str, int], case_ids: Optional[Sequence[str]] = None
+) -> List[Dict[str, str]]:
+    """Cases with ground truth, by default those without a final label in the datastore (never trained on)."""
+    from segloop.server.datastore import SegLoopDatastore
+
+    datastore = SegLoopDatastore(studies, labels=labels)
+    labelled = set(datastore.get_labeled_images())
+    ids = list(case_ids) if case_ids else sorted(
+        f[: -len(".nii.gz")] for f in os.listdir(ground_truth) if f.endswith(".nii.gz") and f[: -len(".nii.gz")] not in labelled
+    )
+    cases = []
+    for case_id in ids:
+        image, label = datastore.get_image_uri(case_id), os.path.join(ground_truth, f"{case_id}.nii.gz")
+        if not image or not os.path.isfile(label):
+            raise HarnessError(f"case {case_id!r}: image or ground truth missing")
+        cases.append({"id": case_id, "image": image, "label": label})
+    if not cases:
+        raise HarnessError("no held-out cases: every case with ground truth is labelled in the datastore; pass --cases")
+    return cases
+
+
+def training_label_paths(studies: str, labels: Mapping[str, int]) -> List[str]:
+    """The datastore's final labels: what the model trained on (the ball baseline's sizes come from them)."""
+    from segloop.server.datastore import SegLoopDatastore
+
+    datastore = SegLoopDatastore(studies, labels=labels)
+    return [datastore.get_label_uri(i, "final") for i in datastore.get_labeled_images()]
+
+
+def build_pipeline(studies: str, conf: Optional[Mapping[str, str]] = None, name: str = "prompt"):
+    """The serving prompt model of ``studies`` as the server would load it, plus its text matcher."""
+    import torch
+
+    from segloop_bench.training import build_task_config
+
+    config = build_task_config(studies, conf, name)
+    if not os.path.exists(config.registry.serving_path):
+        raise HarnessError(f"the {name} model of {studies} is not trained yet (no {config.registry.serving_path})")
+    checkpoint = torch.load(config.registry.serving_path, map_location="cpu", weights_only=True)
+    network = config.network
+    network.load_state_dict(checkpoint.get("model", checkpoint))
+    network.to(config.device).eval()
+    preset = config.preset
+    pipeline = ZoomOutZoomIn(
+        network, preset.roi_size, preset.coarse_spacing, preset.fine_spacing, config.options.hu_window, config.device,
+        amp=config.options.amp,
+    )
+    return pipeline, config.matcher, config.labels
+
+
+def run(studies: str, ground_truth: str, case_ids=None, clicks: int = 10, conf=None, progress=None) -> Dict:
+    """Load the serving prompt model of ``studies`` and evaluate every arm on its held-out cases."""
+    pipeline, matcher, labels = build_pipeline(studies, conf)
+    cases = held_out_cases(studies, ground_truth, labels, case_ids)
+    radius = typical_radius_mm(training_label_paths(studies, labels), labels)
+    report = evaluate_interactive(pipeline, matcher, cases, labels, radius, clicks=clicks, progress=progress)
+    report["amp"] = pipeline.amp
+    return report
+
+
+def print_summary(report: Dict) -> None:
+    clicks = report["clicks"]
+    for name, row in report["labels"].items():
+        arms = "  ".join(
+            f"{arm}: 1/3/{clicks} clicks "
+            + "/".join(f"{row[arm]['dice_after_clicks'][min(k, clicks) - 1]:.3f}" for k in (1, 3, clicks))
+            + f" NoC@90 {row[arm]['noc@90']}"
+            for arm in CLICK_ARMS
+        )
+        print(
+            f"{name:>8}: {arms}  label only {row['label_only_dice']:.3f}  box {row['box_only_dice']:.3f}  "
+            f"text {row['text_dice']}  ball baseline {row['baseline_ball_dice']:.3f}  latency median {row['latency_s_median']} s"
+        )
+
+
+def main(args) -> int:
+    report = run(
+        args.studies, args.ground_truth, args.cases.split(",") if args.cases else None, clicks=args.clicks,
+        progress=lambda n, total: print(f"progress: {n}/{total} cases", flush=True),
+    )
+    paths = write_report(report, args.out)
+    print_summary(report)
+    print(f"wrote {paths['json']} and {paths['png']}")
+    return 0
