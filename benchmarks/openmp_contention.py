@@ -123,7 +123,7 @@ def main(out_path: str, seconds: float) -> dict:
             row = {"processes": "+".join(roles), "omp_wait_policy": policy, **scenario(roles, policy, seconds)}
             print(json.dumps(row), flush=True)
             report["scenarios"].append(row)
-    write_result(out_path, report, "OMP_WAIT_POLICY unset (libgomp's spinning default), same processes, same machine, same run")
+    write_result(out_path, report, "OMP_WAIT_POLICY unset (libgomp's spinning default): same processes, machine and run")
     print(f"wrote {out_path}")
     return report
 

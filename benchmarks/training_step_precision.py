@@ -6,8 +6,8 @@ One step as the trainers take it: a batch of 2 windows (one case, ``samples_per_
 segmentation network; two windows for the prompt network), forward, loss in float32, backward,
 AdamW. The two precisions alternate step by step on the same network, so both see the same
 machine load; the first two steps of each are warm-ups. Prints and writes (default
-``benchmarks/results/training_step_precision/training_step_precision.json``) the median seconds per step of each, and
-whether the CPU computes bfloat16 natively (without, autocast is emulated and SegLoop keeps float32).
+``benchmarks/results/training_step_precision/training_step_precision.json``) the median seconds per
+step of each, and whether the CPU computes bfloat16 natively (without, autocast is emulated and SegLoop keeps float32).
 """
 
 import contextlib
@@ -78,5 +78,6 @@ def main(out_path: str, steps: int) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/training_step_precision/training_step_precision.json",
+    default_out = "benchmarks/results/training_step_precision/training_step_precision.json"
+    main(sys.argv[1] if len(sys.argv) > 1 else default_out,
          int(sys.argv[2]) if len(sys.argv) > 2 else 8)

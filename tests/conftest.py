@@ -28,21 +28,21 @@ def slicer_studies(sample_root, tmp_path_factory):
     return path
 
 
-LEARNING_EPOCHS = 24  # 8 cases an epoch: 192 iterations of the unetr_cpu preset
-LEARNING_HELD_OUT = ("case_008", "case_009")
+LEARNING_EPOCHS = 48  # 8 cases an epoch: 384 iterations of the unetr_cpu preset
+LEARNING_HELD_OUT = ("case_008", "case_009", "case_010", "case_011")
 
 
 @pytest.fixture(scope="session")
 def trained_segmentation(tmp_path_factory):
     """The default automatic model trained in-process for LEARNING_EPOCHS on 8 labelled cases
-    (seed 7, case_000..case_007); case_008 and case_009 are held out (ground truth only).
+    (seed 7, case_000..case_007); case_008..case_011 are held out (ground truth only).
     Shared by the learning test and the promotion test; tests that change it work on a copy."""
     from monai.utils import set_determinism
 
     from segloop_bench.training import train
 
     root = str(tmp_path_factory.mktemp("learning"))
-    write_sample_data(root, cases=10, seed=7, labelled=8, progress=None)
+    write_sample_data(root, cases=12, seed=7, labelled=8, progress=None)
     # The run's seed covers training, not the initial weights, which the config draws when it builds
     # the network: without this they depend on every test that ran before.
     set_determinism(seed=0)

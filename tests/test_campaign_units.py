@@ -9,7 +9,7 @@ from segloop.campaign.effort import edit_effort
 from segloop.campaign.registry import VERSION_KEY, ModelRegistry
 from segloop.campaign.trigger import RetrainTrigger
 from segloop.errors import ClientError
-from segloop.trainers.segmentation import select_incremental
+from segloop.trainers.split import select_incremental
 
 
 def weights(value):

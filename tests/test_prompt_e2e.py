@@ -16,9 +16,11 @@ import requests
 from segloop.data.sample import write_sample_data
 from segloop.labels import DEFAULT_LABELS
 from segloop.metrics.dice import dice
+from segloop.prompts.click_protocol import class_indices, click_session, load_case
+from segloop.prompts.encoding import Prompt
 from segloop.prompts.simulation import largest_component, next_click, region_centre
 from segloop_bench.baselines import ball_dice, typical_radius_mm
-from segloop_bench.interactive import run as evaluate_interactive, write_report
+from segloop_bench.interactive import build_pipeline, run as evaluate_interactive, write_report
 from segloop_bench.server import running_server, wait_for
 
 pytestmark = pytest.mark.slow
@@ -55,20 +57,20 @@ def truth_of(root, case_id):
 
 
 ORGANS = ("liver", "spleen", "kidney")
-MARGIN = 0.05  # mean organ Dice over the learns-nothing baseline of the same prompt
-ASSERTED_ARMS = ("label_and_clicks@3",)
-SERVER_MARGIN = {"box": 0.0, "text": 0.0, "refined": 0.0}
+MARGIN = 0.05  # Dice over the learns-nothing baseline of the same prompt
+BOX_MARGIN = 0.02  # the box arm's, over the box itself: 0.05-0.09 in two runs of this test
 
 
-def test_each_prompt_arm_beats_a_baseline_that_learns_nothing(trained, capsys, tmp_path):
-    """Every arm of ``eval interactive`` on the held-out cases, each against its own baseline:
-    clicks (with and without the label) against a ball of the organ's median training size at the
-    first click; the label alone and free text against the same ball (they get no click at all)."""
+def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained, capsys, tmp_path):
+    """Every arm of ``eval interactive`` on the held-out cases, each beside the baseline that gets
+    the same information and learns nothing: clicks against a ball of the organ's median training
+    size at the first click, a box against the box itself, the label / free text against the
+    training labels' per-voxel majority (mean label)."""
     report = evaluate_interactive(f"{trained}/studies", f"{trained}/ground_truth", clicks=3)
     assert report["cases"] == HELD_OUT
     rows = report["labels"]
     mean = lambda key: float(np.mean([key(rows[o]) for o in ORGANS]))  # noqa: E731
-    figures = {
+    arms = {
         "label_and_clicks@1": mean(lambda r: r["label_and_clicks"]["dice_after_clicks"][0]),
         "label_and_clicks@3": mean(lambda r: r["label_and_clicks"]["dice_after_clicks"][2]),
         "clicks_only@1": mean(lambda r: r["clicks_only"]["dice_after_clicks"][0]),
@@ -77,19 +79,37 @@ def test_each_prompt_arm_beats_a_baseline_that_learns_nothing(trained, capsys, t
         "box_only": mean(lambda r: r["box_only_dice"]),
         "text": mean(lambda r: r["text_dice"]),
     }
-    ball = mean(lambda r: r["baseline_ball_dice"])
+    baselines = {
+        "ball": mean(lambda r: r["baseline_ball_dice"]),
+        "box_fill": mean(lambda r: r["baseline_box_fill_dice"]),
+        "mean_label": {o: rows[o]["baseline_mean_label_dice"] for o in ORGANS},
+    }
     with capsys.disabled():
-        print(f"\nmean organ Dice on {HELD_OUT}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()) + f"; ball baseline {ball:.3f}")
-    # A few CPU minutes of training give a weak but real model (the benchmark trains longer).
-    # Each arm that the test asserts must beat what a ball of the organ's size at the click gets.
-    for arm in ASSERTED_ARMS:
-        assert figures[arm] > ball + MARGIN, (arm, figures, ball)
-    # Correction clicks help: they take away at least a tenth of the error left after one click.
-    first, third = figures["label_and_clicks@1"], figures["label_and_clicks@3"]
-    assert 1 - third < 0.9 * (1 - first), (first, third)
-    # The text arm went through the sentence embeddings (no phrase is a name or synonym) and says where it went.
+        print(f"\nmean organ Dice on {HELD_OUT}: " + ", ".join(f"{k} {v:.3f}" for k, v in arms.items())
+              + f"; baselines {json.dumps(baselines)}; label only per organ "
+              + json.dumps({o: rows[o]["label_only_dice"] for o in ORGANS}))
+    # The tests train the prompt model for TRAIN_SECONDS (the benchmark trains 30 minutes). At that
+    # budget three clicks with the label beat a ball at the first click, and a box beats the box.
+    assert arms["label_and_clicks@3"] > baselines["ball"] + MARGIN, (arms, baselines)
+    assert arms["box_only"] > baselines["box_fill"] + BOX_MARGIN, (arms, baselines)
+    # Correction clicks help, with and without the label: they take away at least a tenth of the error.
+    for arm in ("label_and_clicks", "clicks_only"):
+        first, third = arms[f"{arm}@1"], arms[f"{arm}@3"]
+        assert 1 - third < 0.9 * (1 - first), (arm, first, third)
+    # Free text goes through the sentence embeddings (no phrase is a name or synonym). A phrase is
+    # placed on its own label, whose answer it then gets, or refused (a 4xx, Dice 0): never placed on
+    # another label. The liver's and the kidneys' phrases are placed.
     for organ in ORGANS:
-        assert rows[organ]["text_phrases"] and all("resolved" in t for t in rows[organ]["text_phrases"])
+        phrases = rows[organ]["text_phrases"]
+        assert phrases and all(t["resolved"] in (organ, None) for t in phrases), phrases
+        assert all(t["dice"] == 0.0 for t in phrases if not t["resolved"]), phrases
+    for organ in ("liver", "kidney"):
+        assert all(t["resolved"] for t in rows[organ]["text_phrases"]), rows[organ]["text_phrases"]
+        assert rows[organ]["text_dice"] == pytest.approx(rows[organ]["label_only_dice"], abs=1e-3)
+    # The label prompt alone beats the mean label on the liver and the kidneys; at this budget it has
+    # not learnt the spleen (the benchmark's 30-minute model has: README, "The prompt model").
+    for organ in ("liver", "kidney"):
+        assert rows[organ]["label_only_dice"] > baselines["mean_label"][organ] + MARGIN, (organ, rows[organ])
     paths = write_report(report, str(tmp_path))  # what `segloop-bench eval interactive` writes
     with open(paths["json"]) as f:
         written = json.load(f)
@@ -136,6 +156,11 @@ def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
         image = nib.load(f"{studies}/case_008.nii.gz")
         liver = truth == DEFAULT_LABELS["liver"]
         click = [int(v) for v in region_centre(largest_component(liver))]
+        # The server must answer what the evaluated model answers (test above): the same prompts
+        # through the in-process zoom-out-zoom-in pipeline give the same masks.
+        pipeline, _, labels = build_pipeline(studies)
+        stored_image, _ = load_case(f"{studies}/case_008.nii.gz", f"{trained}/ground_truth/case_008.nii.gz")
+        classes = class_indices(labels)
         sessions, results = {}, {}
         for name in ("liver", "spleen"):
             target = truth == DEFAULT_LABELS[name]
@@ -153,40 +178,39 @@ def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
                 assert params["previous_mask"] == ("remembered" if k else None)  # resent clicks refine the last answer
                 scores.append(dice(np.asarray(out.dataobj) > 0, target))
             sessions[name] = scores
+            in_process = click_session(pipeline, stored_image, target, classes[name], 3)["dice"]
+            assert np.allclose(scores, in_process, atol=0.01), (name, scores, in_process)
         print(f"Dice after 1..3 clicks through the server: {sessions}")
-        first, last = (np.mean([s[k] for s in sessions.values()]) for k in (0, -1))
-        balls = {name: ball_dice(truth == DEFAULT_LABELS[name], image.header.get_zooms()[:3],
-                                 region_centre(largest_component(truth == DEFAULT_LABELS[name])),
-                                 typical_radius_mm([f"{trained}/ground_truth/case_{i:03d}.nii.gz" for i in range(8)], DEFAULT_LABELS)[name])
-                 for name in sessions}
-        print(f"ball baselines at the first click: {balls}")
-        assert last > first, sessions  # clicks help
-        assert last > np.mean(list(balls.values())) + MARGIN, (sessions, balls)
+        assert np.mean([s[-1] for s in sessions.values()]) > np.mean([s[0] for s in sessions.values()]), sessions
 
-        # A box alone (the plugin's ROI form), a phrase alone, and a previous mask to refine, each on
-        # the input grid and each against a ball of the structure's median training size (at the box
-        # centre, at the click): a baseline that learns nothing.
+        # A box alone (the plugin's ROI form), a phrase alone, and a previous mask to refine: each on
+        # the input grid, each the in-process pipeline's answer to the same prompt; the refined
+        # mask also beats a ball of the liver's median training size at the click.
         spleen = truth == DEFAULT_LABELS["spleen"]
         lo, hi = np.argwhere(spleen).min(0), np.argwhere(spleen).max(0)
         roi = [int(v) for pair in zip(lo, hi) for v in pair]
-        radius = typical_radius_mm([f"{trained}/ground_truth/case_{i:03d}.nii.gz" for i in range(8)], DEFAULT_LABELS)
-        spacing = image.header.get_zooms()[:3]
-        answers = {}
         boxed, params = client.infer("prompt", "case_008", {"roi": roi})
         assert params["target"] is None and params["roi_mm"] is not None
-        answers["box"] = (boxed, spleen, ball_dice(spleen, spacing, [int(v) for v in (lo + hi) // 2], radius["spleen"]))
         texted, params = client.infer("prompt", "case_008", {"text": "hepar"})
         assert params["text_matched"] == "liver" and params["target"] == "liver"
-        answers["text"] = (texted, liver, ball_dice(liver, spacing, click, radius["liver"]))
+        previous = np.asarray(nib.load(results["liver"]).dataobj).astype(np.float32)
         refined, params = client.infer("prompt", "case_008", {"text": "liver", "foreground": [click]}, label_in=results["liver"])
         assert params["previous_mask"] == "uploaded"
-        answers["refined"] = (refined, liver, ball_dice(liver, spacing, click, radius["liver"]))
-        for kind, (path, structure, baseline) in answers.items():
+        expected = {
+            "box": pipeline(stored_image, Prompt(box=(tuple(map(float, lo)), tuple(map(float, hi)))))[0],
+            "text": pipeline(stored_image, Prompt(label=classes["liver"]))[0],
+            "refined": pipeline(stored_image, Prompt(positive=[tuple(click)], label=classes["liver"]), previous)[0],
+        }
+        for kind, path in (("box", boxed), ("text", texted), ("refined", refined)):
             out = nib.load(path)
             assert out.shape == image.shape and np.allclose(out.affine, image.affine, atol=1e-4), kind
-            score = dice(np.asarray(out.dataobj) > 0, structure)
-            print(f"{kind}: Dice {score:.3f}, ball baseline {baseline:.3f}")
-            assert score > baseline + SERVER_MARGIN[kind], (kind, score, baseline)
+            answer = np.asarray(out.dataobj) > 0
+            assert answer.any() and dice(answer, expected[kind]) > 0.99, kind
+        radius = typical_radius_mm([f"{trained}/ground_truth/case_{i:03d}.nii.gz" for i in range(8)], DEFAULT_LABELS)
+        baseline = ball_dice(liver, image.header.get_zooms()[:3], click, radius["liver"])
+        score = dice(np.asarray(nib.load(refined).dataobj) > 0, liver)
+        print(f"refined liver Dice {score:.3f}, ball baseline {baseline:.3f}")
+        assert score > baseline + MARGIN, (score, baseline)
 
         url = server.url
         bad = [

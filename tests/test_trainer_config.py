@@ -4,7 +4,8 @@ import torch
 
 from segloop.configs.prompt import InteractiveSegmentation
 from segloop.configs.segmentation import Segmentation
-from segloop.trainers.segmentation import DEFAULT_LR, configure_autocast, per_label_dice
+from segloop.trainers.handlers import configure_autocast, per_label_dice
+from segloop.trainers.segmentation import DEFAULT_LR
 
 
 def make_config(tmp_path, **conf):

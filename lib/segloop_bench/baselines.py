@@ -2,6 +2,7 @@
 
 * :func:`ball_at` / :func:`typical_radius_mm`: for a click, a ball of the structure's typical size
   (the median equivalent-sphere radius over the training labels) centred on the click;
+* :func:`box_fill_dice`: for a box, the box itself;
 * :func:`mean_label_dice`: for the automatic model, the training labels' per-voxel majority
   ("mean label") in a shared frame, each case in closest-RAS voxel order scaled to a fixed grid;
 * :func:`hu_threshold_dice`: for the automatic model, each voxel given the label whose training
@@ -49,6 +50,13 @@ def ball_at(shape: Sequence[int], spacing: Sequence[float], centre: Sequence[int
 
 def ball_dice(target: np.ndarray, spacing: Sequence[float], click: Sequence[int], radius_mm: float) -> float:
     return dice(ball_at(target.shape, spacing, click, radius_mm), target)
+
+
+def box_fill_dice(target: np.ndarray, low: Sequence[int], high: Sequence[int]) -> float:
+    """Dice of the filled box (inclusive voxel corners) against the structure."""
+    box = np.zeros(target.shape, bool)
+    box[tuple(slice(int(a), int(b) + 1) for a, b in zip(low, high))] = True
+    return dice(box, target)
 
 
 def _canonical(path: str) -> np.ndarray:

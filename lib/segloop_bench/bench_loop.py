@@ -12,11 +12,9 @@
 Writes ``benchmarks/results/bench_loop/loop.json`` and ``loop_learning_curve.png``; prints a table.
 """
 
-import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from typing import Dict, List

@@ -101,8 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from segloop_bench.errors import HarnessError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except HarnessError as e:
+        print(f"segloop-bench: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

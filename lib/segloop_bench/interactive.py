@@ -12,7 +12,9 @@ own arm, per held-out case and label, on the image's own grid:
   they go through the sentence-embedding matcher; each phrase's resolved label and Dice is kept
   (a phrase resolved to the wrong label, or refused as ambiguous, scores 0);
 * ``baseline_ball``: a ball of the structure's typical size (median equivalent-sphere radius of
-  the training labels) centred on the first click: a click's baseline that learns nothing.
+  the training labels) centred on the first click: a click's baseline that learns nothing;
+  ``baseline_box_fill``: the box itself, the box prompt's; ``baseline_mean_label``: the training
+  labels' per-voxel majority, the label and text prompts' (they carry no location).
 
 Latency is the in-process time of each zoom-out-zoom-in call, the model loaded; what a user feels
 through HTTP is measured by ``segloop-bench bench latency``. Writes ``interactive.json`` and
@@ -39,7 +41,8 @@ from segloop.prompts.encoding import Prompt
 from segloop.prompts.simulation import bounding_box
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
-from segloop_bench.baselines import ball_dice, typical_radius_mm
+from segloop_bench.baselines import ball_dice, box_fill_dice, mean_label_dice, typical_radius_mm
+from segloop_bench.errors import HarnessError
 from segloop_bench.provenance import write_result
 
 CLICK_ARMS = ("label_and_clicks", "clicks_only")
@@ -50,10 +53,6 @@ TEXT_PHRASES: Dict[str, List[str]] = {
     "kidney": ["bean-shaped organs beside the spine", "the organs that make urine"],
     "tumor": ["a dark lump inside an organ", "hypodense focal abnormality"],
 }
-
-
-class HarnessError(RuntimeError):
-    """A harness could not run: missing cases, an untrained model."""
 
 
 def text_arm(pipeline, matcher: LabelMatcher, image, target: np.ndarray, name: str, classes: Mapping[str, int]) -> List[Dict]:
@@ -94,7 +93,7 @@ def evaluate_interactive(
     ball baseline's radius (:func:`segloop_bench.baselines.typical_radius_mm` of the training labels)."""
     classes = class_indices(labels)
     rows: Dict[str, Dict[str, list]] = {
-        name: {**{arm: [] for arm in CLICK_ARMS}, "label_only": [], "box_only": [], "text": [], "ball": [], "latency_s": []}
+        name: {**{arm: [] for arm in CLICK_ARMS}, "label_only": [], "box_only": [], "text": [], "ball": [], "box_fill": [], "latency_s": []}
         for name in labels
     }
     for image, name, c, target in case_structures(cases, labels, progress):
@@ -108,6 +107,7 @@ def evaluate_interactive(
         lo, hi = bounding_box(target)
         boxed, _ = pipeline(image, Prompt(box=(tuple(map(float, lo)), tuple(map(float, hi)))))
         row["box_only"].append(dice(boxed, target))
+        row["box_fill"].append(box_fill_dice(target, lo, hi))
         row["text"].extend(text_arm(pipeline, matcher, image, target, name, classes))
         spacing = [float(s) for s in image.pixdim[:3]]
         row["ball"].append(ball_dice(target, spacing, first_click(target), radius_mm[name]) if name in radius_mm else float("nan"))
@@ -123,6 +123,7 @@ def evaluate_interactive(
             "text_phrases": row["text"],
             "baseline_ball_dice": round(float(np.nanmean(row["ball"])), 4),
             "baseline_ball_radius_mm": round(float(radius_mm.get(name, float("nan"))), 1),
+            "baseline_box_fill_dice": round(float(np.mean(row["box_fill"])), 4),
             "latency_s_median": round(float(np.median(row["latency_s"])), 3),
             "latency_s_max": round(float(np.max(row["latency_s"])), 3),
         }
@@ -136,6 +137,8 @@ def _mean_noc(values: Sequence[Optional[int]], clicks: int) -> Optional[float]:
 
 BASELINE = (
     "baseline_ball: a ball of the structure's median training radius centred on the first click (learns nothing); "
+    "baseline_box_fill: the box prompt's box itself; baseline_mean_label: the training labels' per-voxel majority "
+    "(for the label-only and text arms); "
     "each arm (label_and_clicks, clicks_only, label_only, box_only, text) is reported on its own"
 )
 
@@ -226,8 +229,12 @@ def run(studies: str, ground_truth: str, case_ids=None, clicks: int = 10, conf=N
     """Load the serving prompt model of ``studies`` and evaluate every arm on its held-out cases."""
     pipeline, matcher, labels = build_pipeline(studies, conf)
     cases = held_out_cases(studies, ground_truth, labels, case_ids)
-    radius = typical_radius_mm(training_label_paths(studies, labels), labels)
+    train_labels = training_label_paths(studies, labels)
+    radius = typical_radius_mm(train_labels, labels)
     report = evaluate_interactive(pipeline, matcher, cases, labels, radius, clicks=clicks, progress=progress)
+    atlas = [mean_label_dice(train_labels, case["label"], labels) for case in cases]
+    for name, row in report["labels"].items():
+        row["baseline_mean_label_dice"] = round(float(np.nanmean([a[name] for a in atlas])), 4)
     report["amp"] = pipeline.amp
     return report
 
@@ -243,7 +250,9 @@ def print_summary(report: Dict) -> None:
         )
         print(
             f"{name:>8}: {arms}  label only {row['label_only_dice']:.3f}  box {row['box_only_dice']:.3f}  "
-            f"text {row['text_dice']}  ball baseline {row['baseline_ball_dice']:.3f}  latency median {row['latency_s_median']} s"
+            f"text {row['text_dice']}  baselines: ball {row['baseline_ball_dice']:.3f}, "
+            f"box fill {row['baseline_box_fill_dice']:.3f}, mean label {row.get('baseline_mean_label_dice', float('nan')):.3f}  "
+            f"latency median {row['latency_s_median']} s"
         )
 
 

@@ -46,4 +46,5 @@ def decide_promotion(
         return PromotionDecision(True, f"validation mean Dice {new:.4f}; serving version has no score: promoted")
     promote = new >= old - tolerance
     verdict = "promoted" if promote else "kept, not served"
-    return PromotionDecision(promote, f"validation mean Dice {new:.4f} vs serving {old:.4f} (tolerance {tolerance}): {verdict}")
+    reason = f"validation mean Dice {new:.4f} vs serving {old:.4f} (tolerance {tolerance}): {verdict}"
+    return PromotionDecision(promote, reason)

@@ -1,12 +1,14 @@
-"""Ignite handlers for training runs: progress reporting, the time budget and the learning rate."""
+"""Ignite handlers and engine settings for training runs: progress reporting, the time budget, the
+learning rate, gradient clipping, per-label Dice metrics and the autocast dtype."""
 
 import logging
 import math
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import MeanDice, from_engine
 from monailabel.tasks.train.handler import prepare_stats
 
 from segloop.io import atomic_write_json, json_safe
@@ -142,3 +144,34 @@ def clip_gradients(optimizer, max_norm: float) -> None:
         torch.nn.utils.clip_grad_norm_(params, max_norm)  # the hook must return None
 
     optimizer.register_step_pre_hook(clip)
+
+
+def per_label_dice(labels: Mapping[str, int]) -> dict:
+    """One ``MeanDice`` per label (metric name ``dice_<name>``) on one-hot ``pred``/``label``."""
+
+    def channel(c):
+        def pick(output):
+            preds, targets = from_engine(["pred", "label"])(output)
+            return [p[c : c + 1] for p in preds], [t[c : c + 1] for t in targets]
+
+        return pick
+
+    return {
+        f"dice_{name}": MeanDice(include_background=True, output_transform=channel(c))
+        for c, name in enumerate(sorted(labels, key=labels.get), start=1)
+    }
+
+
+def configure_autocast(trainer, mode: str) -> None:
+    """Pick the autocast dtype of a MONAI ``SupervisedTrainer`` built with ``amp=True``.
+
+    MONAI's default is float16 with a loss scaler; float16 overflows above 65504, which can end a run
+    with a NaN loss, while bfloat16 has float32's range (see
+    benchmarks/prompt_model_trials.md, section "Earlier result files", bench_prompt_gpu_h200). So
+    ``auto`` uses bfloat16 where the GPU supports it, with the scaler disabled (bfloat16 needs no
+    loss scaling); the engine's own AMP step then runs unchanged.
+    """
+    if not trainer.amp or mode == "float16" or not torch.cuda.is_available() or not torch.cuda.is_bf16_supported():
+        return
+    trainer.amp_kwargs = {**trainer.amp_kwargs, "dtype": torch.bfloat16}
+    trainer.scaler = torch.amp.GradScaler("cuda", enabled=False)

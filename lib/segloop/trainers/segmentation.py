@@ -26,7 +26,6 @@ their speed while a run trains), ``seed``.
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -34,7 +33,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 from ignite.engine import Events
 from ignite.handlers import TerminateOnNan
-from monai.handlers import MeanDice, from_engine
+from monai.handlers import from_engine
 from monai.data import PersistentDataset
 from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
@@ -56,9 +55,15 @@ from segloop.campaign.registry import ModelRegistry
 from segloop.cpu_sharing import lower_priority
 from segloop.metrics.calibration import CalibrationAccumulator
 from segloop.networks.precision import AutocastInferer, native_bfloat16
-from segloop.trainers.handlers import BudgetCosineLR, TrainingProgress, clip_gradients
 from segloop.trainers.candidate_eval import segmentation_dice
-from segloop.trainers.split import case_key, stable_split
+from segloop.trainers.handlers import (
+    BudgetCosineLR,
+    TrainingProgress,
+    clip_gradients,
+    configure_autocast,
+    per_label_dice,
+)
+from segloop.trainers.split import case_key, select_incremental, stable_split
 from segloop.transforms import DEFAULT_HU_WINDOW, load_and_normalize
 
 logger = logging.getLogger(__name__)
@@ -66,49 +71,6 @@ logger = logging.getLogger(__name__)
 VALIDATE_EVERY = 20  # training iterations between validation rounds during a run
 LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_LR = 3e-3  # AdamW; chosen over 1e-3 and 3e-4 for the small UNETR on a short CPU time budget
-
-
-def per_label_dice(labels: Mapping[str, int]) -> dict:
-    """One ``MeanDice`` per label (metric name ``dice_<name>``) on one-hot ``pred``/``label``."""
-
-    def channel(c):
-        def pick(output):
-            preds, targets = from_engine(["pred", "label"])(output)
-            return [p[c : c + 1] for p in preds], [t[c : c + 1] for t in targets]
-
-        return pick
-
-    return {
-        f"dice_{name}": MeanDice(include_background=True, output_transform=channel(c))
-        for c, name in enumerate(sorted(labels, key=labels.get), start=1)
-    }
-
-
-def select_incremental(
-    train: List[Dict], seen: Mapping[str, object], replay_ratio: float, seed: int
-) -> Dict[str, List[Dict]]:
-    """Split training cases into labels no run has seen (new or re-edited) and a replay sample of the rest."""
-    new = [d for d in train if seen.get(case_key(d)) != d.get("label_ts")]
-    old = [d for d in train if seen.get(case_key(d)) == d.get("label_ts")]
-    if not new:
-        return {"new": [], "replay": old}
-    k = min(len(old), max(1, math.ceil(replay_ratio * len(new)))) if replay_ratio > 0 else 0
-    return {"new": new, "replay": random.Random(seed).sample(old, k)}
-
-
-def configure_autocast(trainer, mode: str) -> None:
-    """Pick the autocast dtype of a MONAI ``SupervisedTrainer`` built with ``amp=True``.
-
-    MONAI's default is float16 with a loss scaler; float16 overflows above 65504, which can end a run
-    with a NaN loss, while bfloat16 has float32's range (see
-    benchmarks/prompt_model_trials.md, section "Earlier result files", bench_prompt_gpu_h200). So
-    ``auto`` uses bfloat16 where the GPU supports it, with the scaler disabled (bfloat16 needs no
-    loss scaling); the engine's own AMP step then runs unchanged.
-    """
-    if not trainer.amp or mode == "float16" or not torch.cuda.is_available() or not torch.cuda.is_bf16_supported():
-        return
-    trainer.amp_kwargs = {**trainer.amp_kwargs, "dtype": torch.bfloat16}
-    trainer.scaler = torch.amp.GradScaler("cuda", enabled=False)
 
 
 class SegmentationTrainer(BasicTrainTask):

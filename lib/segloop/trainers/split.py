@@ -7,8 +7,10 @@ case some run trained on never validates: the validation set only grows, across 
 """
 
 import hashlib
+import math
 import os
-from typing import AbstractSet, Dict, List, Sequence, Tuple
+import random
+from typing import AbstractSet, Dict, List, Mapping, Sequence, Tuple
 
 
 def case_key(item: Dict) -> str:
@@ -58,3 +60,15 @@ def stable_split(
     if len(train) < min_train:
         return list(datalist), []
     return train, val
+
+
+def select_incremental(
+    train: List[Dict], seen: Mapping[str, object], replay_ratio: float, seed: int
+) -> Dict[str, List[Dict]]:
+    """Split training cases into labels no run has seen (new or re-edited) and a replay sample of the rest."""
+    new = [d for d in train if seen.get(case_key(d)) != d.get("label_ts")]
+    old = [d for d in train if seen.get(case_key(d)) == d.get("label_ts")]
+    if not new:
+        return {"new": [], "replay": old}
+    k = min(len(old), max(1, math.ceil(replay_ratio * len(new)))) if replay_ratio > 0 else 0
+    return {"new": new, "replay": random.Random(seed).sample(old, k)}
