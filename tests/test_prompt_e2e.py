@@ -58,7 +58,7 @@ def truth_of(root, case_id):
 
 ORGANS = ("liver", "spleen", "kidney")
 MARGIN = 0.05  # Dice over the learns-nothing baseline of the same prompt
-BOX_MARGIN = 0.02  # the box arm's, over the box itself: 0.05-0.09 in two runs of this test
+BOX_MARGIN = 0.02  # the box arm's, over the box itself: 0.05-0.09 in three runs of this test
 
 
 def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained, capsys, tmp_path):
@@ -206,11 +206,14 @@ def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
             assert out.shape == image.shape and np.allclose(out.affine, image.affine, atol=1e-4), kind
             answer = np.asarray(out.dataobj) > 0
             assert answer.any() and dice(answer, expected[kind]) > 0.99, kind
+        # A positive click inside the liver refines the uploaded mask without making it worse (the
+        # baseline that learns nothing: keep the upload), and the answer beats a ball at the click.
         radius = typical_radius_mm([f"{trained}/ground_truth/case_{i:03d}.nii.gz" for i in range(8)], DEFAULT_LABELS)
-        baseline = ball_dice(liver, image.header.get_zooms()[:3], click, radius["liver"])
+        ball = ball_dice(liver, image.header.get_zooms()[:3], click, radius["liver"])
+        kept = dice(previous > 0, liver)
         score = dice(np.asarray(nib.load(refined).dataobj) > 0, liver)
-        print(f"refined liver Dice {score:.3f}, ball baseline {baseline:.3f}")
-        assert score > baseline + MARGIN, (score, baseline)
+        print(f"refined liver Dice {score:.3f}; uploaded mask {kept:.3f}, ball baseline {ball:.3f}")
+        assert score >= kept - 0.01 and score > ball, (score, kept, ball)
 
         url = server.url
         bad = [
