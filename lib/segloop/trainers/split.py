@@ -1,4 +1,7 @@
-"""Train/validation split that does not move when the datastore grows.
+"""Which labelled cases a run trains and validates on.
+
+:func:`stable_split`: a train/validation split that does not move when the datastore grows.
+:func:`select_incremental`: for an incremental run, the labels no run has seen plus a replay sample.
 
 Upstream MONAI Label re-partitions the datalist on every run (MONAILabel issue 1752), so a case
 used for validation in one run is trained on in the next and validation Dice is inflated. Here a
