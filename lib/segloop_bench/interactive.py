@@ -92,10 +92,8 @@ def evaluate_interactive(
     """Every arm over ``cases`` (each ``{"id", "image", "label"}``); ``radius_mm``: per label, the
     ball baseline's radius (:func:`segloop_bench.baselines.typical_radius_mm` of the training labels)."""
     classes = class_indices(labels)
-    rows: Dict[str, Dict[str, list]] = {
-        name: {**{arm: [] for arm in CLICK_ARMS}, "label_only": [], "box_only": [], "text": [], "ball": [], "box_fill": [], "latency_s": []}
-        for name in labels
-    }
+    kinds = (*CLICK_ARMS, "label_only", "box_only", "text", "ball", "box_fill", "latency_s")
+    rows: Dict[str, Dict[str, list]] = {name: {kind: [] for kind in kinds} for name in labels}
     for image, name, c, target in case_structures(cases, labels, progress):
         row = rows[name]
         for arm in CLICK_ARMS:
@@ -110,7 +108,8 @@ def evaluate_interactive(
         row["box_fill"].append(box_fill_dice(target, lo, hi))
         row["text"].extend(text_arm(pipeline, matcher, image, target, name, classes))
         spacing = [float(s) for s in image.pixdim[:3]]
-        row["ball"].append(ball_dice(target, spacing, first_click(target), radius_mm[name]) if name in radius_mm else float("nan"))
+        radius = radius_mm.get(name)
+        row["ball"].append(ball_dice(target, spacing, first_click(target), radius) if radius else float("nan"))
     report: Dict = {"cases": [c["id"] for c in cases], "clicks": clicks, "labels": {}}
     for name, row in rows.items():
         if not row["label_only"]:
