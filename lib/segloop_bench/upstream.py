@@ -62,8 +62,9 @@ def train(studies: str, seconds: float, labels: str, model_dir: str, seed: int =
     start = time.time()
     stats = task({"max_epochs": 100000, "val_split": 0.0, "device": "cpu", "multi_gpu": False, "dataset": "CacheDataset",
                   "train_batch_size": 1, "tracking": "None"}, datastore)
-    return {"wall_s": round(time.time() - start, 1), "iterations": stats.get("total_iterations") or stats.get("current_iteration"),
-            "epochs": stats.get("epochs") or stats.get("epoch"), "model": config.path[1]}
+    # MONAI Label's stats: current_iteration counts every step; total_iterations is one epoch's length.
+    return {"wall_s": round(time.time() - start, 1), "iterations": stats.get("current_iteration"),
+            "epochs": stats.get("current_epoch"), "model": config.path[1]}
 
 
 def main(argv=None) -> int:
