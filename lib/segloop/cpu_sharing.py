@@ -5,8 +5,8 @@ training subprocess and its scoring subprocess, each with as many torch threads 
 cores. PyTorch's CPU kernels run on libgomp, whose threads, unless told otherwise, spin for a
 while at every barrier and so keep the cores the other processes are waiting for. With
 ``OMP_WAIT_POLICY=PASSIVE`` they sleep instead (both policies compared, with training and scoring
-at niceness 10 as SegLoop runs them, by ``benchmarks/openmp_contention.py``; results in
-``benchmarks/results/openmp_contention/openmp_contention.json``).
+at niceness 10 as SegLoop runs them, by ``benchmarks/openmp_contention.py``, which writes
+``benchmarks/results/openmp_contention/``).
 
 The niceness keeps the server's passes fast under either policy; spinning costs the background
 jobs their progress: a niced run spends its small share of the CPU spinning, so training beside

@@ -1,4 +1,4 @@
-"""``segloop simulate``: annotation campaigns replayed from ground truth, one per strategy and seed.
+"""``segloop-bench simulate``: annotation campaigns replayed from ground truth, one per strategy and seed.
 
 Every campaign runs the server's own code in-process: the datastore (``SegLoopDatastore``), the
 scoring job (``UncertaintyScoring``, asked only for the components the strategy reads), the

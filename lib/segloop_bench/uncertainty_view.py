@@ -1,4 +1,4 @@
-"""``segloop eval uncertainty``: a PNG of where the served model is unsure, and how calibrated it is.
+"""``segloop-bench eval uncertainty``: a PNG of where the served model is unsure, and how calibrated it is.
 
 Runs the automatic infer task with ``uncertainty: true`` on one image of a datastore and draws,
 on the axial slice with the most predicted foreground: the CT (abdominal window), the label map's

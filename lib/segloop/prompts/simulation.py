@@ -1,6 +1,6 @@
 """Simulated annotators: where a clinician would click next, and what box they would draw.
 
-Used by prompt training (clicks in the current error) and by ``segloop eval interactive``.
+Used by prompt training (clicks in the current error) and by ``segloop-bench eval interactive``.
 The next click follows the IMIS-Bench / SAM-Med3D protocol: the centre (the voxel farthest from
 the region's border) of the largest error region; positive in a false negative, negative in a
 false positive. Masks are boolean numpy arrays [X, Y, Z]; points are voxel indices.
