@@ -13,8 +13,7 @@ from typing import Dict, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
-import torch
-import torch.nn.functional as F
+from monai.transforms import Resize
 
 from segloop.metrics.dice import dice, dice_per_label
 
@@ -64,8 +63,7 @@ def _canonical(path: str) -> np.ndarray:
 
 
 def _resize_nearest(data: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    t = torch.as_tensor(data.astype(np.float32))[None, None]
-    return F.interpolate(t, size=tuple(shape), mode="nearest")[0, 0].numpy()
+    return np.asarray(Resize(tuple(shape), mode="nearest")(data[None].astype(np.float32)))[0]
 
 
 def mean_label_atlas(train_label_paths: Sequence[str], labels: Mapping[str, int]) -> np.ndarray:
