@@ -143,7 +143,9 @@ def test_score_records_go_stale_with_a_new_version_a_new_label_or_a_missing_comp
     assert ScoreStore.is_stale(record, 3, None, ["entropy"])
     assert ScoreStore.is_stale(record, 2, 1700000000, ["embedding"])
     assert ScoreStore.is_stale(record, 2, None, ["mc"])
-    assert ScoreStore.is_stale(dict(record, error="boom"), 2, None, ["entropy"])
+    failed = {"version": 2, "label_ts": None, "components": [], "error": "EOFError: truncated"}
+    assert not ScoreStore.is_stale(failed, 2, None, ["entropy"])  # the same file would fail again
+    assert ScoreStore.is_stale(failed, 3, None, ["entropy"]) and ScoreStore.is_stale(failed, 2, 1700000000, ["embedding"])
     assert ScoreStore.is_stale(None, 2, None, ["entropy"])
 
 

@@ -6,7 +6,9 @@ through MONAI Label's own background-task runner (one training at a time, subpro
 ``GET /train/``).
 """
 
+import json
 import logging
+import os
 from typing import Any, Dict, Optional
 
 from monailabel.utils.async_tasks.utils import processes, run_background_task
@@ -45,9 +47,13 @@ class CampaignLoop:
         return {i: datastore.get_label_info(i, "final").get("ts") for i in datastore.get_labeled_images()}
 
     def count_unseen(self) -> int:
-        latest = self.registry.latest_record()
+        latest = self.registry.latest_completed()  # a failed or interrupted run saw no labels
         seen = latest.get("labels_seen", {}) if latest else {}
-        return sum(1 for image, ts in self.final_labels().items() if seen.get(image) != ts)
+        # A quarantined case (its file does not decode) counts again once its label is saved again.
+        held = {image: entry.get("label_ts") for image, entry in self.quarantined().items()}
+        return sum(
+            1 for image, ts in self.final_labels().items() if seen.get(image) != ts and (image not in held or held[image] != ts)
+        )
 
     def start_incremental_run(self, on_finished) -> Dict:
         request = dict(self.train_config_fn())
@@ -83,8 +89,20 @@ class CampaignLoop:
     def on_inferred(self, image_id: str, result_file: str, version: Optional[int]) -> None:
         self.effort.save_proposal(image_id, result_file, version)
 
+    def quarantined(self) -> Dict[str, Any]:
+        """{image id: {"error", "file", "label_ts", "time"}} of the cases the last training run could not decode."""
+        try:
+            with open(self.registry.quarantine_path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            logger.warning(f"{self.name}: cannot read {os.path.basename(self.registry.quarantine_path)}: {e}")
+            return {}
+
     def summary(self) -> Dict[str, Any]:
         state = self.registry.state()
+        mismatches = [e for e in state["events"] if e.get("event") == "checkpoint_mismatch"]
         return {
             "serving_version": state["serving"],
             "training_run": state.get("running"),
@@ -92,4 +110,6 @@ class CampaignLoop:
             "events": state["events"][-20:],
             "trigger": self.trigger.state(),
             "edit_effort_by_version": self.effort.summary(),
+            "checkpoint_warning": mismatches[-1] if mismatches else None,
+            "quarantined": self.quarantined(),
         }

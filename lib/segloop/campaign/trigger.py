@@ -8,7 +8,8 @@ Rules:
   submissions lands in one run;
 * while a run is going (ours or a manual ``/train``), further labels set a single "queued" flag:
   when the run ends exactly one follow-up run starts if new labels are still unseen;
-* a failed run does not restart by itself (its labels count as seen); the next label does.
+* a failed run does not restart by itself; its labels stay unseen (only a ``promoted`` or
+  ``kept`` run's labels count as seen), so the next label saved or a server restart retries them.
 """
 
 import logging

@@ -34,6 +34,12 @@ from segloop.transforms import DEFAULT_HU_WINDOW, channels_to_storage, load_and_
 logger = logging.getLogger(__name__)
 
 
+def _file_key(path: str) -> Tuple[int, int]:
+    """(mtime, size) of a checkpoint: a change means the file was replaced."""
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size
+
+
 class SegmentationInfer(BasicInferTask):
     def __init__(
         self,
@@ -101,14 +107,17 @@ class SegmentationInfer(BasicInferTask):
 
         The publisher replaces the file atomically, so a request either uses the network it already
         holds or loads the new version whole; the version number stored in the checkpoint goes into
-        the result JSON of the request that used it.
+        the result JSON of the request that used it. Each (re)load first checks the file against
+        the registry's recorded sha256; a replaced or corrupted file is restored to the last good
+        version (or removed: 409) before loading.
         """
         path = self.get_path()
         if not path:
             raise conflict(self._not_trained_message())
-        mtime = os.stat(path).st_mtime
         cached = self._networks.get(device)
-        if not cached or cached[1] != mtime:
+        if not cached or cached[1] != _file_key(path):
+            path = self._verified_path()
+            key = _file_key(path)
             checkpoint = torch.load(path, map_location=torch.device(device), weights_only=True)
             network = copy.deepcopy(self.network).to(torch.device(device))
             network.load_state_dict(checkpoint.get("model", checkpoint))
@@ -117,13 +126,24 @@ class SegmentationInfer(BasicInferTask):
                 register_onednn_convolutions(network)  # float32 CPU windows on oneDNN's kernel (networks/onednn.py)
             version = checkpoint.get(VERSION_KEY)
             temperature = self.registry.temperature(version) if self.registry else 1.0
-            cached = (network, mtime, version, temperature)
+            cached = (network, key, version, temperature)
             self._networks[device] = cached
             logger.info(f"{self.model_name}: loaded {os.path.basename(path)} (version {cached[2]})")
         if data is not None:
             data.setdefault("result", {})["model_version"] = cached[2]
             data["temperature"] = cached[3]
         return cached[0]
+
+    def _verified_path(self) -> str:
+        """The serving file after the registry's integrity check (which may restore or remove it)."""
+        if self.registry is not None:
+            event = self.registry.verify_serving()
+            if event:
+                logger.warning(f"{self.model_name}: {event['reason']}")
+        path = self.get_path()
+        if not path:
+            raise conflict(self._not_trained_message())
+        return path
 
     def _not_trained_message(self) -> str:
         return (

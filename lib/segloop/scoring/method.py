@@ -13,7 +13,8 @@ Images whose record is current (same model version, same label) are skipped, so 
 ``/activelearning`` costs nothing. On a CPU server scoring and training share the cores, so the
 job defers while a training run is going (the run's end starts scoring again) and stops early
 when a new version starts serving (its scores would be stale at once). One image failing (unreadable file, ...) is recorded as an
-error on that image and the job goes on. Progress (``done`` / ``total``) is in the score store,
+error on that image and the job goes on; that image is tried again only once another version
+serves or its label changes (``ScoreStore.is_stale``), not on every ``/activelearning``. Progress (``done`` / ``total``) is in the score store,
 shown by ``GET /segloop/activelearning``.
 """
 

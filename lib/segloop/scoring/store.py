@@ -7,7 +7,9 @@ One JSON file per model, ``<model_dir>/<model>/scores.json``::
 A record holds ``version`` (the serving model version scored), ``label_ts`` (None while the image
 is unlabelled), ``components`` (which of ``embedding``, ``entropy``, ``mc``, ``tta`` it has), the
 scores themselves, ``seconds`` and ``scored`` (ISO time), or ``error`` when scoring failed.
-A record is *stale* when the serving version has changed or it lacks a needed component.
+A record is *stale* when the serving version or its label has changed or it lacks a needed
+component; an ``error`` record is stale only when the version or the label changed (scoring the
+same unreadable file again would fail again).
 
 The scoring job (a MONAI Label subprocess) writes one record at a time under a file lock,
 atomically; the server only reads, so ``/activelearning`` never waits for a job.
@@ -64,6 +66,8 @@ class ScoreStore:
 
     @staticmethod
     def is_stale(record: Optional[Dict], version: Optional[int], label_ts: Any, needed: Iterable[str]) -> bool:
-        if not record or record.get("error") or record.get("version") != version or record.get("label_ts") != label_ts:
+        if not record or record.get("version") != version or record.get("label_ts") != label_ts:
             return True
+        if record.get("error"):  # the same file would fail again: retry with the next version or label
+            return False
         return not set(needed) <= set(record.get("components", ()))

@@ -63,6 +63,7 @@ from segloop.trainers.handlers import (
     configure_autocast,
     per_label_dice,
 )
+from segloop.trainers.quarantine import Quarantine
 from segloop.trainers.split import case_key, select_incremental, stable_split
 from segloop.transforms import DEFAULT_HU_WINDOW, load_and_normalize
 
@@ -136,6 +137,7 @@ class SegmentationTrainer(BasicTrainTask):
         self._context: Optional[Context] = None
         self._progress: Optional[TrainingProgress] = None
         self._run: Dict = {}
+        self.quarantine = Quarantine(registry.quarantine_path)  # caches decode checks across this instance's runs
 
     @property
     def num_channels(self) -> int:
@@ -228,12 +230,15 @@ class SegmentationTrainer(BasicTrainTask):
             raise ValueError("No final labels in the datastore yet: submit at least one label before training.")
         for item in datalist:  # label timestamps identify which corrections a version has seen
             item["label_ts"] = datastore.get_label_info(case_key(item), "final").get("ts")
+        datalist = self.quarantine.filter(datalist, case_key)  # undecodable cases would fail every run
+        if not datalist:
+            raise ValueError(f"No labelled case decodes: every one is quarantined (see {self.quarantine.path}).")
         return datalist
 
     def partition_datalist(self, context: Context, shuffle=False):
         request = context.request
         history = self.registry.state()["versions"]
-        latest = history[-1] if history else {}
+        latest = self.registry.latest_completed() or {}  # a failed or interrupted run saw no labels
         train, val = stable_split(
             context.datalist,
             float(request.get("val_split", 0.2)),
@@ -266,6 +271,7 @@ class SegmentationTrainer(BasicTrainTask):
         if strtobool(str(self._run.get("request", {}).get("from_scratch", False))):
             logger.info("from_scratch: training starts from random weights")
             return None
+        self.registry.verify_serving()  # never fine-tune a replaced or corrupted serving file
         for path in (self.registry.serving_path, self.pretrained_path):
             if path and os.path.exists(path):
                 return path
