@@ -20,8 +20,12 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 import segloop
-from segloop.server.request_checks import check_infer_image
+from segloop.server.auth import authenticated_name, install_auth
+from segloop.server.gate import RequestGate
+from segloop.server.lifecycle import die_with_server, mark_server_process, monai_label_children, stop_children_on_signals
+from segloop.server.request_checks import check_client_id, check_infer_image
 from segloop.server.routes import build_router
+from segloop.server.surface import SurfaceContext, build_surface, install_surface, withdrawn_routes
 from segloop.campaign.assignments import AssignmentBook, UnassignedView
 from segloop.campaign.loop import CampaignLoop
 from segloop.configs import TASK_CONFIGS
@@ -29,12 +33,14 @@ from segloop.configs.options import parse_options
 from segloop.cpu_sharing import SHARED_CPU_SETTINGS, shared_cpu_env
 from segloop.server.datastore import SegLoopDatastore
 from segloop.errors import not_found
+from segloop.io import remove_leftover_temporaries
 
 logger = logging.getLogger(__name__)
 
 
 class SegLoopApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
+        die_with_server()  # in a train / scoring subprocess: end if the server ends
         if any(key not in os.environ for key in SHARED_CPU_SETTINGS):
             logger.info(f"SegLoop: start the server with {SHARED_CPU_SETTINGS}: training and scoring then progress beside it")
         # Too late for this process's OpenMP (read at start-up), but the train and scoring
@@ -83,6 +89,7 @@ class SegLoopApp(MONAILabelApp):
         return SegLoopDatastore(
             self.studies,
             labels=self.options.labels,
+            max_voxels=self.options.max_voxels,
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
         )
@@ -123,7 +130,8 @@ class SegLoopApp(MONAILabelApp):
         task = self._strategies.get(strategy)
         if task is None:
             raise not_found(f"no active-learning strategy {strategy!r}; available: {sorted(self._strategies)}")
-        client = self.assignments.client(request.get("client_id"))
+        # With authentication on, the annotator is the token's user; otherwise what the client declares.
+        client = self.assignments.client(authenticated_name() or check_client_id(request.get("client_id")))
         others = self.assignments.held_by_others(client)
         request = dict(request, strategy=strategy, assigned=sorted(others))
         datastore = self.datastore()
@@ -143,7 +151,7 @@ class SegLoopApp(MONAILabelApp):
         if request.get("model") not in self._infers:  # upstream answers a bare 500 without the reason
             raise not_found(f"no model {request.get('model')!r}; available: {sorted(self._infers)}")
         sessions = self.sessions()
-        check_infer_image(request, datastore or self.datastore(), sessions.store_path if sessions else None)
+        check_infer_image(request, datastore or self.datastore(), sessions.store_path if sessions else None, self.options.max_voxels)
         result = super().infer(request, datastore)
         model = request.get("model")
         loop = self.loops.get(model) if getattr(self.models.get(model), "proposes_full_labels", False) else None
@@ -159,11 +167,28 @@ class SegLoopApp(MONAILabelApp):
         return {"edit_effort": {n: loop.on_label_saved(image_id) for n, loop in self.loops.items()}}
 
     def on_init_complete(self):
+        mark_server_process()  # before upstream starts the first scoring subprocess
+        # Writes a crash cut short (labels, checkpoints, registry): only here, before any writer starts.
+        local = not self.studies.startswith(("http://", "https://"))
+        for folder in [self.model_dir] + ([self.studies] if local else []):
+            remove_leftover_temporaries(folder)
         super().on_init_complete()
         from monailabel.app import app as fastapi_app  # the running server (not there in train subprocesses)
+        from monailabel.datastore.dicom import DICOMWebDatastore
 
-        fastapi_app.include_router(build_router(lambda: self.loops, self.models, self.assignments))
+        install_auth(fastapi_app)
+        routers = build_surface(SurfaceContext(self)) + [
+            withdrawn_routes(dicomweb=isinstance(self.datastore(), DICOMWebDatastore)),
+            build_router(lambda: self.loops, self.models, self.assignments),
+        ]
+        install_surface(fastapi_app, routers)
+        # The middleware stack is built by now (this runs in the lifespan): the gate goes around it.
+        fastapi_app.middleware_stack = RequestGate(fastapi_app.middleware_stack or fastapi_app.build_middleware_stack(), self.options.max_upload_mb * 2**20)
+        stop_children_on_signals(monai_label_children)
         for loop in self.loops.values():
+            repaired = loop.registry.verify_serving()  # a promotion a crash cut short, a replaced file
+            if repaired:
+                logger.warning(f"{loop.name}: {repaired['reason']}")
             loop.on_server_start()
 
     def info(self):

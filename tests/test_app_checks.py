@@ -2,6 +2,8 @@ import os
 import time
 import tempfile
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from segloop.server.request_checks import check_infer_image
@@ -25,14 +27,24 @@ def test_paths_and_unknown_ids_are_refused(image, status):
     assert e.value.status_code == status
 
 
+def small_volume(path):
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), str(path))
+    return path
+
+
 def test_ids_uploads_and_session_images_are_accepted(tmp_path):
     check_infer_image({"image": "ct1"}, FakeIds())
     with tempfile.NamedTemporaryFile(suffix=".nii.gz") as upload:
+        small_volume(upload.name)
         check_infer_image({"image": upload.name}, FakeIds())
+        with open(upload.name, "r+b") as f:  # the same upload cut short: decoded whole, refused
+            f.truncate(os.path.getsize(upload.name) // 2)
+        with pytest.raises(ClientError) as e:
+            check_infer_image({"image": upload.name}, FakeIds())
+        assert e.value.status_code == 400
     sessions = tmp_path / "sessions"
     (sessions / "abc").mkdir(parents=True)
-    image = sessions / "abc" / "image.nii.gz"
-    image.write_bytes(b"x")
+    image = small_volume(sessions / "abc" / "image.nii.gz")
     check_infer_image({"image": str(image), "session": {"id": "abc"}}, FakeIds(), str(sessions))
     with pytest.raises(ClientError):  # the same file without a session is just a server path
         check_infer_image({"image": str(image)}, FakeIds(), str(sessions))

@@ -32,3 +32,7 @@ def conflict(message: str) -> ClientError:
 
 def unprocessable(message: str) -> ClientError:
     return ClientError(422, message)
+
+
+def too_large(message: str) -> ClientError:
+    return ClientError(413, message)

@@ -4,7 +4,9 @@ A reader (the infer task polling a checkpoint's mtime, the server reading its da
 sees either the old file or the new one, never half of one.
 """
 
+import glob
 import json
+import logging
 import math
 import os
 import shutil
@@ -12,6 +14,8 @@ import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+logger = logging.getLogger(__name__)
+TEMPORARY_PREFIX = ".tmp-"
 
 @contextmanager
 def atomic_path(dest: str) -> Iterator[str]:
@@ -19,7 +23,7 @@ def atomic_path(dest: str) -> Iterator[str]:
     folder = os.path.dirname(os.path.abspath(dest)) or "."
     os.makedirs(folder, exist_ok=True)
     suffix = "".join(os.path.basename(dest).partition(".")[1:])  # keep ".nii.gz" so writers pick the format
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=folder)
     os.close(fd)
     try:
         yield tmp
@@ -52,3 +56,14 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def remove_leftover_temporaries(folder: str) -> int:
+    """Delete the temporary files a killed writer left under ``folder`` (never data: a file
+    becomes data only by its final rename). Call it before any writer of ``folder`` starts.
+    Returns how many were removed."""
+    leftovers = [p for p in glob.glob(os.path.join(folder, "**", TEMPORARY_PREFIX + "*"), recursive=True) if os.path.isfile(p)]
+    for path in leftovers:
+        os.unlink(path)
+        logger.warning(f"removed {path}: a write cut short by an earlier crash")
+    return len(leftovers)

@@ -4,25 +4,34 @@ Each check raises a ``ClientError`` (HTTP 4xx) naming the problem; nothing is wr
 every check has passed.
 """
 
+import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 import nibabel as nib
 import numpy as np
 
-from segloop.errors import bad_request, unprocessable
+from segloop.errors import bad_request, too_large, unprocessable
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+MAX_ID_LENGTH = 128  # file names stay far below the file system's 255 bytes with any suffix
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+FILE_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".gz")
 AFFINE_TOLERANCE_MM = 1e-3
+DEFAULT_MAX_VOXELS = 2**29  # 512 x 512 x 2048: a whole-body CT; float32 copies stay near 2 GiB
 
 
 def check_id(value: str, what: str = "image id") -> str:
-    """An id is a plain file-name stem: letters, digits, '.', '_' and '-', not '.' or '..'."""
+    """An id is a plain file-name stem: letters, digits, '.', '_' and '-', not '.' or '..', at most
+    MAX_ID_LENGTH characters, not ending in a file suffix (a rescan would strip it off again)."""
     if not isinstance(value, str) or not ID_PATTERN.match(value) or set(value) == {"."}:
         raise bad_request(f"invalid {what} {value!r}: use letters, digits, '.', '_' and '-' only")
+    if len(value) > MAX_ID_LENGTH:
+        raise bad_request(f"invalid {what}: {len(value)} characters, at most {MAX_ID_LENGTH}")
+    if value.lower().endswith(FILE_SUFFIXES):
+        raise bad_request(f"invalid {what} {value!r}: an id must not end in a file suffix ({', '.join(FILE_SUFFIXES)})")
     return value
 
 
@@ -32,8 +41,9 @@ class VolumeHeader:
     affine: np.ndarray  # 4x4, voxel index -> RAS+ world mm
 
 
-def read_header(path: str, what: str = "image") -> VolumeHeader:
-    """Read a NIfTI header (no voxel data). Raises 400 if unreadable, not 3-D, or degenerate."""
+def read_header(path: str, what: str = "image", max_voxels: Optional[int] = None) -> VolumeHeader:
+    """Read a NIfTI header (no voxel data). Raises 400 if unreadable, not 3-D, or degenerate,
+    413 if it claims more than ``max_voxels`` voxels."""
     if not path.endswith(NIFTI_SUFFIXES):
         raise bad_request(f"{what}: only NIfTI files (.nii, .nii.gz) are accepted, got {os.path.basename(path)!r}")
     try:
@@ -48,7 +58,32 @@ def read_header(path: str, what: str = "image") -> VolumeHeader:
         raise bad_request(f"{what}: expected a 3-D volume, got shape {shape}")
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise bad_request(f"{what}: the affine (voxel to world) is singular or not finite")
+    if max_voxels and math.prod(shape) > max_voxels:
+        raise too_large(f"{what}: {'x'.join(map(str, shape))} voxels is more than this server accepts ({max_voxels:,}; --conf max_voxels)")
     return VolumeHeader(shape, affine)
+
+
+def read_voxels(path: str, header: VolumeHeader, what: str = "image") -> np.ndarray:
+    """Decode every voxel (the header alone does not show a truncated or corrupt data stream).
+
+    Returns the array in the stored dtype (scaled if the header says so), shaped ``header.shape``.
+    """
+    try:
+        data = np.asanyarray(nib.load(path).dataobj)
+    except Exception as e:  # gzip (EOFError, zlib.error), short reads (ValueError, OSError), ...
+        raise bad_request(f"{what}: the voxel data is truncated or corrupt ({type(e).__name__}: {e})") from None
+    if data.dtype.fields is not None or data.dtype.kind not in "iufb":
+        raise bad_request(f"{what}: voxel type {data.dtype} is not a scalar number (RGB or structured data?)")
+    return data.reshape(header.shape)
+
+
+def check_image(path: str, what: str = "image", max_voxels: Optional[int] = DEFAULT_MAX_VOXELS) -> VolumeHeader:
+    """A whole, readable, finite 3-D scalar volume within the size cap (checked from the header first)."""
+    header = read_header(path, what=what, max_voxels=max_voxels)
+    data = read_voxels(path, header, what=what)
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        raise unprocessable(f"{what}: the volume contains NaN or infinite values")
+    return header
 
 
 def check_label_matches(label_path: str, image: VolumeHeader, labels: Mapping[str, int]) -> np.ndarray:
@@ -57,6 +92,9 @@ def check_label_matches(label_path: str, image: VolumeHeader, labels: Mapping[st
     Returns the label's voxel array (uint8). Raises 400/422 with the mismatch spelled out.
     """
     header = read_header(label_path, what="label")
+    stored = nib.load(label_path).get_data_dtype()
+    if stored.fields is not None or stored.kind not in "iu":
+        raise unprocessable(f"label voxels must be stored as integers (uint8, int16, ...), got {stored}: save the label map as an integer volume")
     if header.shape != image.shape:
         raise unprocessable(f"label shape {header.shape} does not match the image shape {image.shape}")
     if not np.allclose(header.affine, image.affine, atol=AFFINE_TOLERANCE_MM):
@@ -64,8 +102,7 @@ def check_label_matches(label_path: str, image: VolumeHeader, labels: Mapping[st
             "label geometry (affine) does not match the image: "
             f"label {np.round(header.affine, 3).tolist()} vs image {np.round(image.affine, 3).tolist()}"
         )
-    data = np.asanyarray(nib.load(label_path).dataobj)
-    data = data.reshape(header.shape)
+    data = read_voxels(label_path, header, what="label")
     if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
         raise unprocessable("label values must be whole numbers")
     values = set(np.unique(data).astype(int).tolist())

@@ -51,15 +51,17 @@ def running_server(
     port: Optional[int] = None,
     log_path: Optional[str] = None,
     startup_timeout: float = 180.0,
+    env: Optional[Dict[str, str]] = None,
 ) -> Iterator["ServerHandle"]:
-    """Run ``monailabel start_server`` on 127.0.0.1 until the block exits; yields its handle."""
+    """Run ``monailabel start_server`` on 127.0.0.1 until the block exits; yields its handle.
+    ``env``: variables set on top of :func:`server_env` (auth settings, ``TMPDIR``)."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", app, "--studies", studies]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     for key, value in (conf or {}).items():
         cmd += ["--conf", key, str(value)]
     log = open(log_path or os.devnull, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**server_env(), **(env or {})}, start_new_session=True)
     handle = ServerHandle(f"http://127.0.0.1:{port}", proc, log_path)
     try:
         handle.wait_ready(startup_timeout)
@@ -87,7 +89,7 @@ class ServerHandle:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with code {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                if requests.get(f"{self.url}/info/", timeout=5).status_code in (200, 401):  # 401: auth is on
                     return
             except requests.RequestException:
                 pass

@@ -14,6 +14,7 @@ from segloop.networks import DEFAULT_NETWORK, check_roi_size, get_preset
 from segloop.networks.precision import AMP_MODES
 from segloop.networks.prompt import DEFAULT_PROMPT_NETWORK, get_prompt_preset
 from segloop.transforms import DEFAULT_HU_WINDOW
+from segloop.validation import DEFAULT_MAX_VOXELS
 
 
 OPTIONS: Dict[str, Tuple[str, str]] = {
@@ -39,6 +40,8 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "mc_samples": ("4", "MC-dropout passes per unlabelled image in the active-learning scoring job"),
     "tta_samples": ("4", "test-time-augmentation passes per unlabelled image in the scoring job"),
     "assignment_lock_s": ("1800", "seconds a case handed to one annotator is not offered to another"),
+    "max_upload_mb": ("1024", "largest request body accepted (MiB): image, label and session uploads"),
+    "max_voxels": (str(DEFAULT_MAX_VOXELS), "largest volume accepted (voxels, from the header, before decoding)"),
 }
 
 
@@ -65,6 +68,8 @@ class SegLoopOptions:
     mc_samples: int
     tta_samples: int
     assignment_lock_s: float
+    max_upload_mb: float
+    max_voxels: int
 
 
 def _json_list(conf: Mapping[str, str], key: str, length: int, cast) -> Optional[tuple]:
@@ -147,6 +152,8 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         mc_samples=_number(conf, "mc_samples", int, minimum=0),
         tta_samples=_number(conf, "tta_samples", int, minimum=0),
         assignment_lock_s=_number(conf, "assignment_lock_s", float, minimum=0),
+        max_upload_mb=_number(conf, "max_upload_mb", float, minimum=1),
+        max_voxels=_number(conf, "max_voxels", int, minimum=8),
     )
 
 

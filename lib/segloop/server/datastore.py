@@ -4,11 +4,15 @@ Differences from MONAI Label's ``LocalDatastore`` (which it extends, so the fold
 ``datastore_v2.json`` and every endpoint stay the same):
 
 * image ids and label tags must be plain names (no ``../``); unknown ids answer 404;
-* an uploaded image must be a readable 3-D NIfTI; an existing id is not silently overwritten;
-* a label must be on the image's exact grid (shape and affine) and use only known label indices;
-* images, labels and ``datastore_v2.json`` are written to a temporary file and renamed.
+* an uploaded image must be a whole, readable 3-D NIfTI within ``max_voxels`` (every voxel is
+  decoded before anything is stored); an existing id is not silently overwritten;
+* a label must be an integer volume on the image's exact grid (shape and affine) using only known
+  label indices;
+* images, labels and ``datastore_v2.json`` are written to a temporary file (``.tmp-*``) and
+  renamed; a scan never lists such a file (the server removes the ones a crash left when it starts).
 """
 
+import fnmatch
 import logging
 import os
 import time
@@ -19,15 +23,20 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 
 from segloop.errors import conflict, not_found
 from segloop.io import atomic_copy, atomic_path
-from segloop.validation import check_id, check_label_matches, read_header
+from segloop.validation import DEFAULT_MAX_VOXELS, check_id, check_image, check_label_matches, read_header
 
 logger = logging.getLogger(__name__)
 
-
 class SegLoopDatastore(LocalDatastore):
-    def __init__(self, datastore_path: str, labels: Mapping[str, int], **kwargs):
+    def __init__(self, datastore_path: str, labels: Mapping[str, int], max_voxels: int = DEFAULT_MAX_VOXELS, **kwargs):
         self.label_map = dict(labels)
+        self.max_voxels = max_voxels
         super().__init__(datastore_path, **kwargs)
+
+    def _list_files(self, path, patterns):
+        """Upstream's folder scan, minus hidden files (temporaries of writes in progress)."""
+        files = [f for f in os.listdir(path) if not f.startswith(".")]
+        return {f: f for pattern in patterns for f in fnmatch.filter(files, pattern)}
 
     def _image_file(self, image_id: str) -> str:
         uri = self.get_image_uri(check_id(image_id))
@@ -38,12 +47,12 @@ class SegLoopDatastore(LocalDatastore):
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
         derived, ext = self._to_id(os.path.basename(image_filename))
         image_id = check_id(image_id or derived)
-        read_header(image_filename, what=f"image {image_id!r}")
-        if self._datastore.objects.get(image_id):
-            raise conflict(f"image {image_id!r} already exists; remove it first or choose another id")
+        check_image(image_filename, what=f"image {image_id!r}", max_voxels=self.max_voxels)
         name = self._filename(image_id, ext)
         dest = os.path.join(self._datastore.image_path(), name)
-        with FileLock(self._lock_file):
+        with FileLock(self._lock_file):  # checked under the lock: two uploads of one id cannot both pass
+            if self._datastore.objects.get(image_id) or os.path.exists(dest):
+                raise conflict(f"image {image_id!r} already exists; remove it first or choose another id")
             atomic_copy(image_filename, dest)
             info = dict(image_info or {}, ts=int(time.time()), name=name)
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
@@ -67,6 +76,28 @@ class SegLoopDatastore(LocalDatastore):
             self._update_datastore_file(lock=False)
         logger.info(f"Saved label {label_tag}/{name}")
         return image_id
+
+    def remove_image(self, image_id: str) -> None:
+        self._image_file(image_id)
+        super().remove_image(image_id)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        self._label_file(label_id, label_tag)
+        super().remove_label(label_id, label_tag)
+
+    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        self._image_file(image_id)
+        super().update_image_info(image_id, info)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+        self._label_file(label_id, label_tag)
+        super().update_label_info(label_id, label_tag, info)
+
+    def _label_file(self, image_id: str, label_tag: str) -> str:
+        uri = self.get_label_uri(image_id, label_tag)
+        if not uri:
+            raise not_found(f"no {label_tag!r} label for image {image_id!r}")
+        return uri
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         check_id(label_id, what="label id")

@@ -4,8 +4,8 @@ import os
 import tempfile
 from typing import Any, Dict, Optional
 
-from segloop.errors import not_found
-from segloop.validation import check_id
+from segloop.errors import bad_request, not_found
+from segloop.validation import DEFAULT_MAX_VOXELS, check_id, check_image
 
 
 def is_upload_tempfile(path: str) -> bool:
@@ -21,16 +21,35 @@ def is_inside(path: str, folder: Optional[str]) -> bool:
     return os.path.commonpath([os.path.realpath(path), root]) == root
 
 
-def check_infer_image(request: Dict[str, Any], datastore, sessions_folder: Optional[str] = None) -> None:
+def check_infer_image(
+    request: Dict[str, Any], datastore, sessions_folder: Optional[str] = None, max_voxels: int = DEFAULT_MAX_VOXELS
+) -> None:
     """Upstream accepts any server path as ``image``; SegLoop accepts a datastore id, an uploaded
     file, or the image of a MONAI Label session (``session_id``), which lives in ``sessions_folder``.
+    An uploaded file is decoded whole first (a truncated one is a 400, not a failed inference).
+    The request surface (:mod:`segloop.server.surface`) already refuses paths from the client;
+    this is the second line.
     """
     image = request.get("image")
     if not isinstance(image, str) or not image:
         return  # MONAI Label itself answers that an image is missing
     if os.path.isabs(image) and os.path.exists(image):
-        if is_upload_tempfile(image) or (request.get("session") and is_inside(image, sessions_folder)):
+        if is_upload_tempfile(image):
+            check_image(image, what="uploaded image", max_voxels=max_voxels)
+            return
+        if request.get("session") and is_inside(image, sessions_folder):
+            check_image(image, what="session image", max_voxels=max_voxels)
             return
     check_id(image)
     if not datastore.get_image_uri(image):
         raise not_found(f"image {image!r} is not in the datastore")
+
+
+def check_client_id(client_id: Any) -> Optional[str]:
+    """A client-declared annotator name (``client_id``): printable text of at most 128 characters
+    (it is stored in bookings and label info, never used as a path), or nothing."""
+    if client_id in (None, ""):
+        return None
+    if not isinstance(client_id, str) or len(client_id) > 128 or not client_id.isprintable():
+        raise bad_request(f"client_id must be printable text of at most 128 characters, got {str(client_id)[:40]!r}")
+    return client_id

@@ -15,6 +15,7 @@ from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 
 from segloop.errors import not_found
+from segloop.server.gate import only_declared_query
 
 
 SCORE_FIELDS = ("version", "label_ts", "entropy", "mc", "tta", "components", "seconds", "scored", "error")
@@ -28,7 +29,7 @@ def scoring_status(store) -> Dict:
 
 
 def build_router(loops_fn: Callable[[], Dict], models: Mapping = None, assignments=None) -> APIRouter:
-    router = APIRouter(prefix="/segloop", tags=["SegLoop"])
+    router = APIRouter(prefix="/segloop", tags=["SegLoop"], dependencies=[Depends(only_declared_query)])
     models = models or {}
 
     def loop(model: str):
