@@ -162,7 +162,7 @@ def test_kills_during_promotion_leave_a_consistent_registry(tmp_path):
     model_dir = str(tmp_path / "model")
     rng = random.Random(0)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    for attempt in range(12):
+    for attempt in range(6):
         proc = subprocess.Popen([sys.executable, "-c", PROMOTER, model_dir], stdout=subprocess.PIPE, env=env)
         assert proc.stdout.readline().strip() == b"ready"
         time.sleep(rng.uniform(0.05, 1.5))

@@ -28,8 +28,8 @@ def test_empty_params_are_an_empty_object_and_info_is_capped():
 
 
 def test_infer_params_of_the_automatic_model():
-    accepted, ignored = check_infer_params({"uncertainty": "true", "sw_overlap": 0.99, "device": "cuda:7"}, False, LABELS, "segmentation")
-    assert accepted == {"uncertainty": True} and ignored == ["device", "sw_overlap"]
+    accepted, ignored = check_infer_params({"uncertainty": "true", "sw_overlap": 0.99, "device": "cuda:7", "client_id": "x"}, False, LABELS, "segmentation")
+    assert accepted == {"uncertainty": True} and ignored == ["client_id", "device", "sw_overlap"]
     assert "'image'" in refused(check_infer_params, {"image": "/etc/passwd"}, False, LABELS, "segmentation")
     assert "uncertainty" in refused(check_infer_params, {"uncertainty": "maybe"}, False, LABELS, "segmentation")
     assert "'foreground'" in refused(check_infer_params, {"foreground": [[1, 2, 3]]}, False, LABELS, "segmentation")
@@ -45,8 +45,9 @@ def test_infer_params_of_the_prompt_model():
 
 
 def test_train_params_follow_the_trainer_config():
-    accepted, ignored = check_train_params({"max_epochs": 3, "lr_schedule": "cosine", "seed": 0, "nice": -20, "device": "cuda"}, TRAINER_CONFIG, "segmentation")
-    assert accepted == {"max_epochs": 3, "lr_schedule": "cosine", "seed": 0} and ignored == ["device", "nice"]
+    config = dict(TRAINER_CONFIG, name="model")
+    accepted, ignored = check_train_params({"max_epochs": 3, "lr_schedule": "cosine", "seed": 0, "nice": -20, "device": "cuda", "name": "../x"}, config, "segmentation")
+    assert accepted == {"max_epochs": 3, "lr_schedule": "cosine", "seed": 0} and ignored == ["device", "name", "nice"]
     assert "max_epochs" in refused(check_train_params, {"max_epochs": "x"}, TRAINER_CONFIG, "segmentation")
     assert "max_epochs" in refused(check_train_params, {"max_epochs": 1.5}, TRAINER_CONFIG, "segmentation")
     assert "lr_schedule" in refused(check_train_params, {"lr_schedule": "bogus"}, TRAINER_CONFIG, "segmentation")

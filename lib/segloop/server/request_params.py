@@ -4,8 +4,8 @@ Three kinds of key:
 
 * accepted: checked here (type, range, choice); a bad value is a 400 naming the key;
 * server settings the upstream Slicer plugin echoes back from ``/info`` (``device``,
-  ``sw_overlap``, ``result_dtype``, ...): dropped on purpose, listed in ``ignored_params`` of
-  the result, never applied (the server's ``--conf`` decides them);
+  ``sw_overlap``, ``result_dtype``, ...) and the ``client_id`` MONAI Label's client adds to
+  every request: dropped on purpose and never applied (the server's settings decide them);
 * anything else, and anything that could name a server path (``image``, ``session``,
   ``train_ds``, ``tracking_uri``, a ``label`` that looks like a path): a 400 naming the key.
 """
@@ -22,7 +22,10 @@ SERVER_SETTINGS = frozenset(
         "device", "gpus", "multi_gpu", "logging", "result_dtype", "result_compress", "sw_batch_size",
         "sw_overlap", "cache_transforms", "cache_transforms_in_memory", "cache_transforms_ttl",
         "tracking", "tracking_uri", "tracking_experiment_name", "tracking_run_name", "nice", "dataset",
-        "dataloader", "pretrained", "distributed_backend", "distributed_url",
+        "dataloader", "pretrained", "distributed_backend", "distributed_url", "name",
+        # MONAI Label's client adds its own id to every request; the annotator comes from the
+        # token (auth on) or the /activelearning client_id, never from here.
+        "client_id",
     }
 )
 RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")

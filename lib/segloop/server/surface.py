@@ -1,9 +1,11 @@
 """The request surface SegLoop puts in front of MONAI Label's endpoints.
 
-Each endpoint below takes the place of the upstream route with the same path and method: it
-declares exactly the parameters it accepts, checks them (ids, the ``params`` JSON, the trainer
-options) and then calls MONAI Label's own endpoint function, so behaviour past the checks is
-upstream's. Roles are upstream's (``RBAC``). Refused outright:
+Each endpoint below is served in front of the upstream route with the same path and method
+(which stays behind it, unreachable and left out of the API documentation): it declares exactly
+the parameters it accepts, checks them (ids, the ``params`` JSON, the trainer options) and then
+calls MONAI Label's own endpoint function, so behaviour past the checks is upstream's. Roles are
+upstream's (``RBAC``). ``/infer`` runs in one worker thread instead of on the event loop, so
+uploads and status requests are answered during an inference. Refused outright:
 
 * ``PUT`` / ``DELETE /model/{model}``: a checkpoint changes only by training (promotion rule) or
   by ``POST /segloop/models/{model}/rollback``; uploads were ``torch.load``-ed and could replace
@@ -37,7 +39,6 @@ from monailabel.endpoints import train as upstream_train
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
-
 
 from segloop.errors import ClientError, bad_request, not_found
 from segloop.server.auth import authenticated_name
