@@ -17,21 +17,21 @@ import logging
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
-import nibabel as nib
-import numpy as np
-
+from segloop.errors import ClientError
 from segloop.io import atomic_write_json
+from segloop.validation import read_header, read_voxels
 
 logger = logging.getLogger(__name__)
 
 
 def decode_error(path: str) -> Optional[str]:
-    """None if the NIfTI at ``path`` decodes in full (header and every voxel), else the error."""
+    """None if the NIfTI at ``path`` decodes in full (the upload checks: header and every voxel),
+    else what is wrong."""
     try:
-        dataobj = nib.load(path).dataobj
-        # Unscaled: every voxel is read without a float copy of the volume.
-        dataobj.get_unscaled() if hasattr(dataobj, "get_unscaled") else np.asanyarray(dataobj)
-    except Exception as e:  # gzip, zlib, EOF, header and shape errors all mean "unreadable"
+        read_voxels(path, read_header(path, what=os.path.basename(path)), what=os.path.basename(path))
+    except ClientError as e:
+        return e.message
+    except OSError as e:  # gone or unreadable since the datalist was built
         return f"{type(e).__name__}: {e}"
     return None
 
