@@ -199,6 +199,7 @@ CASES = [
     ("scoring_unknown_method", "POST", "/scoring/no_such_method", {}, None, None, {}, 404, "no scoring method"),
     # -- sessions, models, upstream extras
     ("session_uncompress_random_bytes", "PUT", "/session/", {"uncompress": "true"}, None, {"files": "not_nifti"}, None, 400, "uncompress"),
+    ("session_truncated_volume", "PUT", "/session/", {}, None, {"files": ("truncated_gzip", "x.nii.gz")}, None, 400, "truncated or corrupt"),
     ("session_archive_name", "PUT", "/session/", {}, None, {"files": ("good_image", "x.zip")}, None, 400, ".nii"),
     ("infer_unknown_session", "POST", "/infer/segmentation", {"session_id": "no-such-session"}, None, None, None, 404, "no session"),
     ("model_upload_pickle", "PUT", "/model/segmentation", {}, None, {"file": "pickle"}, None, 405, "does not accept"),

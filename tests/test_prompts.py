@@ -1,3 +1,5 @@
+import os
+import tempfile
 """Prompt model pieces: IJK <-> model-space geometry, dense encoding, request parsing, text
 matching, simulated clicks, the network and the zoom-out-zoom-in pipeline.
 
@@ -456,15 +458,28 @@ def test_infer_task_writes_the_input_grid_and_reports_the_target(tmp_path):
     with pytest.raises(ClientError) as e:
         task({"image": path, "foreground": [[999, 0, 0]]})
     assert e.value.status_code == 422
-    good_previous = tmp_path / "good_previous.nii.gz"
-    save_nifti(np.asarray(out.dataobj), affine, str(good_previous))
-    _, result = task({"image": path, "label": str(good_previous), "foreground": [click]})
+    # An uploaded mask is the temporary file MONAI Label writes it to (tmp* in the temporary folder).
+    good_previous = upload_tempfile()
+    save_nifti(np.asarray(out.dataobj), affine, good_previous)
+    _, result = task({"image": path, "label": good_previous, "foreground": [click]})
     assert result["label_names"] == {"structure": 1}  # an uploaded mask's temp path is not a segment name
-    previous = tmp_path / "previous.nii.gz"
-    save_nifti(np.zeros((4, 4, 4), np.uint8), affine, str(previous))
+    assert result["previous_mask"] == "uploaded"
+    previous = upload_tempfile()
+    save_nifti(np.zeros((4, 4, 4), np.uint8), affine, previous)
     with pytest.raises(ClientError) as e:
-        task({"image": path, "label": str(previous), "text": "kidney"})
+        task({"image": path, "label": previous, "text": "kidney"})
     assert e.value.status_code == 422 and "previous mask" in e.value.message
+    # Any other file on the server is never read as a previous mask.
+    elsewhere = tmp_path / "elsewhere.nii.gz"
+    save_nifti(np.zeros((4, 4, 4), np.uint8), affine, str(elsewhere))
+    _, result = task({"image": path, "label": str(elsewhere), "text": "kidney"})
+    assert result["previous_mask"] is None
+    for f in (good_previous, previous):
+        os.unlink(f)
+
+
+def upload_tempfile():
+    return tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
 
 
 def test_an_empty_answer_says_what_to_do_next(tmp_path):

@@ -7,6 +7,7 @@ every check has passed.
 import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -33,6 +34,13 @@ def check_id(value: str, what: str = "image id") -> str:
     if value.lower().endswith(FILE_SUFFIXES):
         raise bad_request(f"invalid {what} {value!r}: an id must not end in a file suffix ({', '.join(FILE_SUFFIXES)})")
     return value
+
+
+def is_upload_tempfile(path: str) -> bool:
+    """True for the temporary file MONAI Label writes an upload of ``/infer`` to (``image`` or
+    the ``label`` file): directly in the temporary folder, named ``tmp*``."""
+    real = os.path.realpath(path)
+    return os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp")
 
 
 @dataclass

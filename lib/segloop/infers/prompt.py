@@ -32,6 +32,7 @@ from segloop.prompts.request import parse_prompt
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
 from segloop.transforms import DEFAULT_HU_WINDOW
+from segloop.validation import is_upload_tempfile
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,8 @@ class PromptInfer(SegmentationInfer):
         )
 
     def _previous_mask(self, request, shape) -> Optional[np.ndarray]:
-        path = request.get("label")
-        if not isinstance(path, str) or not os.path.isfile(path):
+        path = request.get("label")  # an uploaded mask's temporary file, or a segment name
+        if not isinstance(path, str) or not os.path.isabs(path) or not is_upload_tempfile(path) or not os.path.isfile(path):
             return None
         try:
             previous = np.asarray(nib.load(path).dataobj)

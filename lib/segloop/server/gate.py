@@ -10,7 +10,7 @@
 """
 
 import json
-from typing import FrozenSet
+from typing import Dict, FrozenSet
 
 from fastapi import Request
 
@@ -24,12 +24,17 @@ def _declared_query(dependant) -> FrozenSet[str]:
     return frozenset(names)
 
 
+_DECLARED: Dict[int, FrozenSet[str]] = {}
+
+
 def only_declared_query(request: Request) -> None:
     """Router dependency: 400 for a query parameter the matched endpoint does not declare."""
     route = request.scope.get("route")
     if route is None or not hasattr(route, "dependant"):
         return
-    declared = _declared_query(route.dependant) - {"token"}  # upstream's auth-off placeholder, never a real parameter
+    declared = _DECLARED.get(id(route))
+    if declared is None:  # routes live as long as the server: worked out once per route
+        declared = _DECLARED[id(route)] = _declared_query(route.dependant) - {"token"}  # upstream's auth-off placeholder
     unknown = sorted(set(request.query_params) - declared)
     if unknown:
         accepted = ", ".join(sorted(declared)) or "none"

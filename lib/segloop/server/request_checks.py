@@ -1,17 +1,10 @@
 """Request checks that the SegLoop MONAI Label app applies before handing work to MONAI Label."""
 
 import os
-import tempfile
 from typing import Any, Dict, Optional
 
 from segloop.errors import bad_request, not_found
-from segloop.validation import DEFAULT_MAX_VOXELS, check_id, check_image
-
-
-def is_upload_tempfile(path: str) -> bool:
-    """True for the temporary file MONAI Label's ``/infer`` writes an uploaded image to."""
-    real = os.path.realpath(path)
-    return os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp")
+from segloop.validation import DEFAULT_MAX_VOXELS, check_id, check_image, is_upload_tempfile, read_header
 
 
 def is_inside(path: str, folder: Optional[str]) -> bool:
@@ -38,7 +31,7 @@ def check_infer_image(
             check_image(image, what="uploaded image", max_voxels=max_voxels)
             return
         if request.get("session") and is_inside(image, sessions_folder):
-            check_image(image, what="session image", max_voxels=max_voxels)
+            read_header(image, what="session image", max_voxels=max_voxels)  # decoded whole when the session was made
             return
     check_id(image)
     if not datastore.get_image_uri(image):

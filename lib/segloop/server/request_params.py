@@ -113,7 +113,7 @@ def _choice(options: Iterable[str]):
     return check
 
 
-COMMON_INFER = {"result_extension": _choice(RESULT_EXTENSIONS), "label_info": lambda k, v: _points(k, v)}
+COMMON_INFER = {"result_extension": _choice(RESULT_EXTENSIONS), "label_info": _points}
 SEGMENTATION_INFER = {**COMMON_INFER, "uncertainty": _flag}
 
 

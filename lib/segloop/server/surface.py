@@ -44,7 +44,7 @@ from segloop.errors import ClientError, bad_request, not_found
 from segloop.server.auth import authenticated_name
 from segloop.server.gate import only_declared_query
 from segloop.server.request_params import check_batch_params, check_infer_params, check_train_params, parse_info, parse_params
-from segloop.validation import check_id
+from segloop.validation import check_id, check_image
 
 USER = settings.MONAI_LABEL_AUTH_ROLE_USER
 ANNOTATOR = settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR
@@ -246,7 +246,13 @@ def build_surface(context: SurfaceContext) -> List[APIRouter]:
         name = files[0].filename or ""
         if not name.endswith((".nii", ".nii.gz")):
             raise bad_request(f"a session volume must be a .nii or .nii.gz file, got {name!r}")
-        return await _upstream(background_tasks, upstream_session.create_session, background_tasks, False, expiry, files)
+        created = await _upstream(background_tasks, upstream_session.create_session, background_tasks, False, expiry, files)
+        try:  # checked whole once here, so each /infer on the session reads its header only
+            check_image(created["session_info"]["image"], "session image", context.app.options.max_voxels)
+        except ClientError:
+            upstream_session.remove_session(created["session_id"])
+            raise
+        return created
 
     @other.get("/session/{session_id}", summary="A session's info or image")
     async def get_session(session_id: str, update_ts: bool = False, image: bool = False, user: User = Depends(RBAC(USER))):
