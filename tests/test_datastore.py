@@ -81,3 +81,35 @@ def test_add_image_checks_header_and_refuses_overwrite(store):
     png.write_bytes(b"\x89PNG")
     expect(400, ds.add_image, "ct4", str(png), {}, match="only NIfTI")
     assert sorted(ds.list_images()) == ["ct1", "ct2"]
+
+
+def test_auto_reload_hears_new_files_but_not_reads(tmp_path, monkeypatch):
+    """The folder watcher still picks up an image copied into the folder by hand, but reading the
+    folder's files (as training and scoring do all day) no longer reaches its event handler."""
+    import shutil
+    import time
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    affine = np.diag([-1.5, -1.5, 3.0, 1.0])
+    save_nifti(np.zeros((8, 8, 4), np.int16), affine, str(studies / "ct1.nii.gz"))
+    store = SegLoopDatastore(str(studies), labels=DEFAULT_LABELS, auto_reload=True)
+    try:
+        events = []
+        handler = store._handler
+        original = handler.dispatch
+        monkeypatch.setattr(handler, "dispatch", lambda event: (events.append(event), original(event)))
+        for _ in range(20):
+            nib.load(str(studies / "ct1.nii.gz")).get_fdata()
+            with open(str(studies / "ct1.nii.gz"), "rb") as f:
+                f.read()
+        time.sleep(1.0)
+        assert events == []
+        save_nifti(np.zeros((8, 8, 4), np.int16), affine, str(tmp_path / "ct2.nii.gz"))
+        shutil.copy(str(tmp_path / "ct2.nii.gz"), str(studies / "ct2.nii.gz"))
+        deadline = time.time() + 10
+        while "ct2" not in store.list_images() and time.time() < deadline:
+            time.sleep(0.1)
+        assert "ct2" in store.list_images() and events
+    finally:
+        store._observer.stop()

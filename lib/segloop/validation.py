@@ -94,6 +94,14 @@ def check_image(path: str, what: str = "image", max_voxels: Optional[int] = DEFA
     return header
 
 
+def _values_present(data: np.ndarray) -> set:
+    """The distinct values of an integer-valued array (a histogram for small non-negative values:
+    one pass, several times faster than sorting the volume)."""
+    if data.size and data.dtype.kind in "iub" and 0 <= data.min() and data.max() < 4096:
+        return set(np.flatnonzero(np.bincount(data.ravel().astype(np.intp, copy=False))).tolist())
+    return set(np.unique(data).astype(int).tolist())
+
+
 def check_label_matches(label_path: str, image: VolumeHeader, labels: Mapping[str, int]) -> np.ndarray:
     """A label must share the image's grid and use only background or known label indices.
 
@@ -111,10 +119,9 @@ def check_label_matches(label_path: str, image: VolumeHeader, labels: Mapping[st
             f"label {np.round(header.affine, 3).tolist()} vs image {np.round(image.affine, 3).tolist()}"
         )
     data = read_voxels(label_path, header, what="label")
-    if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
-        raise unprocessable("label values must be whole numbers")
-    values = set(np.unique(data).astype(int).tolist())
-    unknown = sorted(values - {0, *labels.values()})
+    if data.dtype.kind == "f" and (not np.all(np.isfinite(data)) or np.any(data != np.round(data))):
+        raise unprocessable("label values must be whole numbers")  # scaled by scl_slope / scl_inter
+    unknown = sorted(_values_present(data) - {0, *labels.values()})
     if unknown:
         raise unprocessable(f"label contains values {unknown} that are not in the label map {dict(labels)}")
     return data.astype(np.uint8)

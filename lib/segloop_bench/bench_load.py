@@ -8,8 +8,10 @@ Two servers run on one generated datastore, one after the other:
 
 1. *idle* (``auto_train false``, no automatic scoring job): the segmentation model trains once by
    ``POST /train`` (the version everything is timed with); once that run is over,
-   ``idle_requests`` sequential ``/infer`` requests, then as many sequential label submissions,
-   are timed. This is the baseline.
+   ``idle_requests`` ``/infer`` requests from ``infer_threads`` clients at once (the same /infer
+   traffic as under load, so the ratio measures what the annotators and retraining add, not the
+   /infer clients queueing for each other), then as many sequential label submissions, are timed.
+   This is the baseline.
 2. *load* (``auto_train true``, scoring as usual): the same datastore (its idle-phase labels
    start a run at once, the new version's scores a scoring job);
    ``annotators`` threads submit ``labels_per_annotator`` labels each while ``infer_threads``
@@ -201,11 +203,15 @@ def retraining_snapshot(url: str) -> Dict:
 # ---- the two phases ------------------------------------------------------------------------------
 
 
-def idle_phase(url: str, images: List[str], subs: List[Submission]) -> List[Call]:
-    """One request at a time: an /infer per submission, then the submissions themselves. One
+def idle_phase(url: str, images: List[str], subs: List[Submission], infer_threads: int) -> List[Call]:
+    """The same /infer traffic as under load, with nothing else: ``infer_threads`` clients send
+    ``len(subs)`` /infer requests in all, back to back; then the submissions, one at a time. One
     untimed /infer first: the first request after a start loads the model (a one-off)."""
     timed_infer(url, images[-1])
-    calls = [timed_infer(url, images[i % len(images)]) for i in range(len(subs))]
+    per_client = [list(range(i, len(subs), infer_threads)) for i in range(infer_threads)]
+    with ThreadPoolExecutor(max_workers=infer_threads) as pool:
+        infer_calls = pool.map(lambda ns: [timed_infer(url, images[n % len(images)]) for n in ns], per_client)
+        calls = [c for client in infer_calls for c in client]
     return calls + [timed_submit(url, sub) for sub in subs]
 
 
@@ -223,7 +229,9 @@ def annotate(url: str, subs: List[Submission]) -> List[Call]:
 
 
 def load_phase(url: str, images: List[str], plans: List[List[Submission]], infer_threads: int) -> List[Call]:
-    """All annotators at once beside ``infer_threads`` /infer loops, which stop when the annotators are done."""
+    """All annotators at once beside ``infer_threads`` /infer loops, which stop when the annotators
+    are done. One untimed /infer first, as in the idle phase (this is a freshly started server)."""
+    timed_infer(url, images[-1])
     stop = threading.Event()
     infer_calls: List[List[Call]] = [[] for _ in range(infer_threads)]
     loops = [threading.Thread(target=infer_loop, args=(url, images, i * 7, stop, infer_calls[i]), daemon=True) for i in range(infer_threads)]
@@ -402,8 +410,8 @@ def run_bench(
     with running_server(studies, conf=conf["idle"], log_path=os.path.join(work, "server_idle.log"), env=idle_env) as server:
         print(f"training the first version ({train_seconds:g} s budget) ...", flush=True)
         first = train_first_version(server, train_seconds, seed)
-        print(f"idle: {idle_requests} /infer then {idle_requests} label submissions, one at a time ...", flush=True)
-        idle_calls = idle_phase(server.url, images, idle_subs)
+        print(f"idle: {idle_requests} /infer from {infer_threads} client(s), then {idle_requests} label submissions one at a time ...", flush=True)
+        idle_calls = idle_phase(server.url, images, idle_subs, infer_threads)
 
     with running_server(studies, conf=conf["load"], log_path=os.path.join(work, "server_load.log")) as server:
         before = retraining_snapshot(server.url)

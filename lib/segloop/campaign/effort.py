@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from filelock import FileLock
 
-from segloop.metrics.dice import dice_per_label
+from segloop.metrics.dice import dice_from_counts, label_confusion
 from segloop.io import atomic_copy, atomic_write_json, json_safe
 
 
@@ -28,15 +28,13 @@ def edit_effort(proposal: np.ndarray, final: np.ndarray, labels: Mapping[str, in
     """Per label: Dice(proposal, final) and the fraction of the union of both masks that changed."""
     if proposal.shape != final.shape:
         raise ValueError(f"proposal {proposal.shape} and final label {final.shape} differ in shape")
-    dice = dice_per_label(proposal, final, labels)
-    changed = {}
-    for name, index in labels.items():
-        p, f = proposal == index, final == index
-        union = int(np.count_nonzero(p | f))
-        changed[name] = float(np.count_nonzero(p ^ f)) / union if union else float("nan")
+    counts = label_confusion(proposal, final, labels.values())  # rows of (tp, fp, tn, fn)
+    dice = dice_from_counts(counts)
+    changed = counts[:, 1] + counts[:, 3]
+    union = counts[:, 0] + changed
     return {
-        "dice": dice,
-        "changed_fraction": changed,
+        "dice": {name: float(d) for name, d in zip(labels, dice)},
+        "changed_fraction": {name: float(c / u) if u else float("nan") for name, c, u in zip(labels, changed, union)},
         "changed_voxels_fraction": float(np.count_nonzero(proposal != final)) / proposal.size,
     }
 

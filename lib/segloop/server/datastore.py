@@ -9,7 +9,10 @@ Differences from MONAI Label's ``LocalDatastore`` (which it extends, so the fold
 * a label must be an integer volume on the image's exact grid (shape and affine) using only known
   label indices;
 * images, labels and ``datastore_v2.json`` are written to a temporary file (``.tmp-*``) and
-  renamed; a scan never lists such a file (the server removes the ones a crash left when it starts).
+  renamed; a scan never lists such a file (the server removes the ones a crash left when it starts);
+* with auto reload on, the folder watcher hears only of files created, deleted, modified or moved
+  (upstream's also heard every open and close, so each image a training or scoring run read cost
+  the server a round of pattern matching), and hidden files are ignored.
 """
 
 import fnmatch
@@ -19,6 +22,10 @@ import time
 from typing import Any, Dict, Mapping
 
 from filelock import FileLock
+from watchdog.events import (
+    DirCreatedEvent, DirDeletedEvent, DirModifiedEvent, DirMovedEvent,
+    FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent, PatternMatchingEventHandler,
+)
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
 from segloop.errors import conflict, not_found
@@ -27,11 +34,27 @@ from segloop.validation import DEFAULT_MAX_VOXELS, check_id, check_image, check_
 
 logger = logging.getLogger(__name__)
 
+WATCHED_EVENTS = [
+    FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent,
+    DirCreatedEvent, DirDeletedEvent, DirModifiedEvent, DirMovedEvent,
+]
+
 class SegLoopDatastore(LocalDatastore):
     def __init__(self, datastore_path: str, labels: Mapping[str, int], max_voxels: int = DEFAULT_MAX_VOXELS, **kwargs):
         self.label_map = dict(labels)
         self.max_voxels = max_voxels
         super().__init__(datastore_path, **kwargs)
+        self._watch_changes_only()
+
+    def _watch_changes_only(self) -> None:
+        observer, handler = getattr(self, "_observer", None), getattr(self, "_handler", None)
+        if observer is None or handler is None:
+            return
+        quiet = PatternMatchingEventHandler(patterns=list(handler.patterns or []), ignore_patterns=["*/.*"])
+        quiet.on_created, quiet.on_deleted, quiet.on_modified = handler.on_created, handler.on_deleted, handler.on_modified
+        observer.unschedule_all()
+        observer.schedule(quiet, self._datastore_path, recursive=True, event_filter=WATCHED_EVENTS)
+        self._handler = quiet
 
     def _list_files(self, path, patterns):
         """Upstream's folder scan, minus hidden files (temporaries of writes in progress)."""

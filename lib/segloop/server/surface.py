@@ -16,6 +16,7 @@ uploads and status requests are answered during an inference. Refused outright:
 """
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import json
@@ -97,12 +98,27 @@ async def _upstream(background_tasks: BackgroundTasks, call, *args):
 
 
 _INFERENCE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segloop-infer")
+_UPLOADS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segloop-uploads")
+
+
+def _in_thread(executor: ThreadPoolExecutor, call, *args):
+    """Run ``call`` in ``executor``'s thread with the request's context (the authenticated user)."""
+    context = contextvars.copy_context()
+    return asyncio.get_running_loop().run_in_executor(executor, functools.partial(context.run, call, *args))
 
 
 def _in_inference_thread(call, *args):
     """Run ``call`` in the single inference thread (MONAI Label runs it on the event loop, so an
     inference of seconds held up every label upload and status request behind it)."""
-    return asyncio.get_running_loop().run_in_executor(_INFERENCE, functools.partial(call, *args))
+    return _in_thread(_INFERENCE, call, *args)
+
+
+def _in_upload_thread(call, *args):
+    """Store an upload in the single upload thread: decoding and checking every voxel, the edit
+    effort and the retraining trigger take a large share of a second per label, and on the event
+    loop they held up every other request (an /infer answer waited behind a queue of label uploads).
+    One thread keeps uploads in arrival order, as before."""
+    return _in_thread(_UPLOADS, call, *args)
 
 
 def build_surface(context: SurfaceContext) -> List[APIRouter]:
@@ -124,7 +140,7 @@ def build_surface(context: SurfaceContext) -> List[APIRouter]:
         if image is not None and image != "":
             check_id(image)
         info = parse_params(params)
-        return await _upstream(background_tasks, upstream_datastore.add_image, background_tasks, image, _json(info), file, user.username)
+        return await _upstream(background_tasks, _in_upload_thread, upstream_datastore.add_image, background_tasks, image, _json(info), file, user.username)
 
     @datastore.put("/label", summary="Save a label (integer NIfTI on the image's grid, values in the label map)")
     async def save_label(
@@ -140,7 +156,7 @@ def build_surface(context: SurfaceContext) -> List[APIRouter]:
         info = parse_params(params)
         if authenticated_name():  # who saved it comes from the token, not from the client's word
             info["user"] = authenticated_name()
-        return await _upstream(background_tasks, upstream_datastore.save_label, background_tasks, image, _json(info), tag, label, user.username)
+        return await _upstream(background_tasks, _in_upload_thread, upstream_datastore.save_label, background_tasks, image, _json(info), tag, label, user.username)
 
     @datastore.delete("/image", summary="Remove an image and its labels")
     async def remove_image(id: str, user: User = Depends(RBAC(ADMIN))):
