@@ -44,7 +44,7 @@ from segloop_bench.provenance import write_result
 from segloop_bench.server import ServerHandle, running_server, wait_for
 
 TARGET_INFER_P95_RATIO = 3.0  # the target: /infer p95 under load <= 3x idle
-REQUEST_TIMEOUT_S = 600  # one request; /infer waits behind others in MONAI Label's event loop
+REQUEST_TIMEOUT_S = 600  # one request; under load an /infer waits for the one inference thread
 MARKER_DIGITS = 6  # voxels that carry a submission's number (base: the number of label values)
 LABELLED_AT_START = 2  # cases with a final label before the servers start (the first model trains on them)
 

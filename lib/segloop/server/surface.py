@@ -4,8 +4,9 @@ Each endpoint below is served in front of the upstream route with the same path 
 (which stays behind it, unreachable and left out of the API documentation): it declares exactly
 the parameters it accepts, checks them (ids, the ``params`` JSON, the trainer options) and then
 calls MONAI Label's own endpoint function, so behaviour past the checks is upstream's. Roles are
-upstream's (``RBAC``). ``/infer`` runs in one worker thread instead of on the event loop, so
-uploads and status requests are answered during an inference. Refused outright:
+upstream's (``RBAC``). ``/infer`` runs in one worker thread and image and label uploads are
+stored in another, instead of on the event loop, so each is answered while the other works and
+status requests go on meanwhile. Refused outright:
 
 * ``PUT`` / ``DELETE /model/{model}``: a checkpoint changes only by training (promotion rule) or
   by ``POST /segloop/models/{model}/rollback``; uploads were ``torch.load``-ed and could replace
