@@ -4,8 +4,9 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from segloop.data.phantom import draw_spec, generate_case
+from segloop.data.phantom import NOVEL_STRUCTURES, draw_spec, generate_case, render_drawn_case
 from segloop.data.sample import write_sample_data
 from segloop.labels import DEFAULT_LABELS
 
@@ -71,6 +72,25 @@ def test_write_sample_data_layout(tmp_path):
     assert img.get_data_dtype() == np.int16 and lab.get_data_dtype() == np.uint8
     assert np.allclose(img.affine, lab.affine) and int(img.header["qform_code"]) == 1
     assert not [p for p in os.listdir(studies) if p.startswith(".tmp")]
+    # Structures the label map lacks: ground truth beside the labels, nothing of it in the studies.
+    assert sorted(os.listdir(truth / "novel")) == [f"case_00{i}.nii.gz" for i in range(3)]
+    novel = nib.load(str(truth / "novel" / "case_001.nii.gz"))
+    assert novel.get_data_dtype() == np.uint8 and np.allclose(novel.affine, img.affine)
+    assert manifest["novel_labels"] == NOVEL_STRUCTURES
+    assert not [p for _, _, files in os.walk(studies) for p in files if "novel" in p]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_novel_structures_are_visible_and_apart_from_the_labels(index):
+    case, _ = render_drawn_case("n", seed=5, index=index)
+    counts = {name: int((case.novel == value).sum()) for name, value in NOVEL_STRUCTURES.items()}
+    assert all(n > 200 for n in counts.values()), counts
+    assert not np.any((case.novel > 0) & (case.label > 0))  # never where a labelled organ shows
+    hu = {name: float(np.median(case.image[case.novel == value])) for name, value in NOVEL_STRUCTURES.items()}
+    assert hu["vertebra"] > 300 and 100 < hu["aorta"] < 250 and hu["bowel_gas"] < -600, hu
+    gas, count = ndimage.label(case.novel == NOVEL_STRUCTURES["bowel_gas"])
+    assert count == 1  # one pocket: a click segments one structure
+    assert np.array_equal(generate_case("n", 5, index)[0], case.image)  # one case, whichever way it is drawn
 
 
 def test_write_sample_data_rejects_bad_counts(tmp_path):

@@ -450,10 +450,17 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         before = {name: segment(name) for name in DEFAULT_LABELS}
         click(env, widget, "promptButton")
         assert messages == []
-        assert widget.ui.caseLabel.text == f"Case {case_id}: liver updated from prompts"
         mask = np.asarray(nib.load(os.path.join(widget.logic.folder, "prompt.nii.gz")).dataobj)
         assert mask.shape == image.shape and set(np.unique(mask)) <= {0, 1}
-        assert np.array_equal(segment("liver"), mask > 0)
+        # The server's prompt model has trained for seconds (retrain_max_seconds 4): its answer may
+        # be empty. Either way the widget must do what the answer says.
+        if mask.any():
+            assert widget.ui.caseLabel.text == f"Case {case_id}: liver updated from prompts"
+            assert np.array_equal(segment("liver"), mask > 0)
+        else:
+            assert widget.ui.caseLabel.text.startswith(f"Case {case_id}: found no liver from these prompts")
+            assert np.array_equal(segment("liver"), before["liver"])
+        liver_segment = segment("liver").copy()
         for name in ("spleen", "kidney", "tumor"):
             assert np.array_equal(segment(name), before[name]), name
 
@@ -465,7 +472,7 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         click(env, widget, "promptButton")
         assert len(messages) == 1 and messages[0][0] == "error"
         assert messages[0][1].startswith("Segmenting from your prompts failed:\npoint 1 ") and "outside" in messages[0][1]
-        assert np.array_equal(segment("liver"), mask > 0)
+        assert np.array_equal(segment("liver"), liver_segment)
         messages.clear()
         click(env, widget, "clearPromptsButton")
 
@@ -477,7 +484,7 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         widget.logic.client.prompt_segment = empty_answer
         click(env, widget, "promptButton")
         assert messages == [] and widget.ui.caseLabel.text == f"Case {case_id}: found no liver from these prompts: ..."
-        assert np.array_equal(segment("liver"), mask > 0)
+        assert np.array_equal(segment("liver"), liver_segment)
         del widget.logic.client.prompt_segment  # the real request again
 
         # Segment Editor on this case.
@@ -489,7 +496,7 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         # Submit: the label lands in the server's datastore as the segments say, with who and how long.
         expected = np.zeros(image.shape, np.uint8)
         for name, index in DEFAULT_LABELS.items():  # higher index wins, as compose_label_map does
-            expected[(mask > 0) if name == "liver" else (proposal == index)] = index
+            expected[(liver_segment > 0) if name == "liver" else (proposal == index)] = index
         click(env, widget, "submitButton")
         assert messages == []
         stored = client.label_info(case_id)

@@ -15,7 +15,7 @@ import os
 import tempfile
 
 from segloop.data.sample import write_sample_data
-from segloop_bench.interactive import print_summary, run as evaluate, write_report
+from segloop_bench.interactive import print_novel_summary, print_summary, run as evaluate, write_report
 from segloop_bench.training import train
 
 HELD_OUT_SHAPE = (128, 128, 64)
@@ -53,5 +53,6 @@ def main(args) -> int:
     report["targets"] = {"organ_noc@90": 3, "organ_dice_after_1_click": 0.8, "latency_s": 1.0}
     paths = write_report(report, args.out)
     print_summary(report)
+    print_novel_summary(report)
     print(f"wrote {paths['json']} and {paths['png']}")
     return 0

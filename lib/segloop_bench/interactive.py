@@ -11,6 +11,10 @@ own arm, per held-out case and label, on the image's own grid:
 * ``text``: free phrases that are neither a label name nor a synonym (:data:`TEXT_PHRASES`), so
   they go through the sentence-embedding matcher; each phrase's resolved label and Dice is kept
   (a phrase resolved to the wrong label, or refused as ambiguous, scores 0);
+* ``novel_clicks_only``: structures the campaign never labelled (the generator's aorta, vertebral
+  column and largest bowel gas pocket, ``<ground truth>/novel/``), clicks without a label, as a
+  clinician segments something the label map lacks; beside it ``baseline_ball_oracle``: a ball of
+  the structure's own volume at the first click (it knows the true size, and still learns nothing);
 * ``baseline_ball``: a ball of the structure's typical size (median equivalent-sphere radius of
   the training labels) centred on the first click: a click's baseline that learns nothing;
   ``baseline_box_fill``: the box itself, the box prompt's; ``baseline_mean_label``: the training
@@ -29,19 +33,21 @@ import numpy as np
 
 from segloop.errors import ClientError
 from segloop.metrics.dice import dice
+from segloop.data.phantom import NOVEL_STRUCTURES
 from segloop.prompts.click_protocol import (
     NOC_LEVELS,
     case_structures,
     class_indices,
     click_session,
     first_click,
+    load_case,
     number_of_clicks,
 )
 from segloop.prompts.encoding import Prompt
 from segloop.prompts.simulation import bounding_box
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
-from segloop_bench.baselines import ball_dice, box_fill_dice, mean_label_dice, typical_radius_mm
+from segloop_bench.baselines import ball_dice, box_fill_dice, equivalent_radius_mm, mean_label_dice, typical_radius_mm
 from segloop_bench.errors import HarnessError
 from segloop_bench.provenance import write_result
 
@@ -111,6 +117,9 @@ def evaluate_interactive(
         radius = radius_mm.get(name)
         row["ball"].append(ball_dice(target, spacing, first_click(target), radius) if radius else float("nan"))
     report: Dict = {"cases": [c["id"] for c in cases], "clicks": clicks, "labels": {}}
+    novel = novel_structures_arm(pipeline, cases, clicks)
+    if novel:
+        report["novel_structures"] = novel
     for name, row in rows.items():
         if not row["label_only"]:
             continue
@@ -129,6 +138,35 @@ def evaluate_interactive(
     return report
 
 
+def novel_structures_arm(pipeline, cases: Sequence[Dict[str, str]], clicks: int) -> Dict:
+    """Clicks only on the structures of each case's ``novel`` ground truth (cases without one are
+    skipped), per structure name: the click curve and the oracle-size ball at the first click."""
+    rows: Dict[str, Dict[str, list]] = {}
+    for case in cases:
+        if not case.get("novel"):
+            continue
+        image, truth = load_case(case["image"], case["novel"])
+        spacing = [float(v) for v in image.pixdim[:3]]
+        for name, value in NOVEL_STRUCTURES.items():
+            target = truth == value
+            if not target.any():
+                continue
+            row = rows.setdefault(name, {"curves": [], "ball": [], "latency_s": []})
+            session = click_session(pipeline, image, target, 0, clicks, with_label=False)
+            row["curves"].append(session["dice"])
+            row["latency_s"].extend(session["latency_s"])
+            row["ball"].append(ball_dice(target, spacing, first_click(target), equivalent_radius_mm(target, spacing)))
+    return {
+        name: {
+            "clicks_only": _curve_summary(row["curves"], clicks),
+            "cases": len(row["curves"]),
+            "baseline_ball_oracle_dice": round(float(np.mean(row["ball"])), 4),
+            "latency_s_median": round(float(np.median(row["latency_s"])), 3),
+        }
+        for name, row in rows.items()
+    }
+
+
 def _mean_noc(values: Sequence[Optional[int]], clicks: int) -> Optional[float]:
     """Mean NoC, a case that never reached the level counting as ``clicks`` (the usual convention)."""
     return round(float(np.mean([clicks if v is None else v for v in values])), 2) if values else None
@@ -137,8 +175,9 @@ def _mean_noc(values: Sequence[Optional[int]], clicks: int) -> Optional[float]:
 BASELINE = (
     "baseline_ball: a ball of the structure's median training radius centred on the first click (learns nothing); "
     "baseline_box_fill: the box prompt's box itself; baseline_mean_label: the training labels' per-voxel majority "
-    "(for the label-only and text arms); "
-    "each arm (label_and_clicks, clicks_only, label_only, box_only, text) is reported on its own"
+    "(for the label-only and text arms); baseline_ball_oracle: a ball of the novel structure's own volume at "
+    "the first click (novel_clicks_only); "
+    "each arm (label_and_clicks, clicks_only, label_only, box_only, text, novel_structures) is reported on its own"
 )
 
 
@@ -189,7 +228,8 @@ def held_out_cases(
         image, label = datastore.get_image_uri(case_id), os.path.join(ground_truth, f"{case_id}.nii.gz")
         if not image or not os.path.isfile(label):
             raise HarnessError(f"case {case_id!r}: image or ground truth missing")
-        cases.append({"id": case_id, "image": image, "label": label})
+        novel = os.path.join(ground_truth, "novel", f"{case_id}.nii.gz")
+        cases.append({"id": case_id, "image": image, "label": label, **({"novel": novel} if os.path.isfile(novel) else {})})
     if not cases:
         raise HarnessError("no held-out cases: every case with ground truth is labelled in the datastore; pass --cases")
     return cases
@@ -255,6 +295,17 @@ def print_summary(report: Dict) -> None:
         )
 
 
+def print_novel_summary(report: Dict) -> None:
+    clicks = report["clicks"]
+    for name, row in report.get("novel_structures", {}).items():
+        curve = row["clicks_only"]["dice_after_clicks"]
+        print(
+            f"{name:>10} (never labelled, {row['cases']} cases): clicks only 1/3/{clicks} "
+            + "/".join(f"{curve[min(k, clicks) - 1]:.3f}" for k in (1, 3, clicks))
+            + f"  oracle-size ball {row['baseline_ball_oracle_dice']:.3f}"
+        )
+
+
 def main(args) -> int:
     report = run(
         args.studies, args.ground_truth, args.cases.split(",") if args.cases else None, clicks=args.clicks,
@@ -262,5 +313,6 @@ def main(args) -> int:
     )
     paths = write_report(report, args.out)
     print_summary(report)
+    print_novel_summary(report)
     print(f"wrote {paths['json']} and {paths['png']}")
     return 0

@@ -1,7 +1,10 @@
 """Synthetic abdominal CT phantoms with organ and tumour labels.
 
 Each case is an axis-aligned CT volume in Hounsfield units (int16) with an exact label map
-(uint8, ``liver=1, spleen=2, kidney=3, tumor=4``; 0 is background).
+(uint8, ``liver=1, spleen=2, kidney=3, tumor=4``; 0 is background), and a second map of
+structures the campaign's label map does not have (:data:`NOVEL_STRUCTURES`: the aorta, the
+vertebral column and the largest bowel gas pocket, as far as they are visible), the ground truth
+for segmenting a structure nobody labelled.
 
 Anatomy is defined in RAS+ world millimetres (+x towards the patient's right, +y anterior,
 +z superior) and then sampled on a voxel grid whose affine is either
@@ -19,7 +22,7 @@ hypodense tumours 25-60 HU below their host organ, air in the bowel, Gaussian no
 """
 
 from dataclasses import asdict, dataclass, replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -27,6 +30,8 @@ from scipy import ndimage
 from segloop.labels import DEFAULT_LABELS
 
 LIVER, SPLEEN, KIDNEY, TUMOR = (DEFAULT_LABELS[k] for k in ("liver", "spleen", "kidney", "tumor"))
+# Drawn in every case but never in the label map: clicks-only segmentation of unlabelled structures.
+NOVEL_STRUCTURES: Dict[str, int] = {"aorta": 1, "vertebra": 2, "bowel_gas": 3}
 
 
 @dataclass
@@ -103,8 +108,15 @@ def draw_spec(case_id: str, rng: np.random.Generator) -> CaseSpec:
     )
 
 
-def render_case(spec: CaseSpec, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Render one case. Returns ``(image_hu int16 (I,J,K), label uint8 (I,J,K), affine 4x4 float)``."""
+class RenderedCase(NamedTuple):
+    image: np.ndarray  # HU, int16 (I, J, K)
+    label: np.ndarray  # uint8 (I, J, K), DEFAULT_LABELS
+    novel: np.ndarray  # uint8 (I, J, K), NOVEL_STRUCTURES
+    affine: np.ndarray  # 4 x 4, voxel -> RAS mm
+
+
+def render_case(spec: CaseSpec, rng: np.random.Generator) -> RenderedCase:
+    """Render one case: the image, its label map, the novel structures' map and the affine."""
     x, y, z, affine = _grid(spec.shape, spec.spacing, spec.orientation, rng)
     shape = spec.shape
     s = spec.body_scale
@@ -126,9 +138,12 @@ def render_case(spec: CaseSpec, rng: np.random.Generator) -> Tuple[np.ndarray, n
     lung_z = 95 * s
     lungs = core & (z > lung_z) & (y < 20 * s)
     image[np.broadcast_to(lungs, shape)] = -850
+    gas = np.zeros(shape, bool)
     for _ in range(int(rng.integers(4, 9))):
         c = (rng.uniform(-60, 60) * s, rng.uniform(10, 70) * s, rng.uniform(-60, 30) * s)
-        image[_ellipsoid(x, y, z, c, np.array([12, 10, 14]) * s * rng.uniform(0.6, 1.4))] = -900
+        pocket = _ellipsoid(x, y, z, c, np.array([12, 10, 14]) * s * rng.uniform(0.6, 1.4))
+        image[pocket] = -900
+        gas |= pocket
 
     # Spine and aorta: bright structures that are not labelled.
     spine = ((x / (20 * s)) ** 2 + ((y + 70 * s) / (20 * s)) ** 2 <= 1.0) & np.ones_like(z, dtype=bool)
@@ -181,17 +196,32 @@ def render_case(spec: CaseSpec, rng: np.random.Generator) -> Tuple[np.ndarray, n
     image = ndimage.gaussian_filter(image, sigma=[max(0.4, v) for v in sigma])
     image += rng.normal(0.0, spec.noise_hu, size=shape).astype(np.float32)
     image = np.clip(image, -1024, 3071).astype(np.int16)
-    return image, label, affine
+    return RenderedCase(image, label, _novel_map(label, aorta, spine, gas), affine)
 
 
-def generate_case(
+def _novel_map(label: np.ndarray, aorta: np.ndarray, spine: np.ndarray, gas: np.ndarray) -> np.ndarray:
+    """What is visible of the unlabelled structures (drawn later structures cover earlier ones):
+    the aorta, the vertebral column, and the largest connected part of the bowel gas."""
+    free = label == 0
+    novel = np.zeros(label.shape, np.uint8)
+    novel[free & ~aorta & spine] = NOVEL_STRUCTURES["vertebra"]
+    novel[free & aorta] = NOVEL_STRUCTURES["aorta"]
+    pockets, count = ndimage.label(free & gas & ~spine & ~aorta)
+    if count:
+        sizes = np.bincount(pockets.ravel())
+        sizes[0] = 0
+        novel[pockets == int(np.argmax(sizes))] = NOVEL_STRUCTURES["bowel_gas"]
+    return novel
+
+
+def render_drawn_case(
     case_id: str,
     seed: int,
     index: int,
     shape: Optional[Tuple[int, int, int]] = None,
     spacing: Optional[Tuple[float, float, float]] = None,
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict]:
-    """Deterministic case ``index`` for ``seed``: (image HU int16, label uint8, affine, spec dict).
+) -> Tuple[RenderedCase, Dict]:
+    """Deterministic case ``index`` for ``seed``, whole: the rendered case and its spec dict.
 
     ``shape`` (voxels) and ``spacing`` (mm) fix the grid instead of drawing it, e.g. for benchmarks.
     """
@@ -201,5 +231,16 @@ def generate_case(
         shape = tuple(shape or spec.shape)
         spacing = tuple(spacing or spec.spacing)
         spec = replace(spec, shape=shape, spacing=spacing, body_scale=fitting_body_scale(shape, spacing))
-    image, label, affine = render_case(spec, rng)
-    return image, label, affine, asdict(spec)
+    return render_case(spec, rng), asdict(spec)
+
+
+def generate_case(
+    case_id: str,
+    seed: int,
+    index: int,
+    shape: Optional[Tuple[int, int, int]] = None,
+    spacing: Optional[Tuple[float, float, float]] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict]:
+    """Deterministic case ``index`` for ``seed``: (image HU int16, label uint8, affine, spec dict)."""
+    case, spec = render_drawn_case(case_id, seed, index, shape, spacing)
+    return case.image, case.label, case.affine, spec

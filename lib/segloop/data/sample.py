@@ -5,7 +5,9 @@ Layout of ``out``::
     out/studies/case_000.nii.gz ...           images (int16 HU) - point the server here
     out/studies/labels/final/case_000.nii.gz  only for the first ``labelled`` cases
     out/ground_truth/case_000.nii.gz ...      labels for every case (never read by the server)
-    out/ground_truth/cases.json               labels map and the random draw of every case
+    out/ground_truth/novel/case_000.nii.gz    structures the label map lacks (aorta, vertebra,
+                                              bowel gas): clicks-only segmentation of the unlabelled
+    out/ground_truth/cases.json               label maps and the random draw of every case
 """
 
 import os
@@ -15,7 +17,7 @@ from typing import Callable, Optional, Tuple
 import nibabel as nib
 import numpy as np
 
-from segloop.data.phantom import generate_case
+from segloop.data.phantom import NOVEL_STRUCTURES, render_drawn_case
 from segloop.io import atomic_path, atomic_write_json
 from segloop.labels import DEFAULT_LABELS
 
@@ -51,15 +53,17 @@ def write_sample_data(
     studies = os.path.join(out, "studies")
     truth = os.path.join(out, "ground_truth")
     final = os.path.join(studies, "labels", "final")
-    for d in (studies, truth):
+    for d in (studies, truth, os.path.join(truth, "novel")):
         os.makedirs(d, exist_ok=True)
-    manifest = {"labels": dict(DEFAULT_LABELS), "seed": seed, "cases": []}
+    manifest = {"labels": dict(DEFAULT_LABELS), "novel_labels": dict(NOVEL_STRUCTURES), "seed": seed, "cases": []}
     start = time.time()
     for n, i in enumerate(range(first_index, first_index + cases)):
         case_id = f"case_{i:03d}"
-        image, label, affine, spec = generate_case(case_id, seed, i, shape=shape, spacing=spacing)
+        case, spec = render_drawn_case(case_id, seed, i, shape=shape, spacing=spacing)
+        image, label, affine = case.image, case.label, case.affine
         save_nifti(image, affine, os.path.join(studies, f"{case_id}.nii.gz"))
         save_nifti(label, affine, os.path.join(truth, f"{case_id}.nii.gz"))
+        save_nifti(case.novel, affine, os.path.join(truth, "novel", f"{case_id}.nii.gz"))
         if n < labelled:
             os.makedirs(final, exist_ok=True)
             save_nifti(label, affine, os.path.join(final, f"{case_id}.nii.gz"))
