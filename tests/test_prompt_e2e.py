@@ -19,6 +19,7 @@ from segloop.labels import DEFAULT_LABELS
 from segloop.metrics.dice import dice
 from segloop.prompts.click_protocol import class_indices, click_session, load_case
 from segloop.prompts.encoding import Prompt
+from segloop.prompts.request import parse_prompt
 from segloop.prompts.simulation import largest_component, next_click, region_centre
 from segloop_bench.interactive import build_pipeline, run as evaluate_interactive, write_report
 from segloop_bench.server import running_server, wait_for
@@ -169,7 +170,7 @@ def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
         click = [int(v) for v in region_centre(largest_component(liver))]
         # The server must answer what the evaluated model answers (test above): the same prompts
         # through the in-process zoom-out-zoom-in pipeline give the same masks.
-        pipeline, _, labels = build_pipeline(studies)
+        pipeline, matcher, labels = build_pipeline(studies)
         stored_image, _ = load_case(f"{studies}/case_008.nii.gz", f"{trained}/ground_truth/case_008.nii.gz")
         classes = class_indices(labels)
         sessions, results = {}, {}
@@ -225,7 +226,24 @@ def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
         assert score >= kept - 0.01, (score, kept)
 
         url = server.url
+        # A scribble through the spleen, and the case's label map uploaded with it (label_map): the
+        # answer is the in-process pipeline's to the scribble's clicks, minus the other segments.
+        line = [[int(v) for v in region_centre(largest_component(spleen))]]
+        line.append([line[0][0], line[0][1], int(np.argwhere(spleen)[:, 2].max())])
+        label_map_file = str(tmp_path / "label_map.nii.gz")
+        other = np.where(truth == DEFAULT_LABELS["spleen"], 0, truth).astype(np.uint8)
+        nib.save(nib.Nifti1Image(other, image.affine), label_map_file)
+        scribbled, params = client.infer(
+            "prompt", "case_008", {"text": "spleen", "foreground_scribbles": [line], "label_map": True}, label_in=label_map_file
+        )
+        assert params["excluded_voxels"] == int((other > 0).sum()) and params["previous_mask"] is None
+        answer = np.asarray(nib.load(scribbled).dataobj) > 0
+        clicks = parse_prompt({"foreground_scribbles": [line]}, truth.shape, labels, matcher)[0].positive
+        wanted = pipeline(stored_image, Prompt(positive=clicks, label=classes["spleen"]))[0] & (other == 0)
+        assert answer.any() and not answer[other > 0].any() and dice(answer, wanted) > 0.99
         bad = [
+            ({"foreground_scribbles": [[[1, 2]]]}, 400, "[i, j, k]"),
+            ({"text": "spleen", "label_map": True}, 400, "no label map was uploaded"),
             ({"text": "pancreas"}, 422, "known labels"),
             ({"label": "liver", "foreground": [[9999, 0, 0]]}, 422, "outside the image"),
             ({"foreground": [[1, 2]]}, 400, "[i, j, k]"),

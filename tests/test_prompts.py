@@ -506,6 +506,57 @@ def test_infer_task_writes_the_input_grid_and_reports_the_target(tmp_path):
         os.unlink(f)
 
 
+def test_a_label_map_upload_keeps_other_segments_out_of_the_answer(tmp_path):
+    """With ``label_map`` the uploaded file is the case's label map: the target's voxels are the
+    previous mask and the voxels of every other segment are never claimed."""
+    task, path, (image, label, affine) = rule_infer_task(tmp_path)  # ChannelRule(0): the answer is the click blobs
+    click = [int(v) for v in region_centre(label == LABELS["kidney"])]
+    plain, _ = task({"image": path, "text": "kidney", "foreground": [click], "reset_state": True})
+    blob = np.asarray(nib.load(plain).dataobj) > 0
+    label_map = np.zeros(image.shape, np.uint8)
+    label_map[tuple(slice(c, c + 3) for c in click)] = LABELS["spleen"]  # another segment drawn over the click
+    label_map[label == LABELS["kidney"]] = LABELS["kidney"]
+    label_map[tuple(slice(c, c + 1) for c in click)] = LABELS["spleen"]
+    upload = upload_tempfile()
+    try:
+        save_nifti(label_map, affine, upload)
+        result_file, result = task({"image": path, "label": upload, "label_map": True, "text": "kidney", "foreground": [click], "reset_state": True})
+        mask = np.asarray(nib.load(result_file).dataobj) > 0
+        others = (label_map > 0) & (label_map != LABELS["kidney"])
+        assert blob[others].any() and not mask[others].any()  # the blob reached the spleen voxels; the answer does not
+        assert result["excluded_voxels"] == int(others.sum()) and result["previous_mask"] == "uploaded"
+        assert result["target"] == "kidney" and result["label_names"] == {"kidney": 1}
+        # Clicks alone (a structure the label map lacks): every segment is excluded, none is the previous mask.
+        _, result = task({"image": path, "label": upload, "label_map": True, "foreground": [click], "reset_state": True})
+        assert result["excluded_voxels"] == int((label_map > 0).sum()) and result["previous_mask"] is None
+        save_nifti(np.full(image.shape, 9, np.uint8), affine, upload)
+        with pytest.raises(ClientError) as e:
+            task({"image": path, "label": upload, "label_map": True, "text": "kidney"})
+        assert e.value.status_code == 422 and "[9]" in e.value.message
+    finally:
+        os.unlink(upload)
+    with pytest.raises(ClientError) as e:
+        task({"image": path, "label_map": True, "text": "kidney"})
+    assert e.value.status_code == 400 and "label map" in e.value.message
+
+
+def test_scribbles_become_clicks_along_their_lines():
+    shape = (40, 40, 20)
+    request = {"foreground_scribbles": [[[2, 2, 5], [12, 2, 5]], [[30, 30, 10]]], "background_scribbles": [[[5, 30, 3], [5, 30, 9]]]}
+    prompt, _ = parse_prompt(request, shape, LABELS, MATCHER)
+    assert prompt.positive[:11] == [(float(i), 2.0, 5.0) for i in range(2, 13)] and prompt.positive[11] == (30.0, 30.0, 10.0)
+    assert prompt.negative == [(5.0, 30.0, float(k)) for k in range(3, 10)]
+    long_line, _ = parse_prompt({"foreground_scribbles": [[[0, 0, 0], [39, 0, 0], [39, 39, 19]]]}, shape, LABELS, MATCHER)
+    assert len(long_line.positive) == 48 and long_line.positive[0] == (0.0, 0.0, 0.0) and long_line.positive[-1] == (39.0, 39.0, 19.0)
+    gaps = np.abs(np.diff(np.asarray(long_line.positive), axis=0)).max(1)
+    assert gaps.max() <= 2.0 + 1e-9  # 79 samples thinned to 48: no gap a 3-voxel click blob leaves open
+    for bad, status in (({"foreground_scribbles": [[[1, 2]]]}, 400), ({"foreground_scribbles": [[]]}, 400),
+                        ({"foreground_scribbles": "a line"}, 400), ({"foreground_scribbles": [[[0, 0, 0], [99, 0, 0]]]}, 422)):
+        with pytest.raises(ClientError) as e:
+            parse_prompt(bad, shape, LABELS, MATCHER)
+        assert e.value.status_code == status, bad
+
+
 def upload_tempfile():
     return tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
 

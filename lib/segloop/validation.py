@@ -95,8 +95,8 @@ def check_image(path: str, what: str = "image", max_voxels: Optional[int] = DEFA
 
 
 def _values_present(data: np.ndarray) -> set:
-    """The distinct values of an integer-valued array (a histogram for small non-negative values:
-    one pass, several times faster than sorting the volume)."""
+    """The distinct values of an integer-valued array (for small non-negative values a histogram:
+    one pass, where ``np.unique`` sorts the whole volume)."""
     if data.size and data.dtype.kind in "iub" and 0 <= data.min() and data.max() < 4096:
         return set(np.flatnonzero(np.bincount(data.ravel().astype(np.intp, copy=False))).tolist())
     return set(np.unique(data).astype(int).tolist())

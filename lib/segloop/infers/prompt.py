@@ -3,7 +3,9 @@
 Declared as MONAI Label ``deepgrow`` type, so the upstream Slicer plugin shows its point tools and
 sends its usual request (see :mod:`segloop.prompts.request` for every accepted form). A previous
 mask to refine can be uploaded as the ``label`` file of ``/infer`` (name the structure with
-``text`` then, since ``label`` is taken by the file); for a client that resends all its clicks
+``text`` then, since ``label`` is taken by the file), or, with ``label_map``, the case's whole
+label map: then the target's voxels are the previous mask and every other segment's voxels are
+never claimed (multi-label consistency); for a client that resends all its clicks
 instead (the plugin) the task remembers its last answer (:mod:`segloop.prompts.memory`). Either
 way a correction click updates the mask locally around it (:mod:`segloop.prompts.refine`). The
 result is a uint8 mask (1 = the structure) with exactly the input's shape and affine; its JSON
@@ -73,18 +75,37 @@ class PromptInfer(SegmentationInfer):
             f"(POST /train/{self.model_name}) before prompting it."
         )
 
-    def _previous_mask(self, request, shape) -> Optional[np.ndarray]:
+    def _uploaded_label(self, request, shape) -> Optional[np.ndarray]:
+        """The uploaded ``label`` file's voxels (a previous mask or, with ``label_map``, the case's
+        label map), checked against the image's shape; None when nothing was uploaded."""
         path = request.get("label")  # an uploaded mask's temporary file, or a segment name
         if not isinstance(path, str) or not os.path.isabs(path) or not is_upload_tempfile(path) or not os.path.isfile(path):
             return None
         try:
-            previous = np.asarray(nib.load(path).dataobj)
+            uploaded = np.asarray(nib.load(path).dataobj)
         except Exception as e:
             raise bad_request(f"previous mask is not a readable NIfTI file: {e}") from None
-        previous = previous.reshape(previous.shape[:3]) if previous.ndim == 4 and previous.shape[3] == 1 else previous
-        if previous.shape != tuple(shape):
-            raise unprocessable(f"previous mask has shape {list(previous.shape)}, the image {list(shape)}")
-        return (previous > 0).astype(np.float32)
+        uploaded = uploaded.reshape(uploaded.shape[:3]) if uploaded.ndim == 4 and uploaded.shape[3] == 1 else uploaded
+        if uploaded.shape != tuple(shape):
+            raise unprocessable(f"previous mask has shape {list(uploaded.shape)}, the image {list(shape)}")
+        return uploaded
+
+    def _previous_and_excluded(self, request, uploaded: Optional[np.ndarray], target: Optional[str]):
+        """(previous mask, voxels never to claim) from the upload. A plain upload is the previous
+        mask. With ``label_map`` the upload is the case's label map (storage indices): the target's
+        voxels are the previous mask, every other segment's are excluded (multi-label consistency)."""
+        if not strtobool(str(request.get("label_map", False))):
+            return (None if uploaded is None else (uploaded > 0).astype(np.float32)), None
+        if uploaded is None:
+            raise bad_request("label_map is set but no label map was uploaded: send it as the 'label' file")
+        if uploaded.dtype.kind not in "iu" and np.any(uploaded != np.round(uploaded)):
+            raise unprocessable("label_map: the uploaded label map must hold whole numbers (label indices)")
+        unknown = sorted(set(np.unique(uploaded).astype(int).tolist()) - {0, *self.labels.values()})
+        if unknown:
+            raise unprocessable(f"label_map: values {unknown} are not in the label map {dict(self.labels)}")
+        index = self.labels.get(target) if target else None
+        mine = uploaded == index if index else np.zeros(uploaded.shape, bool)
+        return (mine.astype(np.float32) if mine.any() else None), (uploaded > 0) & ~mine
 
     def __call__(self, request, callbacks=None):
         start = time.time()
@@ -92,7 +113,7 @@ class PromptInfer(SegmentationInfer):
         image = LoadImage(image_only=True, ensure_channel_first=True)(image_path)
         shape = tuple(image.shape[1:])
         prompt, notes = parse_prompt(request, shape, self.labels, self.matcher)
-        uploaded = self._previous_mask(request, shape)
+        uploaded, excluded = self._previous_and_excluded(request, self._uploaded_label(request, shape), notes.get("target"))
         previous, source = uploaded, "uploaded" if uploaded is not None else None
         if strtobool(str(request.get("reset_state", False))):
             self.memory.forget(image_path)
@@ -110,6 +131,9 @@ class PromptInfer(SegmentationInfer):
             amp=self.amp,
         )
         mask, details = pipeline(image, prompt, previous)
+        if excluded is not None:  # other segments' voxels are never claimed
+            mask &= ~excluded
+            details["excluded_voxels"] = int(excluded.sum())
         self.memory.remember(image_path, prompt, mask)
 
         stored = nib.load(image_path)
@@ -118,8 +142,8 @@ class PromptInfer(SegmentationInfer):
         out.set_sform(stored.get_sform(), code=int(stored.header["sform_code"]) or 1)
         result_file = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         nib.save(out, result_file)
-        segment = request.get("label")  # the plugin's segment name, unless it is an uploaded previous mask
-        name = notes.get("target") or (segment if isinstance(segment, str) and uploaded is None else None)
+        segment = request.get("label")  # the plugin's segment name, unless it is an uploaded file
+        name = notes.get("target") or (segment if isinstance(segment, str) and not is_upload_tempfile(segment) else None)
         result_json = {
             "model": self.model_name,
             "checkpoint": os.path.basename(checkpoint),

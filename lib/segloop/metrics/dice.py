@@ -3,8 +3,8 @@
 ``dice`` uses MONAI's ``DiceMetric`` on two masks. ``dice_per_label`` counts every label's
 true/false positives and negatives in one pass over both maps (a joint histogram of the two
 label values per voxel) and lets MONAI's confusion-matrix metric ("f1 score", which is Dice) turn
-the counts into Dice: a map of 4 M voxels takes tens of milliseconds, not the half second of one
-``DiceMetric`` call per label (the server computes it for every submitted label).
+the counts into Dice: one pass for all labels instead of one ``DiceMetric`` call each, since the
+server computes it for every submitted label.
 """
 
 from typing import Dict, Iterable, Mapping
@@ -32,12 +32,12 @@ def _as_label_values(volume: np.ndarray, what: str) -> np.ndarray:
         return data.astype(np.uint8)
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
-            raise ValueError(f"{what}: a label map holds whole numbers")
+            raise ValueError(f"{what}: label values must be whole numbers")
         data = data.astype(np.int64)
     elif data.dtype.kind not in "iu":
-        raise ValueError(f"{what}: a label map holds integers, got {data.dtype}")
+        raise ValueError(f"{what}: label values must be integers, got {data.dtype}")
     if data.size and data.min() < 0:
-        raise ValueError(f"{what}: label values are not negative")
+        raise ValueError(f"{what}: label values must not be negative")
     return data
 
 

@@ -9,7 +9,11 @@ Slicer plugin sends them:
   positive clicks, the points of every other label are negatives for this structure;
 * ``box``: two opposite corners ``[[i0, j0, k0], [i1, j1, k1]]``; the plugin's ``roi``
   ``[i0, i1, j0, j1, k0, k1]`` is read the same way;
-* ``text``: free text or a label name (see :mod:`segloop.prompts.text`).
+* ``text``: free text or a label name (see :mod:`segloop.prompts.text`);
+* ``foreground_scribbles`` / ``background_scribbles``: lists of polylines, each a list of
+  ``[i, j, k]`` vertices (one vertex: a dot). Each line is sampled a voxel apart and the samples
+  become clicks, at most ``MAX_SCRIBBLE_CLICKS`` per list, evenly spread (the click blobs are
+  3 voxels wide, so thinning leaves no gap a blob does not cover).
 
 At least a positive click, a box, or a label / text prompt is needed. Malformed or out-of-image
 prompts raise a 4xx naming the offending value and the image size.
@@ -24,6 +28,7 @@ from segloop.prompts.encoding import Point, Prompt
 from segloop.prompts.text import LabelMatcher
 
 MAX_POINTS = 100  # per list; more is a client bug, not an annotation
+MAX_SCRIBBLE_CLICKS = 48  # clicks a scribble list becomes, after sampling its lines
 
 
 def _point(value: Any, what: str, shape: Sequence[int]) -> Point:
@@ -46,6 +51,29 @@ def _points(value: Any, what: str, shape: Sequence[int]) -> List[Point]:
     if len(value) > MAX_POINTS:
         raise bad_request(f"{what}: {len(value)} points, at most {MAX_POINTS} allowed")
     return [_point(p, f"{what} point", shape) for p in value]
+
+
+def _scribbles(value: Any, what: str, shape: Sequence[int]) -> List[Point]:
+    """The clicks a list of polylines becomes (module docstring)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise bad_request(f"{what} must be a list of lines, each a list of [i, j, k] points, got {value!r}")
+    if len(value) > MAX_POINTS:
+        raise bad_request(f"{what}: {len(value)} lines, at most {MAX_POINTS} allowed")
+    samples: List[Point] = []
+    for n, line in enumerate(value, start=1):
+        vertices = _points(line, f"{what} line {n}", shape)
+        if not vertices:
+            raise bad_request(f"{what} line {n} has no points")
+        samples.append(vertices[0])
+        for a, b in zip(vertices[:-1], vertices[1:]):
+            steps = int(np.ceil(np.abs(np.subtract(b, a)).max()))
+            samples.extend(tuple(float(v) for v in np.add(a, np.multiply(np.subtract(b, a), t / steps))) for t in range(1, steps + 1))
+    if len(samples) > MAX_SCRIBBLE_CLICKS:
+        keep = np.linspace(0, len(samples) - 1, MAX_SCRIBBLE_CLICKS).round().astype(int)
+        samples = [samples[i] for i in keep]
+    return samples  # type: ignore[return-value]
 
 
 def _box(request: Mapping, shape: Sequence[int]) -> Optional[Tuple[Point, Point]]:
@@ -76,6 +104,8 @@ def parse_prompt(
     notes: Dict[str, Any] = {}
     positive = _points(request.get("foreground"), "foreground", shape)
     negative = _points(request.get("background"), "background", shape)
+    positive += _scribbles(request.get("foreground_scribbles"), "foreground_scribbles", shape)
+    negative += _scribbles(request.get("background_scribbles"), "background_scribbles", shape)
 
     label_name = request.get("label")
     if not isinstance(label_name, str) or label_name not in order and _looks_like_path(label_name):

@@ -128,6 +128,9 @@ def prompt_infer_checks(label_names: Iterable[str]) -> Dict[str, Any]:
         "roi": _points,
         "slice": lambda k, v: _number(k, v, integer=True),
         "reset_state": _flag,
+        "foreground_scribbles": _points,
+        "background_scribbles": _points,
+        "label_map": _flag,
     }
     checks.update({name: _points for name in label_names})  # DeepEdit: one point list per label name
     return checks
