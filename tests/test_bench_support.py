@@ -48,3 +48,31 @@ def test_the_mean_label_is_the_training_labels_majority_in_a_shared_frame(tmp_pa
     scores = mean_label_dice(train, label(1), {"liver": 1})
     assert 0.85 < scores["liver"] <= 1.0  # the majority of three shifted boxes sits on the middle one
     assert mean_label_dice(train, label(15), {"liver": 1})["liver"] < 0.2
+
+
+def test_segfm_protocol_scores_the_box_then_each_correction():
+    """SegFM3D's arm: the box alone, then five corrections, each scored by Dice and NSD (MONAI's
+    surface Dice); the area under each curve sums the six steps."""
+    from segloop_bench.interactive import _segfm_summary, box_then_clicks, surface_dice
+
+    target = np.zeros((24, 24, 16), bool)
+    target[6:18, 6:18, 4:12] = True
+    assert surface_dice(target, target, (1.0, 1.0, 2.0)) == 1.0
+    shifted = np.roll(target, 6, axis=0)
+    assert 0.0 < surface_dice(shifted, target, (1.0, 1.0, 2.0)) < 1.0
+
+    answers = []
+
+    def pipeline(image, prompt, previous=None):  # grows by a slab with every click it is given
+        clicks = len(prompt.positive) + len(prompt.negative)
+        answers.append((prompt.box is not None, clicks, previous is not None))
+        mask = np.zeros(target.shape, bool)
+        mask[6 : 12 + clicks, 6:18, 4:12] = True
+        return mask, {}
+
+    session = box_then_clicks(pipeline, None, target, (1.0, 1.0, 2.0))
+    assert answers[0] == (True, 0, False) and [a[1] for a in answers[1:]] == [1, 2, 3, 4, 5] and all(a[2] for a in answers[1:])
+    assert len(session["dice"]) == len(session["nsd"]) == 6 and session["dice"] == sorted(session["dice"])
+    summary = _segfm_summary([session, session])
+    assert summary["final_dsc"] == round(session["dice"][-1], 4)
+    assert summary["dsc_auc"] == round(float(np.trapz(session["dice"])), 4) and summary["dsc_auc"] <= 5

@@ -11,6 +11,11 @@ own arm, per held-out case and label, on the image's own grid:
 * ``text``: free phrases that are neither a label name nor a synonym (:data:`TEXT_PHRASES`), so
   they go through the sentence-embedding matcher; each phrase's resolved label and Dice is kept
   (a phrase resolved to the wrong label, or refused as ambiguous, scores 0);
+* ``box_then_clicks``: the CVPR 2025 foundation-model interactive protocol (SegFM3D): the
+  structure's bounding box, no label, then up to ``SEGFM_CLICKS`` corrections at the centre of the
+  largest error; Dice and NSD (MONAI's surface Dice, ``NSD_TOLERANCE_MM``) after the box and after
+  each click, their area under that curve (trapezoid over the 6 steps, as the challenge sums it:
+  at most 5), and the final Dice and NSD;
 * ``novel_clicks_only``: structures the campaign never labelled (the generator's aorta, vertebral
   column and largest bowel gas pocket, ``<ground truth>/novel/``), clicks without a label, as a
   clinician segments something the label map lacks; beside it ``baseline_ball_oracle``: a ball of
@@ -44,7 +49,7 @@ from segloop.prompts.click_protocol import (
     number_of_clicks,
 )
 from segloop.prompts.encoding import Prompt
-from segloop.prompts.simulation import bounding_box
+from segloop.prompts.simulation import bounding_box, next_click
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
 from segloop_bench.baselines import ball_dice, box_fill_dice, equivalent_radius_mm, mean_label_dice, typical_radius_mm
@@ -52,6 +57,8 @@ from segloop_bench.errors import HarnessError
 from segloop_bench.provenance import write_result
 
 CLICK_ARMS = ("label_and_clicks", "clicks_only")
+SEGFM_CLICKS = 5  # corrections after the box, as SegFM3D
+NSD_TOLERANCE_MM = 2.0  # NSD boundary tolerance (SegFM3D's)
 # Free text for the sample labels: none of these is a label name or synonym (checked at run time).
 TEXT_PHRASES: Dict[str, List[str]] = {
     "liver": ["large organ in the right upper abdomen", "the organ that makes bile"],
@@ -94,11 +101,12 @@ def evaluate_interactive(
     radius_mm: Mapping[str, float],
     clicks: int = 10,
     progress=None,
+    segfm_clicks: int = SEGFM_CLICKS,
 ) -> Dict:
     """Every arm over ``cases`` (each ``{"id", "image", "label"}``); ``radius_mm``: per label, the
     ball baseline's radius (:func:`segloop_bench.baselines.typical_radius_mm` of the training labels)."""
     classes = class_indices(labels)
-    kinds = (*CLICK_ARMS, "label_only", "box_only", "text", "ball", "box_fill", "latency_s")
+    kinds = (*CLICK_ARMS, "label_only", "box_only", "box_then_clicks", "text", "ball", "box_fill", "latency_s")
     rows: Dict[str, Dict[str, list]] = {name: {kind: [] for kind in kinds} for name in labels}
     for image, name, c, target in case_structures(cases, labels, progress):
         row = rows[name]
@@ -112,6 +120,7 @@ def evaluate_interactive(
         boxed, _ = pipeline(image, Prompt(box=(tuple(map(float, lo)), tuple(map(float, hi)))))
         row["box_only"].append(dice(boxed, target))
         row["box_fill"].append(box_fill_dice(target, lo, hi))
+        row["box_then_clicks"].append(box_then_clicks(pipeline, image, target, [float(v) for v in image.pixdim[:3]], segfm_clicks))
         row["text"].extend(text_arm(pipeline, matcher, image, target, name, classes))
         spacing = [float(s) for s in image.pixdim[:3]]
         radius = radius_mm.get(name)
@@ -127,6 +136,7 @@ def evaluate_interactive(
             **{arm: _curve_summary(row[arm], clicks) for arm in CLICK_ARMS},
             "label_only_dice": round(float(np.mean(row["label_only"])), 4),
             "box_only_dice": round(float(np.mean(row["box_only"])), 4),
+            "box_then_clicks": _segfm_summary(row["box_then_clicks"]),
             "text_dice": round(float(np.mean([t["dice"] for t in row["text"]])), 4) if row["text"] else None,
             "text_phrases": row["text"],
             "baseline_ball_dice": round(float(np.nanmean(row["ball"])), 4),
@@ -136,6 +146,52 @@ def evaluate_interactive(
             "latency_s_max": round(float(np.max(row["latency_s"])), 3),
         }
     return report
+
+
+def surface_dice(prediction: np.ndarray, target: np.ndarray, spacing: Sequence[float]) -> float:
+    """NSD of two boolean masks at ``NSD_TOLERANCE_MM`` (MONAI's ``compute_surface_dice``)."""
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    as_one_hot = lambda m: torch.as_tensor(np.stack([~m, m]))[None].float()  # noqa: E731
+    value = compute_surface_dice(
+        as_one_hot(prediction), as_one_hot(target), [NSD_TOLERANCE_MM], spacing=[float(s) for s in spacing]
+    )
+    return float(value[0, 0])
+
+
+def box_then_clicks(
+    pipeline, image, target: np.ndarray, spacing: Sequence[float], clicks: int = SEGFM_CLICKS
+) -> Dict[str, List[float]]:
+    """One structure under the SegFM3D protocol: Dice and NSD after the box and after each click."""
+    lo, hi = bounding_box(target)
+    prompt = Prompt(box=(tuple(map(float, lo)), tuple(map(float, hi))))
+    prediction, _ = pipeline(image, prompt)
+    dices, nsds = [dice(prediction, target)], [surface_dice(prediction, target, spacing)]
+    for _ in range(clicks):
+        click = next_click(prediction, target)
+        if click is not None:
+            (prompt.positive if click[1] else prompt.negative).append(click[0])
+            prediction, _ = pipeline(image, prompt, prediction.astype(np.float32))
+            dices.append(dice(prediction, target))
+            nsds.append(surface_dice(prediction, target, spacing))
+        else:  # nothing left to correct
+            dices.append(dices[-1])
+            nsds.append(nsds[-1])
+    return {"dice": dices, "nsd": nsds}
+
+
+def _segfm_summary(sessions: List[Dict[str, List[float]]]) -> Dict:
+    dices, nsds = np.asarray([s["dice"] for s in sessions]), np.asarray([s["nsd"] for s in sessions])
+    area = lambda curves: float(np.mean([np.trapz(c) for c in curves]))  # noqa: E731  (steps 1 apart)
+    return {
+        "dice_after_box_and_clicks": [round(float(v), 4) for v in dices.mean(0)],
+        "nsd_after_box_and_clicks": [round(float(v), 4) for v in nsds.mean(0)],
+        "dsc_auc": round(area(dices), 4),
+        "nsd_auc": round(area(nsds), 4),
+        "final_dsc": round(float(dices[:, -1].mean()), 4),
+        "final_nsd": round(float(nsds[:, -1].mean()), 4),
+    }
 
 
 def novel_structures_arm(pipeline, cases: Sequence[Dict[str, str]], clicks: int) -> Dict:
@@ -177,7 +233,7 @@ BASELINE = (
     "baseline_box_fill: the box prompt's box itself; baseline_mean_label: the training labels' per-voxel majority "
     "(for the label-only and text arms); baseline_ball_oracle: a ball of the novel structure's own volume at "
     "the first click (novel_clicks_only); "
-    "each arm (label_and_clicks, clicks_only, label_only, box_only, text, novel_structures) is reported on its own"
+    "each arm (label_and_clicks, clicks_only, label_only, box_only, box_then_clicks, text, novel_structures) is reported on its own"
 )
 
 
@@ -264,13 +320,15 @@ def build_pipeline(studies: str, conf: Optional[Mapping[str, str]] = None, name:
     return pipeline, config.matcher, config.labels
 
 
-def run(studies: str, ground_truth: str, case_ids=None, clicks: int = 10, conf=None, progress=None) -> Dict:
+def run(
+    studies: str, ground_truth: str, case_ids=None, clicks: int = 10, conf=None, progress=None, segfm_clicks: int = SEGFM_CLICKS
+) -> Dict:
     """Load the serving prompt model of ``studies`` and evaluate every arm on its held-out cases."""
     pipeline, matcher, labels = build_pipeline(studies, conf)
     cases = held_out_cases(studies, ground_truth, labels, case_ids)
     train_labels = training_label_paths(studies, labels)
     radius = typical_radius_mm(train_labels, labels)
-    report = evaluate_interactive(pipeline, matcher, cases, labels, radius, clicks=clicks, progress=progress)
+    report = evaluate_interactive(pipeline, matcher, cases, labels, radius, clicks=clicks, progress=progress, segfm_clicks=segfm_clicks)
     atlas = [mean_label_dice(train_labels, case["label"], labels) for case in cases]
     for name, row in report["labels"].items():
         row["baseline_mean_label_dice"] = round(float(np.nanmean([a[name] for a in atlas])), 4)
@@ -291,6 +349,8 @@ def print_summary(report: Dict) -> None:
             f"{name:>8}: {arms}  label only {row['label_only_dice']:.3f}  box {row['box_only_dice']:.3f}  "
             f"text {row['text_dice']}  baselines: ball {row['baseline_ball_dice']:.3f}, "
             f"box fill {row['baseline_box_fill_dice']:.3f}, mean label {row.get('baseline_mean_label_dice', float('nan')):.3f}  "
+            f"box then clicks: DSC AUC {row['box_then_clicks']['dsc_auc']:.2f}, NSD AUC {row['box_then_clicks']['nsd_auc']:.2f}, "
+            f"final DSC {row['box_then_clicks']['final_dsc']:.3f}, NSD {row['box_then_clicks']['final_nsd']:.3f}  "
             f"latency median {row['latency_s_median']} s"
         )
 
