@@ -320,34 +320,6 @@ def test_training_items_ask_for_one_structure_or_for_every_label():
     assert kinds == {"all", "one"}
 
 
-def test_image_regions_teach_clicks_on_structures_nobody_labelled():
-    """A click without a label on an unlabelled structure (here a bright tube beside a labelled
-    organ of the same brightness) is trained against that structure's region of the image, which
-    stops at the labelled organ; regions of implausible size (the whole background) are not used."""
-    from segloop.trainers.prompt_interaction import PADDING, PromptInteraction
-
-    rng = np.random.default_rng(0)
-    image = np.full((32, 32, 32), 0.45, np.float32) + rng.normal(0, 0.01, (32, 32, 32)).astype(np.float32)
-    tube = np.zeros(image.shape, bool)
-    tube[10:16, 10:16, :] = True  # a vessel running through the view
-    image[tube] = 0.8
-    label = np.zeros(image.shape, np.int64)
-    label[16:24, 10:16, :] = 3  # a labelled organ touching the vessel, as bright as it
-    image[label == 3] = 0.8
-    interaction = PromptInteraction((32, 32, 32), num_labels=4, seed=0)
-    regions = [interaction.image_region(image, label) for _ in range(20)]
-    found = [r for r in regions if r is not None]
-    # The tube (a 3^3 median rounds its corners off), never the organ or the background.
-    assert found and all(not (r & ~tube).any() and dice(r, tube) > 0.9 for r in found)
-    seen = 0
-    for _ in range(100):
-        prompt, classes, targets = interaction.prompt(label, image)
-        if classes[0] == 0 and prompt.positive and not (targets[0] > 0)[~tube].any() and (targets[0] > 0).any():
-            seen += 1
-            assert classes[1:] == [PADDING] * 3 and tube[tuple(int(v) for v in prompt.positive[0])]
-    assert seen >= 2  # some items of every batch ask for an image region
-
-
 def test_corrections_train_clicks_with_and_without_the_previous_mask(monkeypatch):
     """Inference sends every click so far with an empty mask channel, so simulated corrections must
     train that input too, not only clicks plus the model's last answer."""
