@@ -119,9 +119,14 @@ def check_label_matches(label_path: str, image: VolumeHeader, labels: Mapping[st
             f"label {np.round(header.affine, 3).tolist()} vs image {np.round(image.affine, 3).tolist()}"
         )
     data = read_voxels(label_path, header, what="label")
+    check_label_values(data, labels)
+    return data.astype(np.uint8)
+
+
+def check_label_values(data: np.ndarray, labels: Mapping[str, int], what: str = "label") -> None:
+    """Every voxel is background or a known label index (422 naming the values that are not)."""
     if data.dtype.kind == "f" and (not np.all(np.isfinite(data)) or np.any(data != np.round(data))):
-        raise unprocessable("label values must be whole numbers")  # scaled by scl_slope / scl_inter
+        raise unprocessable(f"{what} values must be whole numbers")  # scaled by scl_slope / scl_inter
     unknown = sorted(_values_present(data) - {0, *labels.values()})
     if unknown:
-        raise unprocessable(f"label contains values {unknown} that are not in the label map {dict(labels)}")
-    return data.astype(np.uint8)
+        raise unprocessable(f"{what} contains values {unknown} that are not in the label map {dict(labels)}")

@@ -34,7 +34,7 @@ from segloop.prompts.request import parse_prompt
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
 from segloop.transforms import DEFAULT_HU_WINDOW
-from segloop.validation import is_upload_tempfile
+from segloop.validation import check_label_values, is_upload_tempfile
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +98,7 @@ class PromptInfer(SegmentationInfer):
             return (None if uploaded is None else (uploaded > 0).astype(np.float32)), None
         if uploaded is None:
             raise bad_request("label_map is set but no label map was uploaded: send it as the 'label' file")
-        if uploaded.dtype.kind not in "iu" and np.any(uploaded != np.round(uploaded)):
-            raise unprocessable("label_map: the uploaded label map must hold whole numbers (label indices)")
-        unknown = sorted(set(np.unique(uploaded).astype(int).tolist()) - {0, *self.labels.values()})
-        if unknown:
-            raise unprocessable(f"label_map: values {unknown} are not in the label map {dict(self.labels)}")
+        check_label_values(uploaded, self.labels, what="label_map: the uploaded label map")
         index = self.labels.get(target) if target else None
         mine = uploaded == index if index else np.zeros(uploaded.shape, bool)
         return (mine.astype(np.float32) if mine.any() else None), (uploaded > 0) & ~mine
