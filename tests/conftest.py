@@ -16,15 +16,35 @@ def sample_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def slicer_studies(sample_root, tmp_path_factory):
-    """A datastore for the Slicer module's end-to-end tests, one copy per test module: the six sample
-    cases, case_000..case_002 labelled (both models train on them at server start), case_003..case_005 left."""
-    path = str(tmp_path_factory.mktemp("slicer") / "studies")
+@pytest.fixture(scope="session")
+def slicer_template(sample_root, tmp_path_factory):
+    """The Slicer module's campaign, trained once: the six sample cases, case_000..case_002
+    labelled, and version 1 of both models, trained on them by a real server that then stopped
+    (4 s each: the tests need a serving model, not a good one)."""
+    import requests
+
+    from segloop_bench.server import running_server, wait_for
+
+    path = str(tmp_path_factory.mktemp("slicer_template") / "studies")
     shutil.copytree(os.path.join(sample_root, "studies"), path)
     os.makedirs(os.path.join(path, "labels", "final"))
     for case in ("case_000", "case_001", "case_002"):
         shutil.copy(os.path.join(sample_root, "ground_truth", f"{case}.nii.gz"), os.path.join(path, "labels", "final"))
+    conf = {"models": "segmentation,prompt", "retrain_max_seconds": "4"}
+    log = os.path.join(os.path.dirname(path), "server.log")
+    with running_server(path, conf=conf, log_path=log, env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}) as server:
+        state = lambda m: requests.get(f"{server.url}/segloop/models/{m}", timeout=30).json()  # noqa: E731
+        wait_for(lambda: all(state(m)["serving_version"] and not state(m)["training_run"] for m in ("segmentation", "prompt")),
+                 600, 1.0, "both models to serve")
+    return path
+
+
+@pytest.fixture(scope="module")
+def slicer_studies(slicer_template, tmp_path_factory):
+    """A copy of :func:`slicer_template` for one test module: its server starts with both models
+    serving version 1 and nothing new to train on; case_003..case_005 are left to label."""
+    path = str(tmp_path_factory.mktemp("slicer") / "studies")
+    shutil.copytree(slicer_template, path)
     return path
 
 
