@@ -95,7 +95,11 @@ class SegLoopApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        return {name: config.infer() for name, config in self.models.items()}
+        infers = {}
+        for name, config in self.models.items():  # a config may offer several tasks (MONAI Label's convention)
+            tasks = config.infer()
+            infers.update(tasks if isinstance(tasks, dict) else {name: tasks})
+        return infers
 
     def init_trainers(self):
         return dict(self.model_trainers)

@@ -135,6 +135,11 @@ def test_non_contiguous_labels_use_class_order():
         ({"text": "pancreas"}, 422, "known labels"),
         ({"text": "organ"}, 422, "ambiguous"),
         ({"foreground": [[1, 1, 1]] * 101}, 400, "at most"),
+        ({"lasso": [[1, 1, 1], [5, 5, 1]]}, 400, "at least 3"),
+        ({"lasso": [[1, 1, 1], [5, 1, 1], [5, 5, 2]]}, 400, "one slice"),
+        ({"lasso": [[1, 1, 1], [5, 1, 1], [9, 1, 1]]}, 400, "one slice"),  # a line, no area
+        ({"lasso": [[1, 1, 1], [99, 1, 1], [5, 5, 1]]}, 422, "outside the image"),
+        ({"lasso": "1,2,3"}, 400, "closed polygon"),
     ],
 )
 def test_bad_prompts_get_clear_4xx(request_, status, words):
@@ -733,3 +738,114 @@ def test_infer_task_refines_resent_clicks_from_its_last_answer(tmp_path):
     assert result["previous_mask"] == "remembered" and result["refinement"] == "local"
     _, result = task(dict(request, foreground=[first, second, second], reset_state=True))
     assert result["previous_mask"] is None and result["refinement"] is None
+
+
+def test_a_lasso_is_its_filled_polygon_on_its_slice_and_a_2d_box_one_slice_thick():
+    shape = (40, 40, 20)
+    prompt, _ = parse_prompt({"lasso": [[5, 5, 7], [15, 5, 7], [15, 15, 7], [5, 15, 7]]}, shape, LABELS, MATCHER)
+    region = prompt.region.astype(int)
+    assert (region[:, 2] == 7).all() and region[:, :2].min() >= 5 and region[:, :2].max() <= 15 and len(region) >= 100
+    channels = encode_prompts(prompt, shape)
+    drawn = np.zeros(shape, bool)
+    drawn[tuple(region.T)] = True
+    assert np.array_equal(channels[2].numpy() > 0, drawn) and prompt.has_spatial
+    # A triangle on an i-slice: about half its bounding square.
+    prompt, _ = parse_prompt({"lasso": [[3, 0, 0], [3, 30, 0], [3, 0, 15]]}, shape, LABELS, MATCHER)
+    assert (prompt.region[:, 0] == 3).all() and 0.4 < len(prompt.region) / (31 * 16) < 0.6
+    # A 2D box: equal corners along k; its channel is that one slice.
+    prompt, _ = parse_prompt({"box": [[4, 6, 9], [20, 25, 9]]}, shape, LABELS, MATCHER)
+    boxed = np.argwhere(encode_prompts(prompt, shape)[2].numpy() > 0)
+    assert set(boxed[:, 2]) == {9} and len(boxed) == 17 * 20
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3])
+def test_a_drawn_region_lands_on_its_own_voxels_through_the_model_grids(index):
+    """A lasso drawn on one stored slice (LPS, RAS or swapped-axis storage) reaches the model's
+    grids and comes back on the same voxels (ChannelRule(2): the answer is what the box / region
+    channel marks), and its components set the regions of interest."""
+    image, label, affine, spec = case(index)
+    liver = label == LABELS["liver"]
+    k = int(np.argwhere(liver)[:, 2].mean())
+    drawn = ndimage.binary_erosion(liver[:, :, k], iterations=2)
+    region = np.argwhere(drawn)
+    pipeline = ZoomOutZoomIn(ChannelRule(channel=2), PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
+    mask, details = pipeline(image, Prompt(region=np.c_[region, np.full(len(region), k)].astype(float)))
+    assert details["roi_mm"] is not None
+    on_slice = mask[:, :, k]
+    assert on_slice[drawn].mean() > 0.9, (spec["orientation"], on_slice[drawn].mean())
+    assert dice(on_slice, drawn) > 0.8, (spec["orientation"], dice(on_slice, drawn))
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    far = int(np.ceil(2 * PRESET.fine_spacing[0] / spacing[2])) + 1  # slices more than two fine voxels away
+    assert not mask[:, :, : max(0, k - far)].any() and not mask[:, :, k + far + 1 :].any()
+
+
+def test_training_draws_2d_boxes_and_lassos_on_one_cross_section():
+    from segloop.trainers.prompt_interaction import PromptInteraction
+
+    component = np.zeros((24, 24, 24), bool)
+    component[4:14, 6:18, 3:20] = True
+    interaction = PromptInteraction((24, 24, 24), num_labels=4, seed=1)
+    kinds = set()
+    for _ in range(40):
+        prompt = interaction.slice_prompt(component)
+        assert not prompt.positive and not prompt.label
+        if prompt.box is not None:
+            kinds.add("box")
+            lo, hi = np.asarray(prompt.box)
+            flat = np.flatnonzero(lo == hi)
+            assert len(flat) == 1 and component[tuple(np.round((lo + hi) / 2).astype(int))]
+            plane = [a for a in range(3) if a != flat[0]]
+            assert (np.abs(lo[plane] - np.array([4, 6, 3])[plane]) <= 1).all()
+            assert (np.abs(hi[plane] - np.array([13, 17, 19])[plane]) <= 1).all()
+        else:
+            kinds.add("lasso")
+            flat = [a for a in range(3) if np.ptp(prompt.region[:, a]) == 0]
+            assert len(flat) == 1
+            voxels = prompt.region.astype(int)
+            grown = ndimage.binary_dilation(component)
+            assert grown[tuple(voxels.T)].all() and component[tuple(voxels.T)].mean() > 0.6
+    assert kinds == {"box", "lasso"}
+
+
+def test_a_scribble_mask_upload_becomes_clicks(tmp_path):
+    from monailabel.interfaces.tasks.infer_v2 import InferType
+
+    task, path, (image, label, affine) = rule_infer_task(tmp_path)  # ChannelRule(0): the answer is the positive click blobs
+    kidney = label == LABELS["kidney"]
+    centre = [int(v) for v in region_centre(kidney)]
+    scribbles = np.zeros(image.shape, np.uint8)
+    scribbles[centre[0] - 3 : centre[0] + 4, centre[1], centre[2]] = 3  # a foreground stroke, 7 voxels
+    scribbles[0:60, 0, 0] = 2  # a background stroke, 60 voxels: thinned to MAX_SCRIBBLE_CLICKS
+    upload = upload_tempfile()
+    try:
+        save_nifti(scribbles, affine, upload)
+        result_file, result = task({"image": path, "label": upload, "scribbles_mask": True, "reset_state": True})
+        mask = np.asarray(nib.load(result_file).dataobj) > 0
+        assert result["scribble_clicks"] == [7, 48] and mask[tuple(centre)] and result["previous_mask"] is None
+        # The upstream plugin's scribbles panel: its whole segmentation with label_info; the selected
+        # segment is the previous mask and target, the other segments are never claimed.
+        plugin = PromptInfer(path=task.path, network=ChannelRule(0), labels=LABELS, preset=PRESET, matcher=MATCHER,
+                             device="cpu", infer_type=InferType.SCRIBBLES)
+        segmentation = np.zeros(image.shape, np.uint8)
+        segmentation[kidney] = 2
+        segmentation[tuple(slice(c - 2, c - 1) for c in centre)] = 1  # a "liver" voxel right beside the stroke
+        segmentation[scribbles == 3] = 3
+        save_nifti(segmentation, affine, upload)
+        info = [{"name": "liver", "id": 1}, {"name": "kidney", "id": 2}, {"name": "foreground_scribbles", "id": 3},
+                {"name": "background_scribbles", "id": 4}]
+        result_file, result = plugin({"image": path, "label": upload, "label_info": info, "selected_label_name": "kidney", "roi": []})
+        mask = np.asarray(nib.load(result_file).dataobj) > 0
+        assert result["target"] == "kidney" and result["previous_mask"] == "uploaded" and result["scribble_clicks"] == [7, 0]
+        assert result["excluded_voxels"] == 1 and not mask[segmentation == 1].any() and mask[tuple(centre)]
+        with pytest.raises(ClientError) as e:
+            plugin({"image": path, "label": upload, "label_info": info[:2], "selected_label_name": "kidney"})
+        assert e.value.status_code == 400 and "foreground_scribbles" in e.value.message
+        save_nifti(np.zeros(image.shape, np.uint8), affine, upload)
+        with pytest.raises(ClientError) as e:
+            task({"image": path, "label": upload, "scribbles_mask": True})
+        assert e.value.status_code == 422 and "no foreground or background scribble" in e.value.message
+    finally:
+        os.unlink(upload)
+    with pytest.raises(ClientError) as e:
+        task({"image": path, "scribbles_mask": True, "text": "kidney"})
+    assert e.value.status_code == 400 and "scribble mask" in e.value.message

@@ -107,3 +107,16 @@ def hu_threshold_dice(ranges: Mapping[str, tuple], case: Dict[str, str], labels:
         low, high = ranges[name]
         prediction[(image >= low) & (image <= high)] = labels[name]
     return dice_per_label(prediction, truth, labels)
+
+
+def extruded_slice_dice(target: np.ndarray, axis: int, k: int) -> float:
+    """Dice of the cross-section ``target`` has on slice ``k`` (along ``axis``) copied onto every slice
+    of the structure's true extent along that axis: a drawn 2D prompt's baseline that learns
+    nothing (it is told the extent, an oracle)."""
+    present = np.flatnonzero(np.moveaxis(target, axis, 0).reshape(target.shape[axis], -1).any(1))
+    cross = np.take(target, k, axis=axis)
+    extruded = np.zeros(target.shape, bool)
+    index = [slice(None)] * 3
+    index[axis] = slice(int(present.min()), int(present.max()) + 1)
+    extruded[tuple(index)] = np.expand_dims(cross, axis)
+    return dice(extruded, target)

@@ -127,11 +127,26 @@ def http_sessions(url: str, cases, labels, clicks: int, tmpdir: str, progress=No
         }
     out.update(
         latency_s_median=round(float(np.median(everything)), 3),
+        latency_s_p95=round(float(np.percentile(everything, 95)), 3),
         latency_s_max=round(float(np.max(everything)), 3),
         server_task_s_median=round(float(np.median(server)), 3),
+        server_task_s_p95=round(float(np.percentile(server, 95)), 3),
         interactions=len(everything),
     )
     return out
+
+
+def http_latency(studies: str, cases, labels, clicks: int, progress=None) -> Dict:
+    """:func:`http_sessions` against a real server on ``studies`` (its serving prompt model, no
+    training), after one warm-up click that loads the model."""
+    conf = {"models": "prompt", "auto_train": "false"}
+    with tempfile.TemporaryDirectory() as tmpdir, running_server(
+        studies, conf=conf, log_path=os.path.join(tmpdir, "server.log")
+    ) as server:
+        http_sessions(server.url, cases[:1], labels, 1, tmpdir)  # warm-up: the server loads the model
+        report = http_sessions(server.url, cases, labels, clicks, tmpdir, progress=progress)
+    report["server_precision"] = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32_onednn"
+    return report
 
 
 def write_png(report: Dict, path: str) -> None:
@@ -176,13 +191,7 @@ def main(args) -> int:
     report = measure(pipeline, cases, labels, args.clicks, paths, progress=progress)
     if not args.skip_http:
         print("timing the same clicks through the real server and MONAI Label's client ...", flush=True)
-        conf = {"models": "prompt", "auto_train": "false"}
-        with tempfile.TemporaryDirectory() as tmpdir, running_server(
-            args.studies, conf=conf, log_path=os.path.join(tmpdir, "server.log")
-        ) as server:
-            http_sessions(server.url, cases[:1], labels, 1, tmpdir)  # warm-up: the server loads the model
-            report["http"] = http_sessions(server.url, cases, labels, args.clicks, tmpdir, progress=progress)
-        report["http"]["server_precision"] = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32_onednn"
+        report["http"] = http_latency(args.studies, cases, labels, args.clicks, progress)
     os.makedirs(args.out, exist_ok=True)
     json_path, png_path = os.path.join(args.out, "latency.json"), os.path.join(args.out, "latency.png")
     write_result(json_path, report, "float32 with PyTorch's own kernel choice (float32_native), in-process; target 1 s a click")

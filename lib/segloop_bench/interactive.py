@@ -16,6 +16,10 @@ own arm, per held-out case and label, on the image's own grid:
   largest error; Dice and NSD (MONAI's surface Dice, ``NSD_TOLERANCE_MM``) after the box and after
   each click, their area under that curve (trapezoid over the 6 steps, as the challenge sums it:
   at most 5), and the final Dice and NSD;
+* ``box_2d`` and ``lasso``: a prompt drawn on one slice (the stored volume's k-slice through the
+  centre of the structure's largest part), no label: the part's 2D bounding rectangle, or its
+  cross-section as a lasso's inside; scored against that part in 3D. Beside them
+  ``baseline_extruded_slice_oracle``: the cross-section copied over the part's true k-extent;
 * ``novel_clicks_only``: structures the campaign never labelled (the generator's aorta, vertebral
   column and largest bowel gas pocket, ``<ground truth>/novel/``), clicks without a label, as a
   clinician segments something the label map lacks; beside it ``baseline_ball_oracle``: a ball of
@@ -35,6 +39,7 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from segloop.errors import ClientError
 from segloop.metrics.dice import dice
@@ -52,7 +57,14 @@ from segloop.prompts.encoding import Prompt
 from segloop.prompts.simulation import bounding_box, next_click
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
-from segloop_bench.baselines import ball_dice, box_fill_dice, equivalent_radius_mm, mean_label_dice, typical_radius_mm
+from segloop_bench.baselines import (
+    ball_dice,
+    box_fill_dice,
+    equivalent_radius_mm,
+    extruded_slice_dice,
+    mean_label_dice,
+    typical_radius_mm,
+)
 from segloop_bench.errors import HarnessError
 from segloop_bench.provenance import write_result
 
@@ -106,7 +118,8 @@ def evaluate_interactive(
     """Every arm over ``cases`` (each ``{"id", "image", "label"}``); ``radius_mm``: per label, the
     ball baseline's radius (:func:`segloop_bench.baselines.typical_radius_mm` of the training labels)."""
     classes = class_indices(labels)
-    kinds = (*CLICK_ARMS, "label_only", "box_only", "box_then_clicks", "text", "ball", "box_fill", "latency_s")
+    kinds = (*CLICK_ARMS, "label_only", "box_only", "box_then_clicks", "text", "ball", "box_fill", "latency_s",
+             "box_2d", "lasso", "extruded")
     rows: Dict[str, Dict[str, list]] = {name: {kind: [] for kind in kinds} for name in labels}
     for image, name, c, target in case_structures(cases, labels, progress):
         row = rows[name]
@@ -122,6 +135,8 @@ def evaluate_interactive(
         row["box_fill"].append(box_fill_dice(target, lo, hi))
         row["box_then_clicks"].append(box_then_clicks(pipeline, image, target, [float(v) for v in image.pixdim[:3]], segfm_clicks))
         row["text"].extend(text_arm(pipeline, matcher, image, target, name, classes))
+        for kind, value in drawn_slice_arms(pipeline, image, target).items():
+            row[kind].append(value)
         spacing = [float(s) for s in image.pixdim[:3]]
         radius = radius_mm.get(name)
         row["ball"].append(ball_dice(target, spacing, first_click(target), radius) if radius else float("nan"))
@@ -142,10 +157,28 @@ def evaluate_interactive(
             "baseline_ball_dice": round(float(np.nanmean(row["ball"])), 4),
             "baseline_ball_radius_mm": round(float(radius_mm.get(name, float("nan"))), 1),
             "baseline_box_fill_dice": round(float(np.mean(row["box_fill"])), 4),
+            "box_2d_dice": round(float(np.mean(row["box_2d"])), 4),
+            "lasso_dice": round(float(np.mean(row["lasso"])), 4),
+            "baseline_extruded_slice_oracle_dice": round(float(np.mean(row["extruded"])), 4),
             "latency_s_median": round(float(np.median(row["latency_s"])), 3),
+            "latency_s_p95": round(float(np.percentile(row["latency_s"], 95)), 3),
             "latency_s_max": round(float(np.max(row["latency_s"])), 3),
         }
     return report
+
+
+def drawn_slice_arms(pipeline, image, target: np.ndarray) -> Dict[str, float]:
+    """Dice of the ``box_2d`` and ``lasso`` arms and their extruded-slice baseline (module docstring)."""
+    parts, count = ndimage.label(target)
+    part = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:])) if count > 1 else target
+    k = int(round(float(np.argwhere(part)[:, 2].mean())))
+    k = k if part[:, :, k].any() else int(np.argwhere(part)[len(np.argwhere(part)) // 2, 2])
+    cross = np.argwhere(part[:, :, k])
+    lo, hi = cross.min(0), cross.max(0)
+    box = ((float(lo[0]), float(lo[1]), float(k)), (float(hi[0]), float(hi[1]), float(k)))
+    boxed, _ = pipeline(image, Prompt(box=box))
+    lassoed, _ = pipeline(image, Prompt(region=np.c_[cross, np.full(len(cross), k)].astype(float)))
+    return {"box_2d": dice(boxed, part), "lasso": dice(lassoed, part), "extruded": extruded_slice_dice(part, 2, k)}
 
 
 def surface_dice(prediction: np.ndarray, target: np.ndarray, spacing: Sequence[float]) -> float:
@@ -231,9 +264,11 @@ def _mean_noc(values: Sequence[Optional[int]], clicks: int) -> Optional[float]:
 BASELINE = (
     "baseline_ball: a ball of the structure's median training radius centred on the first click (learns nothing); "
     "baseline_box_fill: the box prompt's box itself; baseline_mean_label: the training labels' per-voxel majority "
-    "(for the label-only and text arms); baseline_ball_oracle: a ball of the novel structure's own volume at "
+    "(for the label-only and text arms); baseline_extruded_slice_oracle: the drawn cross-section copied over the "
+    "structure's true extent (box_2d, lasso); baseline_ball_oracle: a ball of the novel structure's own volume at "
     "the first click (novel_clicks_only); "
-    "each arm (label_and_clicks, clicks_only, label_only, box_only, box_then_clicks, text, novel_structures) is reported on its own"
+    "each arm (label_and_clicks, clicks_only, label_only, box_only, box_2d, lasso, box_then_clicks, text, "
+    "novel_structures) is reported on its own"
 )
 
 
@@ -351,7 +386,8 @@ def print_summary(report: Dict) -> None:
             f"box fill {row['baseline_box_fill_dice']:.3f}, mean label {row.get('baseline_mean_label_dice', float('nan')):.3f}  "
             f"box then clicks: DSC AUC {row['box_then_clicks']['dsc_auc']:.2f}, NSD AUC {row['box_then_clicks']['nsd_auc']:.2f}, "
             f"final DSC {row['box_then_clicks']['final_dsc']:.3f}, NSD {row['box_then_clicks']['final_nsd']:.3f}  "
-            f"latency median {row['latency_s_median']} s"
+            f"2D box {row['box_2d_dice']:.3f}, lasso {row['lasso_dice']:.3f} (extruded slice "
+            f"{row['baseline_extruded_slice_oracle_dice']:.3f})  latency median {row['latency_s_median']} s"
         )
 
 

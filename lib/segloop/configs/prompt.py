@@ -5,6 +5,7 @@ import os
 from typing import Any, Dict
 
 from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from segloop.campaign.registry import ModelRegistry
 from segloop.configs.options import parse_options, resolve_device
@@ -36,17 +37,24 @@ class InteractiveSegmentation(TaskConfig):
         )
 
     def infer(self):
-        return PromptInfer(
-            path=self.path,
-            network=self.network,
-            labels=self.labels,
-            preset=self.preset,
-            matcher=self.matcher,
-            hu_window=self.options.hu_window,
-            model_name=self.name,
-            device=self.device,
-            amp=self.options.amp,
-        )
+        """Two infer tasks on one network, as MONAI Label's DeepEdit config names its two: ``<name>``
+        (DeepGrow type: the plugin's point tools and every SegLoop prompt) and ``<name>_scribbles``
+        (Scribbles type: the plugin's scribbles panel)."""
+        return {
+            task_name: PromptInfer(
+                path=self.path,
+                network=self.network,
+                labels=self.labels,
+                preset=self.preset,
+                matcher=self.matcher,
+                hu_window=self.options.hu_window,
+                model_name=self.name,
+                device=self.device,
+                amp=self.options.amp,
+                infer_type=infer_type,
+            )
+            for task_name, infer_type in ((self.name, InferType.DEEPGROW), (f"{self.name}_scribbles", InferType.SCRIBBLES))
+        }
 
     def trainer(self):
         return PromptTrainer(

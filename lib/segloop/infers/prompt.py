@@ -5,7 +5,12 @@ sends its usual request (see :mod:`segloop.prompts.request` for every accepted f
 mask to refine can be uploaded as the ``label`` file of ``/infer`` (name the structure with
 ``text`` then, since ``label`` is taken by the file), or, with ``label_map``, the case's whole
 label map: then the target's voxels are the previous mask and every other segment's voxels are
-never claimed (multi-label consistency); for a client that resends all its clicks
+never claimed (multi-label consistency); or, with ``scribbles_mask``, a scribble mask (voxels of
+value 3 positive, 2 negative: MONAI Label's scribbles convention). As a ``scribbles`` task (the
+upstream plugin's scribbles panel) the upload is the plugin's whole segmentation with its
+``label_info``: the ``foreground_scribbles`` / ``background_scribbles`` segments are the scribbles,
+the ``selected_label_name`` segment the previous mask and target, the other segments excluded. For a
+client that resends all its clicks
 instead (the plugin) the task remembers its last answer (:mod:`segloop.prompts.memory`). Either
 way a correction click updates the mask locally around it (:mod:`segloop.prompts.refine`). The
 result is a uint8 mask (1 = the structure) with exactly the input's shape and affine; its JSON
@@ -30,13 +35,15 @@ from segloop.errors import bad_request, unprocessable
 from segloop.infers.segmentation import SegmentationInfer
 from segloop.networks.prompt import PromptPreset
 from segloop.prompts.memory import ClickMemory
-from segloop.prompts.request import parse_prompt
+from segloop.prompts.request import parse_prompt, scribble_mask_clicks
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
 from segloop.transforms import DEFAULT_HU_WINDOW
 from segloop.validation import check_label_values, is_upload_tempfile
 
 logger = logging.getLogger(__name__)
+
+SCRIBBLES_FOREGROUND, SCRIBBLES_BACKGROUND = "foreground_scribbles", "background_scribbles"  # the plugin's segment names
 
 
 class PromptInfer(SegmentationInfer):
@@ -51,6 +58,7 @@ class PromptInfer(SegmentationInfer):
         model_name: str = "prompt",
         device: str = "cuda",
         amp: str = "auto",
+        infer_type: str = InferType.DEEPGROW,
     ):
         super().__init__(
             path=path,
@@ -63,7 +71,7 @@ class PromptInfer(SegmentationInfer):
             device=device,
             description="Prompt-able segmentation (SegVol-style): clicks, box, label name or free text",
         )
-        self.type = InferType.DEEPGROW
+        self.type = infer_type  # DEEPGROW: the plugin's point tools; SCRIBBLES: its scribbles panel
         self.preset = preset
         self.matcher = matcher
         self.memory = ClickMemory()
@@ -90,6 +98,39 @@ class PromptInfer(SegmentationInfer):
             raise unprocessable(f"previous mask has shape {list(uploaded.shape)}, the image {list(shape)}")
         return uploaded
 
+    def _scribbles(self, request, uploaded: Optional[np.ndarray]):
+        """(request, (positive, negative) clicks, previous mask, excluded voxels) of a scribble upload,
+        or None when the request is not one (module docstring)."""
+        plugin = self.type == InferType.SCRIBBLES
+        if not plugin and not strtobool(str(request.get("scribbles_mask", False))):
+            return None
+        if uploaded is None:
+            raise bad_request("a scribbles request needs the scribble mask uploaded as the 'label' file")
+        ids = {SCRIBBLES_FOREGROUND: 3, SCRIBBLES_BACKGROUND: 2}
+        if plugin:
+            info = request.get("label_info") or []
+            if not isinstance(info, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), int) for e in info):
+                raise bad_request("label_info must be a list of {\"name\": ..., \"id\": <int>} segments")
+            ids = {e.get("name"): e["id"] for e in info}
+            if not ({SCRIBBLES_FOREGROUND, SCRIBBLES_BACKGROUND} & set(ids)):
+                raise bad_request(f"label_info names no {SCRIBBLES_FOREGROUND} or {SCRIBBLES_BACKGROUND} segment")
+        clicks = tuple(
+            scribble_mask_clicks(uploaded, ids[name]) if name in ids else []
+            for name in (SCRIBBLES_FOREGROUND, SCRIBBLES_BACKGROUND)
+        )
+        request = dict(request, label=None)  # the upload is not a previous mask
+        previous = excluded = None
+        if plugin:
+            target = request.get("selected_label_name")
+            request["label"] = target if isinstance(target, str) else None  # a known label's name adds the label prompt
+            mine = uploaded == ids[target] if target in ids else np.zeros(uploaded.shape, bool)
+            scribbled = np.isin(uploaded, [ids.get(SCRIBBLES_FOREGROUND, -1), ids.get(SCRIBBLES_BACKGROUND, -1)])
+            previous = mine.astype(np.float32) if mine.any() else None
+            excluded = (uploaded > 0) & ~mine & ~scribbled
+        if not clicks[0] and not clicks[1]:
+            raise unprocessable("the scribble mask has no foreground or background scribble voxels")
+        return request, clicks, previous, excluded
+
     def _previous_and_excluded(self, request, uploaded: Optional[np.ndarray], target: Optional[str]):
         """(previous mask, voxels never to claim) from the upload. A plain upload is the previous
         mask. With ``label_map`` the upload is the case's label map (storage indices): the target's
@@ -108,8 +149,15 @@ class PromptInfer(SegmentationInfer):
         checkpoint, image_path = self.check_request(request)
         image = LoadImage(image_only=True, ensure_channel_first=True)(image_path)
         shape = tuple(image.shape[1:])
-        prompt, notes = parse_prompt(request, shape, self.labels, self.matcher)
-        uploaded, excluded = self._previous_and_excluded(request, self._uploaded_label(request, shape), notes.get("target"))
+        uploaded = self._uploaded_label(request, shape)
+        scribbles = self._scribbles(request, uploaded)
+        if scribbles is not None:
+            request, scribbled, uploaded, excluded = scribbles
+            prompt, notes = parse_prompt(request, shape, self.labels, self.matcher, scribbled)
+            notes["scribble_clicks"] = [len(scribbled[0]), len(scribbled[1])]
+        else:
+            prompt, notes = parse_prompt(request, shape, self.labels, self.matcher)
+            uploaded, excluded = self._previous_and_excluded(request, uploaded, notes.get("target"))
         previous, source = uploaded, "uploaded" if uploaded is not None else None
         if strtobool(str(request.get("reset_state", False))):
             self.memory.forget(image_path)

@@ -8,14 +8,21 @@ Slicer plugin sends them:
 * DeepEdit: one point list per label name plus ``background``; the points of ``label`` are the
   positive clicks, the points of every other label are negatives for this structure;
 * ``box``: two opposite corners ``[[i0, j0, k0], [i1, j1, k1]]``; the plugin's ``roi``
-  ``[i0, i1, j0, j1, k0, k1]`` is read the same way;
+  ``[i0, i1, j0, j1, k0, k1]`` is read the same way. A **2D box** is the same with one index equal
+  in both corners (a rectangle drawn on one slice): the answer is the 3D structure through it;
+* ``lasso``: a closed polygon drawn on one slice, a list of at least 3 ``[i, j, k]`` vertices that
+  share one index (the slice); its inside, filled (scikit-image ``polygon``), is the drawn region
+  (:class:`segloop.prompts.encoding.Prompt`): the answer is the 3D structure through it;
 * ``text``: free text or a label name (see :mod:`segloop.prompts.text`);
 * ``foreground_scribbles`` / ``background_scribbles``: lists of polylines, each a list of
   ``[i, j, k]`` vertices (one vertex: a dot). Each line is sampled a voxel apart and the samples
   become clicks, at most ``MAX_SCRIBBLE_CLICKS`` per list, evenly spread (the click blobs are
   3 voxels wide, so thinning leaves no gap a blob does not cover).
 
-At least a positive click, a box, or a label / text prompt is needed. Malformed or out-of-image
+An uploaded **scribble mask** (the ``label`` file with ``scribbles_mask``, or the upstream plugin's
+scribbles request) becomes clicks the same way (:func:`scribble_mask_clicks`).
+
+At least a positive click, a box, a lasso, or a label / text prompt is needed. Malformed or out-of-image
 prompts raise a 4xx naming the offending value and the image size.
 """
 
@@ -23,12 +30,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from skimage.draw import polygon
+
 from segloop.errors import bad_request, unprocessable
 from segloop.prompts.encoding import Point, Prompt
 from segloop.prompts.text import LabelMatcher
 
 MAX_POINTS = 100  # per list; more is a client bug, not an annotation
 MAX_SCRIBBLE_CLICKS = 48  # clicks a scribble list becomes, after sampling its lines
+MAX_LASSO_VERTICES = 2000  # a hand-traced outline, a vertex per mouse event
 
 
 def _point(value: Any, what: str, shape: Sequence[int]) -> Point:
@@ -70,10 +80,44 @@ def _scribbles(value: Any, what: str, shape: Sequence[int]) -> List[Point]:
         for a, b in zip(vertices[:-1], vertices[1:]):
             steps = int(np.ceil(np.abs(np.subtract(b, a)).max()))
             samples.extend(tuple(float(v) for v in np.add(a, np.multiply(np.subtract(b, a), t / steps))) for t in range(1, steps + 1))
-    if len(samples) > MAX_SCRIBBLE_CLICKS:
-        keep = np.linspace(0, len(samples) - 1, MAX_SCRIBBLE_CLICKS).round().astype(int)
-        samples = [samples[i] for i in keep]
-    return samples  # type: ignore[return-value]
+    return _evenly(samples)  # type: ignore[arg-type]
+
+
+def _evenly(points: List[Point], limit: int = MAX_SCRIBBLE_CLICKS) -> List[Point]:
+    """At most ``limit`` of ``points``, evenly spread over the list."""
+    if len(points) <= limit:
+        return points
+    return [points[i] for i in np.linspace(0, len(points) - 1, limit).round().astype(int)]
+
+
+def scribble_mask_clicks(mask: np.ndarray, value: int) -> List[Point]:
+    """The clicks the voxels of ``mask == value`` (a painted scribble) become: at most
+    ``MAX_SCRIBBLE_CLICKS``, evenly spread over the voxels in storage order."""
+    voxels = np.argwhere(np.asarray(mask) == value)
+    return _evenly([tuple(float(v) for v in p) for p in voxels])  # type: ignore[misc]
+
+
+def _lasso(value: Any, shape: Sequence[int]) -> Optional[np.ndarray]:
+    """The voxels [K, 3] inside a closed polygon drawn on one slice (module docstring)."""
+    if value in (None, [], ""):
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) < 3:
+        raise bad_request(f"lasso must be a closed polygon of at least 3 [i, j, k] vertices on one slice, got {str(value)[:80]}")
+    if len(value) > MAX_LASSO_VERTICES:
+        raise bad_request(f"lasso: {len(value)} vertices, at most {MAX_LASSO_VERTICES} allowed")
+    vertices = np.round([_point(v, "lasso vertex", shape) for v in value]).astype(int)
+    flat = [axis for axis in range(3) if np.ptp(vertices[:, axis]) == 0]
+    if len(flat) != 1:
+        raise bad_request(
+            "lasso vertices must lie on one slice and span an area on it: exactly one of i, j, k the same "
+            f"for every vertex (here {len(flat)} of them are)"
+        )
+    axis = flat[0]
+    rows, cols = [a for a in range(3) if a != axis]
+    inside = polygon(vertices[:, rows], vertices[:, cols], shape=(shape[rows], shape[cols]))
+    region = np.empty((len(inside[0]), 3), float)
+    region[:, axis], region[:, rows], region[:, cols] = vertices[0, axis], inside[0], inside[1]
+    return region
 
 
 def _box(request: Mapping, shape: Sequence[int]) -> Optional[Tuple[Point, Point]]:
@@ -93,19 +137,26 @@ def _box(request: Mapping, shape: Sequence[int]) -> Optional[Tuple[Point, Point]
 
 
 def parse_prompt(
-    request: Mapping[str, Any], shape: Sequence[int], labels: Mapping[str, int], matcher: LabelMatcher
+    request: Mapping[str, Any],
+    shape: Sequence[int],
+    labels: Mapping[str, int],
+    matcher: LabelMatcher,
+    scribbled: Tuple[Sequence[Point], Sequence[Point]] = ((), ()),
 ) -> Tuple[Prompt, Dict[str, Any]]:
     """The prompt of ``request`` for an image of ``shape`` voxels, and notes for the result JSON.
 
     ``labels`` is the name -> storage index map; the prompt's class index is the label's position
-    in ascending index order (1..N), 0 when no label prompt applies.
+    in ascending index order (1..N), 0 when no label prompt applies. ``scribbled``: the positive and
+    negative clicks of an uploaded scribble mask (:func:`scribble_mask_clicks`).
     """
     order = {name: c for c, name in enumerate(sorted(labels, key=labels.get), start=1)}
     notes: Dict[str, Any] = {}
-    positive = _points(request.get("foreground"), "foreground", shape)
-    negative = _points(request.get("background"), "background", shape)
+    positive = _points(request.get("foreground"), "foreground", shape) + list(scribbled[0])
+    negative = _points(request.get("background"), "background", shape) + list(scribbled[1])
     positive += _scribbles(request.get("foreground_scribbles"), "foreground_scribbles", shape)
     negative += _scribbles(request.get("background_scribbles"), "background_scribbles", shape)
+    region = _lasso(request.get("lasso"), shape)
+    spatial = bool(positive) or region is not None or request.get("box") is not None or request.get("roi") is not None
 
     label_name = request.get("label")
     if not isinstance(label_name, str) or label_name not in order and _looks_like_path(label_name):
@@ -123,14 +174,14 @@ def parse_prompt(
     elif label_name:
         target = label_name if label_name in order else matcher.lookup(label_name)
         if target is None:
-            if not positive and request.get("box") is None and request.get("roi") is None:
+            if not spatial:
                 raise unprocessable(f"label {label_name!r} is not known; known labels: {list(order)}")
             notes["label_prompt"] = f"ignored: {label_name!r} is not one of {list(order)}; clicks alone decide"
 
-    prompt = Prompt(positive=positive, negative=negative, box=_box(request, shape), label=order.get(target, 0))
-    if not prompt.positive and prompt.box is None and not prompt.label:
+    prompt = Prompt(positive=positive, negative=negative, box=_box(request, shape), label=order.get(target, 0), region=region)
+    if not prompt.positive and prompt.box is None and not prompt.has_region and not prompt.label:
         raise bad_request(
-            "the prompt model needs at least one foreground click, a box, or a label / text prompt "
+            "the prompt model needs at least one foreground click, a box, a lasso, or a label / text prompt "
             f"(known labels: {list(order)})"
         )
     notes["target"] = target

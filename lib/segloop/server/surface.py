@@ -207,7 +207,7 @@ def build_surface(context: SurfaceContext) -> List[APIRouter]:
                 raise not_found(f"no session {session_id!r} (sessions expire; create one with PUT /session/)")
         if not (image or session_id or file):
             raise bad_request("give an image: a datastore id (image=...), an uploaded file, or a session_id")
-        prompt_able = getattr(task, "type", None) == InferType.DEEPGROW
+        prompt_able = getattr(task, "type", None) in (InferType.DEEPGROW, InferType.SCRIBBLES)
         accepted, _ = check_infer_params(parse_params(params), prompt_able, task.labels or {}, model)
         # One inference at a time, off the event loop: uploads and status requests go on meanwhile.
         return await _upstream(

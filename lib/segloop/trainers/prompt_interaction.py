@@ -11,6 +11,13 @@ multi-label map (network channels: 0 background, 1..N labels). For each item:
    * a click inside one component, that component's jittered box, or the label alone, each
      with or without the label. Without a label prompt the target is the clicked / boxed
      component; with one, the whole class;
+   * a **slice** prompt without a label: one cross-section of a component, on a random slice
+     along a random axis, drawn as a 2D box (its jittered bounding rectangle) or a lasso (the
+     cross-section itself, a voxel wider or narrower); the target is the whole 3D component;
+   * a click without a label on an **image region** outside every labelled structure: the
+     connected voxels within ``REGION_TOLERANCE`` of the clicked voxel's intensity (3^3 median),
+     the self-supervision SAM-style models draw from the image itself. It teaches clicks alone to
+     segment a structure nobody labelled: a vessel, a bone, a gas pocket;
    * **all labels**: no spatial prompt, and the network is asked for every label at once from
      the same features, each against its own mask (empty where the label is absent from the
      view). One forward pass then teaches what every label looks like, and where it is not,
@@ -40,9 +47,14 @@ from scipy import ndimage
 from segloop.prompts.encoding import Prompt, encode_prompts
 from segloop.prompts.simulation import jittered_box, next_click, random_click, region_centre
 
-MODES = ("click", "click+label", "box", "box+label", "label", "all labels")
+MODES = ("click", "region", "click+label", "box", "box+label", "slice", "label", "all labels")
 # Clicks with the label: what the Slicer plugin sends. "all labels" supervises every label per pass.
-MODE_WEIGHTS = (0.15, 0.3, 0.15, 0.05, 0.05, 0.3)
+# The label modes keep the shares they had before "region" and "slice" came (see
+# benchmarks/prompt_model_trials.md): taking them away cost the label + click arm its margin.
+MODE_WEIGHTS = (0.12, 0.08, 0.3, 0.1, 0.05, 0.05, 0.05, 0.25)
+REGION_TOLERANCE = 0.075  # intensity (0..1 after the HU window): 30 HU in the default 400 HU window
+REGION_DRAWS = 8  # seeds tried per item before falling back to a labelled structure's click
+REGION_VOXELS = (64, 0.1)  # an image region's size: at least this many voxels, at most this share of the view
 PADDING = -1  # class index / target value of an unused label query
 ZOOM_OUT_SHARE = 0.4  # the zoom-in view is the harder one (less context): it gets more of the steps
 MASKLESS_SHARE = 0.5  # corrected items whose clicks accumulate without the previous-mask channel
@@ -126,8 +138,41 @@ class PromptInteraction:
     def _fit_label(self, label: np.ndarray, size: Sequence[int]) -> np.ndarray:
         return self._fit(torch.as_tensor(label)[None], size)[0].numpy()
 
-    def prompt(self, label: np.ndarray) -> Tuple[Prompt, List[int], np.ndarray]:
-        """A random prompt on ``label`` (class channels), its label queries and their targets.
+    def image_region(self, image: np.ndarray, label: np.ndarray) -> Optional[np.ndarray]:
+        """An unlabelled structure of the view [X, Y, Z] (intensities 0..1): the connected voxels
+        of similar intensity (after a 3^3 median) around a random voxel outside every labelled
+        structure, if one of a plausible size turns up in a few draws (else None)."""
+        free = label == 0
+        if not free.any():
+            return None
+        smooth = ndimage.median_filter(image.astype(np.float32), 3)  # noise down, edges kept
+        low, high_share = REGION_VOXELS
+        for _ in range(REGION_DRAWS):
+            seed = random_click(free, self.rng)
+            components, _ = ndimage.label(free & (np.abs(smooth - smooth[seed]) < REGION_TOLERANCE))
+            region = components == components[seed]
+            if low <= int(region.sum()) <= high_share * region.size:
+                return region
+        return None
+
+    def slice_prompt(self, component: np.ndarray) -> Prompt:
+        """A 2D box or a lasso on one cross-section of ``component`` (module docstring)."""
+        axis = int(self.rng.integers(3))
+        k = int(random_click(component, self.rng)[axis])
+        cross = np.take(component, k, axis=axis)
+        if self.rng.random() < 0.5:  # 2D box: the cross-section's rectangle, each side jittered a voxel
+            where = np.argwhere(cross)
+            lo = np.clip(where.min(0) + self.rng.integers(-1, 2, 2), 0, np.asarray(cross.shape) - 1)
+            hi = np.clip(where.max(0) + self.rng.integers(-1, 2, 2), lo, np.asarray(cross.shape) - 1)
+            return Prompt(box=(tuple(map(float, np.insert(lo, axis, k))), tuple(map(float, np.insert(hi, axis, k)))))
+        change = self.rng.integers(-1, 2)  # a hand-drawn outline: a voxel inside or outside the edge
+        drawn = ndimage.binary_dilation(cross) if change > 0 else ndimage.binary_erosion(cross) if change < 0 else cross
+        where = np.argwhere(drawn if drawn.any() else cross).astype(float)
+        return Prompt(region=np.insert(where, axis, k, axis=1))
+
+    def prompt(self, label: np.ndarray, image: Optional[np.ndarray] = None) -> Tuple[Prompt, List[int], np.ndarray]:
+        """A random prompt on ``label`` (class channels) or on a region of ``image`` (the view's
+        intensities), its label queries and their targets.
 
         Returns the spatial prompt, ``num_labels`` class indices (padded with -1) and targets
         [num_labels, X, Y, Z] float (1 / 0; all -1 for a padding query).
@@ -135,6 +180,12 @@ class PromptInteraction:
         targets = np.full((self.num_labels, *label.shape), PADDING, np.float32)
         present = present_classes(label)
         mode = MODES[self.rng.choice(len(MODES), p=MODE_WEIGHTS)]
+        region = self.image_region(image, label) if mode == "region" and image is not None else None
+        if region is not None:
+            prompt = Prompt(positive=[region_centre(region) if self.rng.random() < 0.5 else random_click(region, self.rng)])
+            targets[0] = region
+            return prompt, [0] + [PADDING] * (self.num_labels - 1), targets
+        mode = "click" if mode == "region" else mode
         if mode == "all labels" or not present:
             classes = list(range(1, self.num_labels + 1))
             targets[:] = label[None] == np.asarray(classes).reshape(-1, 1, 1, 1)
@@ -152,6 +203,8 @@ class PromptInteraction:
             prompt.positive.append(region_centre(component) if centre else random_click(component, self.rng))
         elif mode.startswith("box"):
             prompt.box = jittered_box(component, self.rng)
+        elif mode == "slice":
+            prompt = self.slice_prompt(component)
         targets[0] = whole if with_label else component
         return prompt, [prompt.label] + [PADDING] * (self.num_labels - 1), targets
 
@@ -163,7 +216,7 @@ class PromptInteraction:
         size = self.view_size(zoom_out)
         for b in range(images.shape[0]):
             image, label = self.view(images[b], labels[b], size, zoom_out)
-            prompt, classes, target = self.prompt(label)
+            prompt, classes, target = self.prompt(label, image[0].float().cpu().numpy())
             views.append(image)
             prompts.append(prompt)
             queries.append(classes)
