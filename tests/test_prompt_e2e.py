@@ -19,7 +19,7 @@ from segloop.labels import DEFAULT_LABELS
 from segloop.metrics.dice import dice
 from segloop.prompts.click_protocol import class_indices, click_session, load_case
 from segloop.prompts.encoding import Prompt
-from segloop.prompts.request import parse_prompt
+from segloop.prompts.request import parse_prompt, scribble_mask_clicks
 from segloop.prompts.simulation import largest_component, next_click, region_centre
 from segloop_bench.interactive import build_pipeline, run as evaluate_interactive, write_report
 from segloop_bench.server import running_server, wait_for
@@ -126,6 +126,12 @@ def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained, capsys,
     assert len(segfm["dice_after_box_and_clicks"]) == len(segfm["nsd_after_box_and_clicks"]) == 2
     assert segfm["dice_after_box_and_clicks"][0] == pytest.approx(rows["liver"]["box_only_dice"], abs=1e-3)
     assert 0 <= segfm["final_nsd"] <= 1 and 0 <= segfm["nsd_auc"] <= 1
+    # Prompts drawn on one slice (a 2D box, a lasso) beside the cross-section extruded over the true extent.
+    for organ in ORGANS:
+        assert all(0 <= rows[organ][k] <= 1 for k in ("box_2d_dice", "lasso_dice", "baseline_extruded_slice_oracle_dice"))
+    with capsys.disabled():
+        print("one slice, mean organ Dice: 2D box {:.3f}, lasso {:.3f}, extruded slice (oracle) {:.3f}".format(
+            *(mean(lambda r, k=k: r[k]) for k in ("box_2d_dice", "lasso_dice", "baseline_extruded_slice_oracle_dice"))))
     novel = written["novel_structures"]
     assert set(novel) == set(NOVEL_STRUCTURES) and all(r["cases"] == len(HELD_OUT) for r in novel.values())
     assert all(0 < r["baseline_ball_oracle_dice"] < 1 and len(r["clicks_only"]["dice_after_clicks"]) == 3 for r in novel.values())
@@ -246,7 +252,47 @@ def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
         clicks = parse_prompt({"foreground_scribbles": [line]}, truth.shape, labels, matcher)[0].positive
         wanted = pipeline(stored_image, Prompt(positive=clicks, label=classes["spleen"]))[0] & (other == 0)
         assert answer.any() and not answer[other > 0].any() and dice(answer, wanted) > 0.99
+        # The plugin's scribbles panel (the prompt_scribbles task): its whole segmentation uploaded
+        # with label_info; the scribble segments become clicks, the selected segment (here empty) is
+        # the target and every other segment is never claimed.
+        assert info["models"]["prompt_scribbles"]["type"] == "scribbles"
+        segmentation = np.where(truth == DEFAULT_LABELS["liver"], 1, 0).astype(np.uint8)
+        stroke = np.zeros(truth.shape, bool)
+        stroke[tuple(np.argwhere(spleen)[:: max(1, int(spleen.sum()) // 20)].T)] = True  # dabs across the spleen
+        segmentation[stroke] = 3
+        segmentation[0:4, 0:4, 0] = 4  # a background dab in the corner
+        info_segments = [{"name": "liver", "id": 1}, {"name": "spleen", "id": 2}, {"name": "foreground_scribbles", "id": 3},
+                         {"name": "background_scribbles", "id": 4}]
+        scribbles_file = str(tmp_path / "scribbles.nii.gz")
+        nib.save(nib.Nifti1Image(segmentation, image.affine), scribbles_file)
+        painted, params = client.infer(
+            "prompt_scribbles", "case_008", {"roi": [], "label_info": info_segments, "selected_label_name": "spleen"},
+            label_in=scribbles_file,
+        )
+        assert params["target"] == "spleen" and params["excluded_voxels"] == int((segmentation == 1).sum())
+        prompt = Prompt(positive=scribble_mask_clicks(segmentation, 3), negative=scribble_mask_clicks(segmentation, 4),
+                        label=classes["spleen"])
+        assert params["scribble_clicks"] == [len(prompt.positive), len(prompt.negative)]
+        wanted = pipeline(stored_image, prompt)[0] & (segmentation != 1)
+        answer = np.asarray(nib.load(painted).dataobj) > 0
+        assert answer.any() and not answer[segmentation == 1].any() and dice(answer, wanted) > 0.99
+
+        # A lasso and a 2D box on one slice through the spleen (SegLoop's own forms): each the
+        # in-process pipeline's answer to the same drawn prompt.
+        k = int(np.argwhere(spleen)[:, 2].mean())
+        cross = np.argwhere(spleen[:, :, k])
+        (i0, j0), (i1, j1) = cross.min(0), cross.max(0)
+        polygon = [[int(i0), int(j0), k], [int(i1), int(j0), k], [int(i1), int(j1), k], [int(i0), int(j1), k]]
+        for form, request in (("lasso", {"lasso": polygon}), ("box_2d", {"box": [polygon[0], polygon[2]]})):
+            drawn = parse_prompt(request, truth.shape, labels, matcher)[0]
+            wanted = pipeline(stored_image, drawn)[0]
+            path, params = client.infer("prompt", "case_008", request)
+            answer = np.asarray(nib.load(path).dataobj) > 0
+            assert params["target"] is None and params["roi_mm"] is not None, form
+            assert np.array_equal(answer, wanted) or dice(answer, wanted) > 0.99, form
         bad = [
+            ({"lasso": [[1, 1, 1], [5, 1, 1], [5, 5, 2]]}, 400, "one slice"),
+            ({"text": "spleen", "scribbles_mask": True}, 400, "scribble mask"),
             ({"foreground_scribbles": [[[1, 2]]]}, 400, "[i, j, k]"),
             ({"text": "spleen", "label_map": True}, 400, "no label map was uploaded"),
             ({"text": "pancreas"}, 422, "known labels"),

@@ -131,6 +131,35 @@ def test_every_module_action_against_a_real_server(slicer_studies, sample_root, 
         box = [liver.min(axis=0).tolist(), liver.max(axis=0).tolist()]
         _, box_result = client.prompt_segment("prompt", case["id"], str(tmp_path / "box.nii.gz"), box=box, text="liver")
         assert box_result["model_version"] >= 1 and "liver" in box_result["label_names"]
+        # Drawn on one slice (a lasso, a 2D box), scribbled, or sent with the case's label map.
+        k = int(liver[:, 2].mean())
+        (i0, j0), (i1, j1) = liver[liver[:, 2] == k][:, :2].min(0), liver[liver[:, 2] == k][:, :2].max(0)
+        polygon = [[i0, j0, k], [i1, j0, k], [i1, j1, k], [i0, j1, k]]
+        for form in ({"lasso": polygon}, {"box": [polygon[0], polygon[2]]},
+                     {"foreground_scribbles": [[inside, polygon[0]]], "text": "liver"}):
+            path, drawn = client.prompt_segment("prompt", case["id"], str(tmp_path / "drawn.nii.gz"), reset=True, **form)
+            assert nib.load(path).shape == image.shape and drawn["roi_mm"] is not None, form
+        truth_map = np.asarray(nib.load(truth(case["id"])).dataobj)
+        scribbles = np.zeros(image.shape, np.uint8)
+        scribbles[tuple(liver[:: max(1, len(liver) // 10)].T)] = 3
+        scribbles[0, 0, 0] = 2
+        nib.save(nib.Nifti1Image(scribbles, image.affine), str(tmp_path / "scribbles.nii.gz"))
+        _, painted = client.prompt_segment("prompt", case["id"], str(tmp_path / "painted.nii.gz"), text="liver",
+                                           scribble_mask=str(tmp_path / "scribbles.nii.gz"))
+        assert painted["scribble_clicks"] == [int((scribbles == 3).sum()), 1] and painted["target"] == "liver"
+        nib.save(nib.Nifti1Image(truth_map.astype(np.uint8), image.affine), str(tmp_path / "label_map.nii.gz"))
+        mask_path, mapped = client.prompt_segment("prompt", case["id"], str(tmp_path / "mapped.nii.gz"), foreground=[inside],
+                                                  text="liver", label_map=str(tmp_path / "label_map.nii.gz"))
+        others = (truth_map > 0) & (truth_map != DEFAULT_LABELS["liver"])
+        assert mapped["excluded_voxels"] == int(others.sum()) and mapped["previous_mask"] == "uploaded"
+        assert not np.asarray(nib.load(mask_path).dataobj)[others].any()
+        with pytest.raises(SegLoopError) as error:  # one file per request
+            client.prompt_segment("prompt", case["id"], str(tmp_path / "x.nii.gz"), text="liver",
+                                  scribble_mask=str(tmp_path / "scribbles.nii.gz"), label_map=str(tmp_path / "label_map.nii.gz"))
+        assert "not both" in error.value.message
+        with pytest.raises(SegLoopError) as error:  # a lasso off its slice: the server's 400 and reason
+            client.prompt_segment("prompt", case["id"], str(tmp_path / "x.nii.gz"), lasso=[[1, 1, 1], [5, 1, 1], [5, 5, 2]])
+        assert error.value.status == 400 and "one slice" in error.value.message
         with pytest.raises(SegLoopError) as error:  # a click outside the image: the server says why
             client.prompt_segment("prompt", case["id"], str(tmp_path / "bad.nii.gz"), foreground=[[9999, 0, 0]])
         assert error.value.status == 422 and "outside the image" in error.value.message

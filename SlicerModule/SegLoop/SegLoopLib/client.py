@@ -78,9 +78,12 @@ class SegLoopClient:
         return self.http.json("GET", "/datastore/", {"output": "stats"})
 
     # -- models --------------------------------------------------------------------------------
-    def _infer(self, model: str, image_id: str, params: Dict[str, Any], dest: str) -> Tuple[str, Dict[str, Any]]:
+    def _infer(
+        self, model: str, image_id: str, params: Dict[str, Any], dest: str, upload: Optional[str] = None
+    ) -> Tuple[str, Dict[str, Any]]:
         body, content_type = self.http.form(
-            "POST", f"/infer/{model}", {"image": image_id}, fields={"params": json.dumps(params)}
+            "POST", f"/infer/{model}", {"image": image_id}, fields={"params": json.dumps(params)},
+            files=[("label", upload)] if upload else (),
         )
         if not content_type.startswith("multipart/"):
             raise SegLoopError(0, f"/infer/{model} returned no label map: {body[:200]!r}")
@@ -102,15 +105,40 @@ class SegLoopClient:
         background: Sequence[Sequence[int]] = (),
         box: Optional[Sequence[Sequence[int]]] = None,
         text: str = "",
+        lasso: Optional[Sequence[Sequence[int]]] = None,
+        foreground_scribbles: Sequence[Sequence[Sequence[int]]] = (),
+        background_scribbles: Sequence[Sequence[Sequence[int]]] = (),
+        scribble_mask: Optional[str] = None,
+        label_map: Optional[str] = None,
+        reset: bool = False,
     ):
-        """One structure from clicks (IJK), a box (two IJK corners) and/or a label name / text."""
-        params: Dict[str, Any] = {"foreground": [list(map(int, p)) for p in foreground],
-                                  "background": [list(map(int, p)) for p in background]}
+        """One structure from any mix of prompts, all in IJK voxel indices of the stored image:
+        clicks; a box (two corners; equal along one axis, a 2D box on that slice); a ``lasso``
+        (closed polygon, its vertices on one slice); scribbles as polylines, or a ``scribble_mask``
+        file (3 = foreground, 2 = background); a label name or free ``text``. ``label_map``: the case's
+        label map file, to refine the named structure's segment and never claim another's voxels.
+        ``reset`` starts a new structure (the server forgets the last answer it would refine)."""
+        ijk = lambda points: [list(map(int, p)) for p in points]  # noqa: E731
+        params: Dict[str, Any] = {"foreground": ijk(foreground), "background": ijk(background)}
         if box:
-            params["box"] = [list(map(int, c)) for c in box]
+            params["box"] = ijk(box)
+        if lasso:
+            params["lasso"] = ijk(lasso)
+        for key, lines in (("foreground_scribbles", foreground_scribbles), ("background_scribbles", background_scribbles)):
+            if lines:
+                params[key] = [ijk(line) for line in lines]
+        if scribble_mask and label_map:
+            raise SegLoopError(0, "send a scribble mask or a label map, not both: the server takes one file")
+        if scribble_mask:
+            params["scribbles_mask"] = True
+        if label_map:
+            params["label_map"] = True
+        if reset:
+            params["reset_state"] = True
         if text:
-            params["label"] = text
-        return self._infer(model, image_id, params, dest)
+            # With a file upload the 'label' field is the file: the structure is named by 'text'.
+            params["text" if scribble_mask or label_map else "label"] = text
+        return self._infer(model, image_id, params, dest, upload=scribble_mask or label_map)
 
     def uncertainty_map(self, result: Dict[str, Any], dest: str) -> str:
         """Download the per-voxel uncertainty map named in an ``auto_segment(..., uncertainty=True)`` result."""
