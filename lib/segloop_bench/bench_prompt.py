@@ -13,11 +13,13 @@ task's own time; the eval's ``latency_s_*`` are the in-process zoom-out-zoom-in 
 the training run) and ``interactive.png`` into ``--out``.
 """
 
+import argparse
 import os
 import tempfile
 
 from segloop.data.sample import write_sample_data
 from segloop_bench.bench_latency import http_latency
+from segloop_bench.prompt_seeds import main as summarize_seeds
 from segloop_bench.interactive import build_pipeline, held_out_cases, print_novel_summary, print_summary, run as evaluate, write_report
 from segloop_bench.training import train
 
@@ -27,6 +29,21 @@ HTTP_CLICKS = 5  # per structure, label sent with each, as the Slicer plugin doe
 
 
 def main(args) -> int:
+    """One training seed (``--seed``), or several (``--seeds 0,1,2``): each its own run in
+    ``<out>/seed<k>``, then their summary (:mod:`segloop_bench.prompt_seeds`) in ``<out>``."""
+    if not args.seeds:
+        return run_seed(args)
+    folders = []
+    for seed in [int(v) for v in args.seeds.split(",")]:
+        one = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": "",
+                                    "out": os.path.join(args.out, f"seed{seed}"),
+                                    "work": os.path.join(args.work, f"seed{seed}") if args.work else ""})
+        run_seed(one)
+        folders.append(one.out)
+    return summarize_seeds(argparse.Namespace(runs=folders, out=args.out))
+
+
+def run_seed(args) -> int:
     work = args.work or tempfile.mkdtemp(prefix="segloop-bench-prompt-")
     studies, truth = os.path.join(work, "studies"), os.path.join(work, "ground_truth")
     print(f"Generating {args.train_cases} labelled + {args.held_out} held-out cases in {work} ...", flush=True)

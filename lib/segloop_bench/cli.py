@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results/eval_uncertainty/uncertainty_overlay.png")
     p.set_defaults(func=_runs("uncertainty_view"))
 
+    summarize = sub.add_parser("summarize", help="figures over several result folders").add_subparsers(dest="summarize", required=True)
+    p = summarize.add_parser("prompt-seeds", help="the prompt model's target measures over several `bench prompt` seeds: per seed, mean, sd")
+    p.add_argument("runs", nargs="+", help="result folders of `bench prompt` (each with interactive.json)")
+    p.add_argument("--out", default="benchmarks/results/bench_prompt_seeds", help="folder for summary.json")
+    p.set_defaults(func=_runs("prompt_seeds"))
+
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("infer", help="SegLoop vs the radiology app's segmentation model: same cases and CPU budget; held-out Dice, /infer latency")
     p.add_argument("--out", default="benchmarks/results/bench_infer/infer.json")
@@ -101,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="app --conf options, e.g. prompt_network=prompt")
     p.add_argument("--request", action="append", default=[], metavar="KEY=VALUE", help="training request options, e.g. lr=1e-3")
     p.add_argument("--seed", type=int, default=0, help="training seed (data generation is fixed)")
+    p.add_argument("--seeds", default="", help="several training seeds, e.g. 0,1,2: a run each in <out>/seed<k>, and their summary.json in <out>")
     p.set_defaults(func=_runs("bench_prompt"))
 
     p = bench.add_parser("latency", help="prompt model click latency on the CPU: float32 (native / oneDNN) and bfloat16")

@@ -18,7 +18,8 @@ own arm, per held-out case and label, on the image's own grid:
   at most 5), and the final Dice and NSD;
 * ``box_2d`` and ``lasso``: a prompt drawn on one slice (the stored volume's k-slice through the
   centre of the structure's largest part), no label: the part's 2D bounding rectangle, or its
-  cross-section as a lasso's inside; scored against that part in 3D. Beside them
+  cross-section as a lasso's inside, each turned into clicks as the server turns them; scored
+  against that part in 3D. Beside them
   ``baseline_extruded_slice_oracle``: the cross-section copied over the part's true k-extent;
 * ``novel_clicks_only``: structures the campaign never labelled (the generator's aorta, vertebral
   column and largest bowel gas pocket, ``<ground truth>/novel/``), clicks without a label, as a
@@ -54,6 +55,7 @@ from segloop.prompts.click_protocol import (
     number_of_clicks,
 )
 from segloop.prompts.encoding import Prompt
+from segloop.prompts.request import box_2d_clicks, drawn_slice_clicks
 from segloop.prompts.simulation import bounding_box, next_click
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
@@ -72,11 +74,21 @@ CLICK_ARMS = ("label_and_clicks", "clicks_only")
 SEGFM_CLICKS = 5  # corrections after the box, as SegFM3D
 NSD_TOLERANCE_MM = 2.0  # NSD boundary tolerance (SegFM3D's)
 # Free text for the sample labels: none of these is a label name or synonym (checked at run time).
+# The first two phrases per label were written with the first one-sentence descriptions and were
+# seen failing (spleen) before the descriptions grew to several sentences; the others were
+# written before the new descriptions were tried, and are the held-out ones.
 TEXT_PHRASES: Dict[str, List[str]] = {
-    "liver": ["large organ in the right upper abdomen", "the organ that makes bile"],
-    "spleen": ["organ in the left upper quadrant behind the stomach", "the organ that filters old blood cells"],
-    "kidney": ["bean-shaped organs beside the spine", "the organs that make urine"],
-    "tumor": ["a dark lump inside an organ", "hypodense focal abnormality"],
+    "liver": ["large organ in the right upper abdomen", "the organ that makes bile",
+              "the biggest gland in the body", "the organ that detoxifies the blood",
+              "right-sided upper abdominal organ where the portal vein goes"],
+    "spleen": ["organ in the left upper quadrant behind the stomach", "the organ that filters old blood cells",
+               "the organ that stores platelets and fights infection", "soft organ under the left ribs",
+               "left-sided upper abdominal organ next to the stomach"],
+    "kidney": ["bean-shaped organs beside the spine", "the organs that make urine",
+               "the organs that filter blood to produce urine", "retroperitoneal organs on both sides of the spine",
+               "paired organs connected to the ureters"],
+    "tumor": ["a dark lump inside an organ", "hypodense focal abnormality", "an abnormal growth in the kidney",
+              "a suspicious nodule"],
 }
 
 
@@ -176,8 +188,9 @@ def drawn_slice_arms(pipeline, image, target: np.ndarray) -> Dict[str, float]:
     cross = np.argwhere(part[:, :, k])
     lo, hi = cross.min(0), cross.max(0)
     box = ((float(lo[0]), float(lo[1]), float(k)), (float(hi[0]), float(hi[1]), float(k)))
-    boxed, _ = pipeline(image, Prompt(box=box))
-    lassoed, _ = pipeline(image, Prompt(region=np.c_[cross, np.full(len(cross), k)].astype(float)))
+    # What the server makes of each drawn form (segloop.prompts.request).
+    boxed, _ = pipeline(image, Prompt(*box_2d_clicks(box, target.shape)))
+    lassoed, _ = pipeline(image, Prompt(*drawn_slice_clicks(part[:, :, k], 2, k)))
     return {"box_2d": dice(boxed, part), "lasso": dice(lassoed, part), "extruded": extruded_slice_dice(part, 2, k)}
 
 

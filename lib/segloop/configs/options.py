@@ -22,7 +22,7 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "labels": ("", 'JSON name->index map, e.g. {"liver":1,"spleen":2}; default: the sample labels'),
     "network": (DEFAULT_NETWORK, "unetr_cpu (CPU-sized UNETR), unetr (full size, GPU) or segresnet"),
     "prompt_network": (DEFAULT_PROMPT_NETWORK, "prompt model size: prompt_cpu (CPU default) or prompt (GPU)"),
-    "label_vocabulary": ("", 'JSON (or a JSON file) {label: {"description": ..., "synonyms": [...]}} for text prompts'),
+    "label_vocabulary": ("", 'JSON (or a JSON file) {label: {"description": text or [texts], "synonyms": [...]}} for text prompts'),
     "target_spacing": ("", "JSON [x,y,z] mm the model works at; default: the network preset's"),
     "roi_size": ("", "JSON [x,y,z] voxels of the network input; default: the network preset's"),
     "hu_window": (json.dumps(list(DEFAULT_HU_WINDOW)), "JSON [low,high] HU mapped to [0,1]"),

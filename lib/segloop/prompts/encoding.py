@@ -2,15 +2,12 @@
 
 A :class:`Prompt` holds one structure's prompts in *voxel coordinates of some grid* (float, the
 voxel centre of index ``i`` is ``i``): positive and negative clicks, an optional box (two opposite
-corners, inclusive; a *2D box* is a box one voxel thin, drawn on one slice), an optional **drawn
-region** on one slice (a lasso's inside, as the voxels it covers) and the class index of the label
-prompt (0 = none, "the structure under the clicks"). A 2D box or a region marks one cross-section
-of a structure; the answer is the whole 3D structure through it. :func:`to_grid` maps a prompt between grids through their affines (voxel -> world mm ->
+corners, inclusive) and the class index of the label prompt (0 = none, "the structure under the
+clicks"). :func:`to_grid` maps a prompt between grids through their affines (voxel -> world mm ->
 voxel), so IJK clicks on an LPS-stored NIfTI land on the same anatomy in the model's RAS grid.
 
 :func:`encode_prompts` turns a prompt into the four channels ``PromptSegNet`` reads: Gaussian click
-blobs (MONAI ``GaussianFilter``, peak 1, ``sigma`` voxels), the filled box and drawn region (one
-channel: both say "inside here") and the previous mask.
+blobs (MONAI ``GaussianFilter``, peak 1, ``sigma`` voxels), a filled box and the previous mask.
 """
 
 from dataclasses import dataclass, field, replace
@@ -32,27 +29,14 @@ class Prompt:
     negative: List[Point] = field(default_factory=list)
     box: Optional[Tuple[Point, Point]] = None  # (low corner, high corner), inclusive voxel coords
     label: int = 0  # class index: 0 = no label prompt, 1..N = labels in ascending storage index
-    region: Optional[np.ndarray] = None  # [K, 3] voxel coords covered by a region drawn on one slice
 
     @property
     def has_spatial(self) -> bool:
-        return bool(self.positive or self.negative or self.box or self.has_region)
-
-    @property
-    def has_region(self) -> bool:
-        return self.region is not None and len(self.region) > 0
-
-    def region_box(self) -> Optional[Tuple[Point, Point]]:
-        """The drawn region's bounding box (low, high corner), or None."""
-        if not self.has_region:
-            return None
-        points = np.asarray(self.region, float)
-        return tuple(points.min(0)), tuple(points.max(0))  # type: ignore[return-value]
+        return bool(self.positive or self.negative or self.box)
 
     def spatial_points(self) -> np.ndarray:
-        """Every spatial location of the prompt (clicks, box and region corners), shape [K, 3]."""
-        corners = [c for b in (self.box, self.region_box()) if b for c in b]
-        points = list(self.positive) + list(self.negative) + corners
+        """Every spatial location of the prompt (clicks and box corners), shape [K, 3]."""
+        points = list(self.positive) + list(self.negative) + (list(self.box) if self.box else [])
         return np.asarray(points, dtype=float).reshape(-1, 3)
 
 
@@ -63,16 +47,6 @@ def transform_points(points: Sequence[Point], src_affine: np.ndarray, dst_affine
     homogeneous = np.c_[np.asarray(points, dtype=float).reshape(-1, 3), np.ones(len(points))]
     mapped = (np.linalg.inv(np.asarray(dst_affine, float)) @ np.asarray(src_affine, float) @ homogeneous.T).T
     return [tuple(float(v) for v in p[:3]) for p in mapped]
-
-
-def _map_region(region: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray) -> np.ndarray:
-    """A drawn region's voxels in the ``dst`` grid. Each source voxel is sampled at 3 x 3 x 3
-    points a third of a voxel apart, so that a region mapped onto a finer grid keeps no holes."""
-    offsets = np.stack(np.meshgrid(*[np.array([-1, 0, 1]) / 3.0] * 3, indexing="ij"), -1).reshape(-1, 3)
-    dense = (np.asarray(region, float)[:, None, :] + offsets[None]).reshape(-1, 3)
-    matrix = np.linalg.inv(np.asarray(dst_affine, float)) @ np.asarray(src_affine, float)
-    mapped = dense @ matrix[:3, :3].T + matrix[:3, 3]
-    return np.unique(np.round(mapped), axis=0)
 
 
 def to_grid(prompt: Prompt, src_affine: np.ndarray, dst_affine: np.ndarray) -> Prompt:
@@ -88,7 +62,6 @@ def to_grid(prompt: Prompt, src_affine: np.ndarray, dst_affine: np.ndarray) -> P
         positive=transform_points(prompt.positive, src_affine, dst_affine),
         negative=transform_points(prompt.negative, src_affine, dst_affine),
         box=box,
-        region=_map_region(prompt.region, src_affine, dst_affine) if prompt.has_region else None,
     )
 
 
@@ -119,8 +92,7 @@ def encode_prompts(
 ) -> torch.Tensor:
     """Dense prompt channels [4, X, Y, Z] for a grid of ``shape`` voxels.
 
-    Clicks outside the grid (e.g. in another sliding window) are left out; the box and the drawn
-    region are clipped.
+    Clicks outside the grid (e.g. in another sliding window) are left out; the box is clipped.
     ``previous`` is the previous mask on the same grid (0..1), or zeros.
     """
     shape = tuple(int(s) for s in shape)
@@ -133,10 +105,6 @@ def encode_prompts(
         hi = [min(s, int(np.ceil(v)) + 1) for v, s in zip(prompt.box[1], shape)]
         if all(a < b for a, b in zip(lo, hi)):
             channels[2, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = 1.0
-    if prompt.has_region:
-        voxels = np.round(np.asarray(prompt.region, float)).astype(int)
-        voxels = voxels[np.all((voxels >= 0) & (voxels < np.asarray(shape)), axis=1)]
-        channels[2][tuple(torch.as_tensor(voxels.T))] = 1.0
     if previous is not None:
         channels[3] = torch.as_tensor(previous, dtype=torch.float32).reshape(shape).clamp(0, 1)
     return channels

@@ -3,7 +3,7 @@
 The upstream Slicer plugin's DeepGrow tools send all the clicks of a structure again with every
 new click, and no previous mask. To refine those requests locally (:mod:`segloop.prompts.refine`)
 like one that uploads its previous mask, the infer task remembers, per image and prompted
-structure (label index, box and drawn region), the clicks it answered and the mask it returned. A request whose
+structure (label index and box), the clicks it answered and the mask it returned. A request whose
 clicks extend a remembered sequence (every remembered click is still there, and there are more)
 refines that mask; any other request starts afresh. Clicks count as a multiset: a click on the
 voxel of an earlier one (the clinician clicks again where nothing changed) extends the sequence
@@ -38,8 +38,7 @@ class ClickMemory:
     @staticmethod
     def _key(image: str, prompt: Prompt) -> Hashable:
         box = None if prompt.box is None else tuple(tuple(float(v) for v in corner) for corner in prompt.box)
-        region = None if not prompt.has_region else hash(np.round(np.asarray(prompt.region)).astype(np.int64).tobytes())
-        return image, int(prompt.label), box, region
+        return image, int(prompt.label), box
 
     def previous(self, image: str, prompt: Prompt) -> Optional[np.ndarray]:
         """The remembered mask (boolean [X, Y, Z]) this prompt's clicks extend, else None."""

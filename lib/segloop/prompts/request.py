@@ -11,8 +11,14 @@ Slicer plugin sends them:
   ``[i0, i1, j0, j1, k0, k1]`` is read the same way. A **2D box** is the same with one index equal
   in both corners (a rectangle drawn on one slice): the answer is the 3D structure through it;
 * ``lasso``: a closed polygon drawn on one slice, a list of at least 3 ``[i, j, k]`` vertices that
-  share one index (the slice); its inside, filled (scikit-image ``polygon``), is the drawn region
-  (:class:`segloop.prompts.encoding.Prompt`): the answer is the 3D structure through it;
+  share one index (the slice); its inside is filled (scikit-image ``polygon``).
+
+A prompt drawn on one slice becomes clicks on that slice (:func:`drawn_slice_clicks`), which the
+model reads in every mode it is trained in: a lasso, positives spread over its inside; a 2D box, a
+positive at its centre (its corners may be background); both, negatives spread over a ring
+``DRAWN_RING_VOXELS`` outside the outline, saying where the structure ends on that slice. (A
+slice-prompt training mode on the box channel was tried and cost the 3D box its margin:
+benchmarks/prompt_model_trials.md.)
 * ``text``: free text or a label name (see :mod:`segloop.prompts.text`);
 * ``foreground_scribbles`` / ``background_scribbles``: lists of polylines, each a list of
   ``[i, j, k]`` vertices (one vertex: a dot). Each line is sampled a voxel apart and the samples
@@ -30,6 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from scipy import ndimage
 from skimage.draw import polygon
 
 from segloop.errors import bad_request, unprocessable
@@ -39,6 +46,7 @@ from segloop.prompts.text import LabelMatcher
 MAX_POINTS = 100  # per list; more is a client bug, not an annotation
 MAX_SCRIBBLE_CLICKS = 48  # clicks a scribble list becomes, after sampling its lines
 MAX_LASSO_VERTICES = 2000  # a hand-traced outline, a vertex per mouse event
+DRAWN_RING_VOXELS = 2  # a drawn outline's negatives lie this far outside it, on its slice
 
 
 def _point(value: Any, what: str, shape: Sequence[int]) -> Point:
@@ -97,27 +105,63 @@ def scribble_mask_clicks(mask: np.ndarray, value: int) -> List[Point]:
     return _evenly([tuple(float(v) for v in p) for p in voxels])  # type: ignore[misc]
 
 
-def _lasso(value: Any, shape: Sequence[int]) -> Optional[np.ndarray]:
-    """The voxels [K, 3] inside a closed polygon drawn on one slice (module docstring)."""
+def drawn_slice_clicks(inside: np.ndarray, axis: int, k: int, centre_only: bool = False) -> Tuple[List[Point], List[Point]]:
+    """(positive, negative) clicks of a region drawn on slice ``k`` along ``axis``: ``inside`` is the
+    slice's boolean mask of the drawn inside (module docstring); ``centre_only``: one positive at
+    the centre of its bounding rectangle (a 2D box) instead of positives spread over it."""
+    def to_3d(points_2d) -> List[Point]:
+        return [tuple(float(v) for v in np.insert(np.asarray(p, float), axis, k)) for p in points_2d]  # type: ignore[misc]
+
+    inside = np.asarray(inside, bool)
+    where = np.argwhere(inside)
+    if not len(where):
+        return [], []
+    positive = to_3d([(where.min(0) + where.max(0)) / 2.0]) if centre_only else _evenly(to_3d(where))
+    ring = ndimage.binary_dilation(inside, iterations=DRAWN_RING_VOXELS) & ~ndimage.binary_dilation(
+        inside, iterations=DRAWN_RING_VOXELS - 1
+    )
+    return positive, _evenly(to_3d(np.argwhere(ring)))
+
+
+def _flat_axis(corners: np.ndarray) -> Optional[int]:
+    """The one axis along which every point of ``corners`` [N, 3] shares its index, else None."""
+    flat = [axis for axis in range(3) if np.ptp(corners[:, axis]) == 0]
+    return flat[0] if len(flat) == 1 else None
+
+
+def _lasso(value: Any, shape: Sequence[int]) -> Tuple[List[Point], List[Point]]:
+    """The clicks of a closed polygon drawn on one slice (module docstring)."""
     if value in (None, [], ""):
-        return None
+        return [], []
     if not isinstance(value, (list, tuple)) or len(value) < 3:
         raise bad_request(f"lasso must be a closed polygon of at least 3 [i, j, k] vertices on one slice, got {str(value)[:80]}")
     if len(value) > MAX_LASSO_VERTICES:
         raise bad_request(f"lasso: {len(value)} vertices, at most {MAX_LASSO_VERTICES} allowed")
     vertices = np.round([_point(v, "lasso vertex", shape) for v in value]).astype(int)
-    flat = [axis for axis in range(3) if np.ptp(vertices[:, axis]) == 0]
-    if len(flat) != 1:
+    axis = _flat_axis(vertices)
+    if axis is None:
+        flat = sum(np.ptp(vertices[:, a]) == 0 for a in range(3))
         raise bad_request(
             "lasso vertices must lie on one slice and span an area on it: exactly one of i, j, k the same "
-            f"for every vertex (here {len(flat)} of them are)"
+            f"for every vertex (here {flat} of them are)"
         )
-    axis = flat[0]
     rows, cols = [a for a in range(3) if a != axis]
-    inside = polygon(vertices[:, rows], vertices[:, cols], shape=(shape[rows], shape[cols]))
-    region = np.empty((len(inside[0]), 3), float)
-    region[:, axis], region[:, rows], region[:, cols] = vertices[0, axis], inside[0], inside[1]
-    return region
+    inside = np.zeros((shape[rows], shape[cols]), bool)
+    inside[polygon(vertices[:, rows], vertices[:, cols], shape=inside.shape)] = True
+    inside[vertices[:, rows], vertices[:, cols]] = True  # the outline itself, so a thin polygon is not empty
+    return drawn_slice_clicks(inside, axis, int(vertices[0, axis]))
+
+
+def box_2d_clicks(box: Tuple[Point, Point], shape: Sequence[int]) -> Optional[Tuple[List[Point], List[Point]]]:
+    """The clicks of a box one index thin along exactly one axis (a 2D box), else None."""
+    corners = np.round(np.asarray(box, float)).astype(int)
+    axis = _flat_axis(corners)
+    if axis is None:
+        return None
+    rows, cols = [a for a in range(3) if a != axis]
+    inside = np.zeros((shape[rows], shape[cols]), bool)
+    inside[corners[0, rows] : corners[1, rows] + 1, corners[0, cols] : corners[1, cols] + 1] = True
+    return drawn_slice_clicks(inside, axis, int(corners[0, axis]), centre_only=True)
 
 
 def _box(request: Mapping, shape: Sequence[int]) -> Optional[Tuple[Point, Point]]:
@@ -155,8 +199,13 @@ def parse_prompt(
     negative = _points(request.get("background"), "background", shape) + list(scribbled[1])
     positive += _scribbles(request.get("foreground_scribbles"), "foreground_scribbles", shape)
     negative += _scribbles(request.get("background_scribbles"), "background_scribbles", shape)
-    region = _lasso(request.get("lasso"), shape)
-    spatial = bool(positive) or region is not None or request.get("box") is not None or request.get("roi") is not None
+    box = _box(request, shape)
+    drawn = [_lasso(request.get("lasso"), shape), box_2d_clicks(box, shape) if box is not None else None]
+    if drawn[1] is not None:
+        box = None  # a 2D box is its clicks, not a 3D box one slice thick
+    for clicks in filter(None, drawn):
+        positive, negative = positive + clicks[0], negative + clicks[1]
+    spatial = bool(positive) or box is not None
 
     label_name = request.get("label")
     if not isinstance(label_name, str) or label_name not in order and _looks_like_path(label_name):
@@ -178,8 +227,8 @@ def parse_prompt(
                 raise unprocessable(f"label {label_name!r} is not known; known labels: {list(order)}")
             notes["label_prompt"] = f"ignored: {label_name!r} is not one of {list(order)}; clicks alone decide"
 
-    prompt = Prompt(positive=positive, negative=negative, box=_box(request, shape), label=order.get(target, 0), region=region)
-    if not prompt.positive and prompt.box is None and not prompt.has_region and not prompt.label:
+    prompt = Prompt(positive=positive, negative=negative, box=box, label=order.get(target, 0))
+    if not prompt.positive and prompt.box is None and not prompt.label:
         raise bad_request(
             "the prompt model needs at least one foreground click, a box, a lasso, or a label / text prompt "
             f"(known labels: {list(order)})"

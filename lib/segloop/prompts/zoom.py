@@ -4,9 +4,9 @@
    the CPU preset: a 48^3 window sees 29 cm) and segmented, by sliding windows where it is
    large, with the prompts mapped onto it.
 2. **Regions of interest**: the coarse mask, reduced to the components the prompts point at (the
-   ones under a positive click, inside the box or touched by the drawn region; with a label prompt, also every component at
+   ones under a positive click or inside the box; with a label prompt, also every component at
    least a fifth of the largest, since the label asks for the whole class: both kidneys when the
-   click is on one). Each component, click, the box, the drawn region and the previous mask (when one is sent, so a
+   click is on one). Each component, click, the box and the previous mask (when one is sent, so a
    refinement can take back what it covered) gives a box, grown by ``margin_mm``; boxes that
    overlap merge. Two kidneys are then two regions, not one box across the spine.
 3. **Zoom in**: each region alone is resampled from the original image at ``fine_spacing`` mm and
@@ -189,11 +189,7 @@ class ZoomOutZoomIn:
             lo = [max(0, int(np.floor(v))) for v in prompt.box[0]]
             hi = [int(np.ceil(v)) + 1 for v in prompt.box[1]]
             keep[np.unique(components[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])] = True
-        if prompt.has_region:  # the components the drawn region touches
-            voxels = np.round(np.asarray(prompt.region)).astype(int)
-            voxels = voxels[np.all((voxels >= 0) & (voxels < np.asarray(coarse_mask.shape)), axis=1)]
-            keep[np.unique(components[tuple(voxels.T)])] = True
-        if prompt.label or (not prompt.positive and prompt.box is None and not prompt.has_region):
+        if prompt.label or (not prompt.positive and prompt.box is None):
             # A label prompt asks for the whole class (both kidneys, though the click is on one).
             sizes = np.bincount(components.ravel())
             sizes[0] = 0
@@ -214,9 +210,8 @@ class ZoomOutZoomIn:
             for b in ndimage.find_objects(parts) if b is not None
         ]
         boxes += [world_box(coarse.affine, np.asarray(p), np.asarray(p)) for p in [*prompt.positive, *prompt.negative]]
-        for drawn in (prompt.box, prompt.region_box()):
-            if drawn is not None:
-                boxes.append(world_box(coarse.affine, np.asarray(drawn[0]), np.asarray(drawn[1])))
+        if prompt.box is not None:
+            boxes.append(world_box(coarse.affine, np.asarray(prompt.box[0]), np.asarray(prompt.box[1])))
         if previous is not None and np.any(previous):
             first, end = generate_spatial_bounding_box(np.asarray(previous)[None] > 0)  # MONAI's box; end exclusive
             boxes.append(world_box(affine, np.asarray(first), np.asarray(end) - 1))

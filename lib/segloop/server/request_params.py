@@ -153,7 +153,7 @@ TRAIN_EXTRAS = {
     "early_stop_patience": lambda k, v: _number(k, v, integer=True),
     "max_interactions": lambda k, v: _number(k, v, integer=True),
 }
-BOUNDED_TRAIN = {"val_split": 1.0, "replay_ratio": 100.0, "promotion_tolerance": 1.0}
+BOUNDED_TRAIN = {"val_split": 1.0, "replay_ratio": 100.0, "promotion_tolerance": 1.0, "region_share": 1.0}
 
 
 def train_checks(config: Mapping[str, Any]) -> Dict[str, Any]:

@@ -71,6 +71,7 @@ class PromptTrainer(SegmentationTrainer):
         self.coarse_spacing = tuple(coarse_spacing)
         self.fine_spacing = tuple(fine_spacing)
         self._config["max_interactions"] = 2
+        self._config["region_share"] = 0.0  # label-free clicks on image regions (prompt_interaction.py)
 
     @property
     def train_crop_size(self):
@@ -91,6 +92,7 @@ class PromptTrainer(SegmentationTrainer):
             max_interactions=int(context.request.get("max_interactions", 2)),
             seed=int(seed) if seed is not None else None,
             size_multiple=getattr(self._network, "size_multiple", 8),
+            region_share=float(context.request.get("region_share", 0.0)),
         )
 
     def train_post_transforms(self, context: Context):

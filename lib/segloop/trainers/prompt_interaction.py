@@ -11,13 +11,13 @@ multi-label map (network channels: 0 background, 1..N labels). For each item:
    * a click inside one component, that component's jittered box, or the label alone, each
      with or without the label. Without a label prompt the target is the clicked / boxed
      component; with one, the whole class;
-   * a **slice** prompt without a label: one cross-section of a component, on a random slice
-     along a random axis, drawn as a 2D box (its jittered bounding rectangle) or a lasso (the
-     cross-section itself, a voxel wider or narrower); the target is the whole 3D component;
-   * a click without a label on an **image region** outside every labelled structure: the
+   * with ``region_share`` > 0 (training option, 0 by default), that share of the label-free
+     clicks goes to an **image region** outside every labelled structure instead: the
      connected voxels within ``REGION_TOLERANCE`` of the clicked voxel's intensity (3^3 median),
-     the self-supervision SAM-style models draw from the image itself. It teaches clicks alone to
-     segment a structure nobody labelled: a vessel, a bone, a gas pocket;
+     the self-supervision SAM-style models draw from the image itself, to teach clicks alone to
+     segment a structure nobody labelled: a vessel, a bone, a gas pocket. Not the default: at the
+     tests' 296 steps each share tried cost the label + click or the box arm its margin over its
+     baseline (benchmarks/prompt_model_trials.md);
    * **all labels**: no spatial prompt, and the network is asked for every label at once from
      the same features, each against its own mask (empty where the label is absent from the
      view). One forward pass then teaches what every label looks like, and where it is not,
@@ -47,11 +47,9 @@ from scipy import ndimage
 from segloop.prompts.encoding import Prompt, encode_prompts
 from segloop.prompts.simulation import jittered_box, next_click, random_click, region_centre
 
-MODES = ("click", "region", "click+label", "box", "box+label", "slice", "label", "all labels")
+MODES = ("click", "click+label", "box", "box+label", "label", "all labels")
 # Clicks with the label: what the Slicer plugin sends. "all labels" supervises every label per pass.
-# The label modes keep the shares they had before "region" and "slice" came (see
-# benchmarks/prompt_model_trials.md): taking them away cost the label + click arm its margin.
-MODE_WEIGHTS = (0.12, 0.08, 0.3, 0.1, 0.05, 0.05, 0.05, 0.25)
+MODE_WEIGHTS = (0.15, 0.3, 0.15, 0.05, 0.05, 0.3)
 REGION_TOLERANCE = 0.075  # intensity (0..1 after the HU window): 30 HU in the default 400 HU window
 REGION_DRAWS = 8  # seeds tried per item before falling back to a labelled structure's click
 REGION_VOXELS = (64, 0.1)  # an image region's size: at least this many voxels, at most this share of the view
@@ -83,12 +81,14 @@ class PromptInteraction:
         max_interactions: int = 2,
         seed: Optional[int] = None,
         size_multiple: int = 8,
+        region_share: float = 0.0,
     ):
         self.roi_size = tuple(int(v) for v in roi_size)
         self.size_multiple = int(size_multiple)
         self.num_labels = int(num_labels)
         self.max_interactions = max_interactions
         self.rng = np.random.default_rng(seed)
+        self.region_share = float(region_share)
 
     # -- views and targets ---------------------------------------------------------------------
     def view_size(self, zoom_out: bool) -> Tuple[int, int, int]:
@@ -155,21 +155,6 @@ class PromptInteraction:
                 return region
         return None
 
-    def slice_prompt(self, component: np.ndarray) -> Prompt:
-        """A 2D box or a lasso on one cross-section of ``component`` (module docstring)."""
-        axis = int(self.rng.integers(3))
-        k = int(random_click(component, self.rng)[axis])
-        cross = np.take(component, k, axis=axis)
-        if self.rng.random() < 0.5:  # 2D box: the cross-section's rectangle, each side jittered a voxel
-            where = np.argwhere(cross)
-            lo = np.clip(where.min(0) + self.rng.integers(-1, 2, 2), 0, np.asarray(cross.shape) - 1)
-            hi = np.clip(where.max(0) + self.rng.integers(-1, 2, 2), lo, np.asarray(cross.shape) - 1)
-            return Prompt(box=(tuple(map(float, np.insert(lo, axis, k))), tuple(map(float, np.insert(hi, axis, k)))))
-        change = self.rng.integers(-1, 2)  # a hand-drawn outline: a voxel inside or outside the edge
-        drawn = ndimage.binary_dilation(cross) if change > 0 else ndimage.binary_erosion(cross) if change < 0 else cross
-        where = np.argwhere(drawn if drawn.any() else cross).astype(float)
-        return Prompt(region=np.insert(where, axis, k, axis=1))
-
     def prompt(self, label: np.ndarray, image: Optional[np.ndarray] = None) -> Tuple[Prompt, List[int], np.ndarray]:
         """A random prompt on ``label`` (class channels) or on a region of ``image`` (the view's
         intensities), its label queries and their targets.
@@ -180,12 +165,13 @@ class PromptInteraction:
         targets = np.full((self.num_labels, *label.shape), PADDING, np.float32)
         present = present_classes(label)
         mode = MODES[self.rng.choice(len(MODES), p=MODE_WEIGHTS)]
-        region = self.image_region(image, label) if mode == "region" and image is not None else None
-        if region is not None:
-            prompt = Prompt(positive=[region_centre(region) if self.rng.random() < 0.5 else random_click(region, self.rng)])
-            targets[0] = region
-            return prompt, [0] + [PADDING] * (self.num_labels - 1), targets
-        mode = "click" if mode == "region" else mode
+        # (no draw at all at region_share 0: the default recipe's random sequence stays as it was)
+        if mode == "click" and image is not None and self.region_share > 0 and self.rng.random() < self.region_share:
+            region = self.image_region(image, label)
+            if region is not None:
+                prompt = Prompt(positive=[region_centre(region) if self.rng.random() < 0.5 else random_click(region, self.rng)])
+                targets[0] = region
+                return prompt, [0] + [PADDING] * (self.num_labels - 1), targets
         if mode == "all labels" or not present:
             classes = list(range(1, self.num_labels + 1))
             targets[:] = label[None] == np.asarray(classes).reshape(-1, 1, 1, 1)
@@ -203,8 +189,6 @@ class PromptInteraction:
             prompt.positive.append(region_centre(component) if centre else random_click(component, self.rng))
         elif mode.startswith("box"):
             prompt.box = jittered_box(component, self.rng)
-        elif mode == "slice":
-            prompt = self.slice_prompt(component)
         targets[0] = whole if with_label else component
         return prompt, [prompt.label] + [PADDING] * (self.num_labels - 1), targets
 
