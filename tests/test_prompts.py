@@ -354,18 +354,18 @@ def test_region_share_turns_label_free_clicks_into_image_regions():
     label = np.zeros((32, 32, 32), np.int64)
     label[2:10, 2:10, 2:10] = 1
     image = np.full((32, 32, 32), 0.2, np.float32)
-    image[16:26, 16:26, 16:26] = 0.8  # an unlabelled bright block: a structure nobody labelled
+    image[14:26, 14:26, 14:26] = 0.8  # an unlabelled bright block: a structure nobody labelled
     regions = 0
     interaction = PromptInteraction((32, 32, 32), num_labels=4, seed=0, region_share=1.0)
-    for _ in range(300):  # a click item 15% of the time, a block voxel drawn in ~22% of those
+    for _ in range(120):  # a click item 15% of the time, a block voxel drawn in about a third of those
         prompt, classes, targets = interaction.prompt(label, image)
         if classes[0] == 0 and prompt.positive and not (targets[0] * (label > 0)).any() and targets[0].sum() != (label == 1).sum():
             regions += 1
             assert targets[0][tuple(int(v) for v in prompt.positive[0])] == 1
             block = np.zeros(label.shape, bool)
-            block[16:26, 16:26, 16:26] = True
+            block[14:26, 14:26, 14:26] = True
             assert dice(targets[0] > 0, block) > 0.8  # the block (the background is too large a region)
-    assert regions >= 3
+    assert regions >= 2
     plain = [PromptInteraction((32, 32, 32), num_labels=4, seed=0, region_share=r) for r in (0.0, 0.0)]
     draws = [[(p.prompt(label, image)[1], p.prompt(label)[1]) for _ in range(20)] for p in plain]
     assert draws[0] == draws[1]
