@@ -103,14 +103,16 @@ def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained, capsys,
         assert 1 - third < 0.9 * (1 - first), (arm, first, third)
     # Free text goes through the sentence embeddings (no phrase is a name or synonym). A phrase is
     # placed on its own label, whose answer it then gets, or refused (a 4xx, Dice 0): never placed on
-    # another label. The liver's and the kidneys' phrases are placed.
+    # another label. Most of each organ's phrases are placed.
     for organ in ORGANS:
         phrases = rows[organ]["text_phrases"]
         assert phrases and all(t["resolved"] in (organ, None) for t in phrases), phrases
         assert all(t["dice"] == 0.0 for t in phrases if not t["resolved"]), phrases
-    for organ in ("liver", "kidney"):
-        assert all(t["resolved"] for t in rows[organ]["text_phrases"]), rows[organ]["text_phrases"]
-        assert rows[organ]["text_dice"] == pytest.approx(rows[organ]["label_only_dice"], abs=1e-3)
+        placed = [t for t in phrases if t["resolved"]]
+        assert len(placed) >= 0.6 * len(phrases), phrases
+        # (per case: each placed phrase's Dice is the label prompt's on that case)
+        mean_placed = float(np.mean([t["dice"] for t in placed]))
+        assert mean_placed == pytest.approx(rows[organ]["label_only_dice"], abs=1e-3), (organ, phrases)
     # The label prompt alone is not asserted against the mean label: at TRAIN_STEPS it does not beat
     # it (label only 0.36-0.54 mean organ Dice in four runs against 0.51); the benchmark's 30-minute
     # model does (README, "The prompt model").

@@ -4,6 +4,7 @@ and end to end against a real SegLoop server (slow)."""
 import ast
 import os
 import sys
+import threading
 
 import nibabel as nib
 import numpy as np
@@ -73,10 +74,49 @@ def test_case_timer_campaign_figures_and_panel_text():
     assert label_colour("Liver", 0) == label_colour("liver", 5) and label_colour("pancreas", 0) != label_colour("pancreas", 1)
 
 
+def test_a_background_label_is_not_a_segment():
+    assert SegLoopClient.labels_of({"labels": {"spleen": 2, "background": 0, "liver": 1}}) == {"liver": 1, "spleen": 2}
+    assert SegLoopClient.labels_of({"labels": ["background", "liver", "spleen"]}) == {"liver": 1, "spleen": 2}
+    assert SegLoopClient.labels_of({"labels": ["liver", "spleen"]}) == {"liver": 1, "spleen": 2}
+
+
 def test_unreachable_server_is_a_clear_error():
     with pytest.raises(SegLoopError) as error:
         SegLoopClient("http://127.0.0.1:9", timeout=5).info()
     assert error.value.status == 0 and "cannot reach" in error.value.message
+
+
+@pytest.mark.parametrize("behaviour, words", [("silent", "no answer within 1 s"), ("hang up", "cannot reach")])
+def test_a_server_that_never_answers_or_hangs_up_is_a_clear_error(behaviour, words):
+    """Past the connection (a listening socket that never answers; one that closes at once): the
+    caller gets a SegLoopError, not a TimeoutError or ConnectionResetError (the panel's poll
+    catches SegLoopError only)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    accepted = []
+
+    def serve():
+        connection, _ = listener.accept()
+        accepted.append(connection)
+        if behaviour == "hang up":
+            connection.recv(65536)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            connection.close()  # an RST: the client sees the connection reset
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SegLoopError) as error:
+            SegLoopClient(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=1).info()
+        assert error.value.status == 0 and words in error.value.message, error.value.message
+    finally:
+        thread.join(5)
+        for connection in accepted:
+            connection.close()
+        listener.close()
 
 
 def test_status_polls_get_a_short_limit_and_keep_the_login():

@@ -74,6 +74,7 @@ def make_widget(env):
     slicer.standin.messages.clear()
     slicer.standin.slice_layers.update(background=None, foreground=None, label=None, foregroundOpacity=None)
     slicer.standin.selected_module = None
+    slicer.standin.save_fails = False
     env.QSettings().clear()
     made = []
 
@@ -343,8 +344,92 @@ def test_submit_message_without_any_dice_says_only_submitted(env, make_widget):
     assert widget.ui.caseLabel.text == "Submitted. segmentation: Dice vs proposal 0.70"
 
 
+class OfflineServer:
+    """What the logic asks of a SegLoop server, answered from memory: one 12 x 10 x 6 case
+    ``case_x`` (1.5 mm voxels), a proposal with a liver block, and a record of submissions."""
+
+    def __init__(self, error_class):
+        self.error_class = error_class
+        self.affine = np.diag([1.5, 1.5, 1.5, 1.0])
+        self.image = np.zeros((12, 10, 6), np.int16)
+        self.submitted = []
+
+    def next_case(self, strategy, annotator):
+        return {"id": "case_x"}
+
+    def download_image(self, image_id, dest):
+        nib.save(nib.Nifti1Image(self.image, self.affine), dest)
+        return dest
+
+    def auto_segment(self, model, image_id, dest, uncertainty=False):
+        proposal = np.zeros(self.image.shape, np.uint8)
+        proposal[2:6, 2:6, 1:4] = 1
+        nib.save(nib.Nifti1Image(proposal, self.affine), dest)
+        return dest, {"model_version": 1, "label_confidence": {"liver": 0.9}}
+
+    def prompt_segment(self, model, image_id, dest, **prompts):
+        self.prompts = prompts
+        nib.save(nib.Nifti1Image(np.zeros(self.image.shape, np.uint8), self.affine), dest)
+        return dest, {"target": "liver", "voxels": 0, "message": "found no liver from these prompts"}
+
+    def submit(self, *args, **kwargs):
+        self.submitted.append(args)
+        return {"edit_effort": {}}
+
+    def datastore_status(self):  # the panel's poll: this stand-in keeps no campaign
+        raise self.error_class(0, "offline test server: no campaign figures")
+
+
+@pytest.fixture
+def offline(env, make_widget):
+    """A widget whose logic has a case loaded from :class:`OfflineServer` (no server)."""
+    widget = make_widget()
+    widget.logic.client = widget.logic.status_client = server = OfflineServer(env.SegLoopError)
+    widget.logic.labels = {"liver": 1, "spleen": 2}
+    widget.logic.annotator = "dr_o"
+    assert widget.logic.next_case("random")
+    widget.updateButtons()
+    return widget, server
+
+
+def test_results_load_without_resetting_the_views_and_only_placed_points_are_sent(env, offline):
+    widget, server = offline
+    slicer = env.slicer
+    resets = slicer.standin.view_resets  # the case's own volume was shown: one refit
+    widget.logic.auto_segment("segmentation", uncertainty=False)
+    widget.logic.prompt_segment("prompt", "liver")
+    assert slicer.standin.view_resets == resets  # the proposal and the answer load hidden: zoom and pan stay
+    # A point still being placed (preview) is not a prompt; placed ones are.
+    points = widget.logic.point_list("foreground")
+    points.AddControlPoint([3.0, 3.0, 3.0])
+    points.AddControlPoint([6.0, 6.0, 3.0])
+    points._status[1] = points.PositionPreview
+    widget.logic.prompt_segment("prompt", "liver")
+    assert server.prompts["foreground"] == [[2, 2, 2]]
+
+
+def test_a_label_that_cannot_be_written_is_not_submitted(env, offline):
+    widget, server = offline
+    env.slicer.standin.save_fails = True
+    widget.onSubmit()
+    messages = env.slicer.standin.messages
+    assert len(messages) == 1 and messages[0][0] == "error" and "could not be written" in messages[0][1]
+    assert server.submitted == [] and widget.logic.case is not None  # nothing uploaded, the case stays open
+    env.slicer.standin.save_fails = False
+    messages.clear()
+    widget.onSubmit()
+    assert messages == [] and len(server.submitted) == 1 and widget.logic.case is None
+
+
+def test_the_self_test_skips_without_a_server_url(env, monkeypatch):
+    monkeypatch.delenv("SEGLOOP_TEST_URL", raising=False)
+    monkeypatch.setattr(env.SegLoop.SegLoopLogic, "connect", lambda *a, **k: pytest.fail("connected without SEGLOOP_TEST_URL"))
+    env.SegLoop.SegLoopTest().runTest()
+
+
 # -- slow: the widget against a real server ------------------------------------------------------
-# Both models train once at start on the 3 labels (4 s budget); the submission (1 new label) retrains nothing.
+# Both models serve version 1 from the shared trained campaign (conftest.slicer_template); the
+# submission (1 new label, retrain_every 3) retrains nothing.
 CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "retrain_every": "3", "promotion_tolerance": "1.0"}
 
 

@@ -349,7 +349,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             return path, result, map_path
 
         path, result, map_path = self.server(infer)
-        labelmap = slicer.util.loadLabelVolume(path)
+        labelmap = slicer.util.loadLabelVolume(path, {"show": False})  # shown, it would refit the views
         array = slicer.util.arrayFromVolume(labelmap)
         for name, index in self.labels.items():
             self._set_segment(name, array == index)
@@ -381,6 +381,8 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
     def _points(self, name):
         node, out = self.point_list(name), []
         for i in range(node.GetNumberOfControlPoints()):
+            if node.GetNthControlPointPositionStatus(i) != node.PositionDefined:
+                continue  # a point still being placed (preview) or skipped: not a prompt
             position = [0.0, 0.0, 0.0]
             node.GetNthControlPointPositionWorld(i, position)
             out.append(position)
@@ -397,7 +399,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             self.client.prompt_segment, model, self.case.image_id, os.path.join(self.folder, "prompt.nii.gz"),
             foreground=self._points("foreground"), background=self._points("background"), box=box, text=text or label_name,
         )
-        labelmap = slicer.util.loadLabelVolume(path)
+        labelmap = slicer.util.loadLabelVolume(path, {"show": False})
         mask = slicer.util.arrayFromVolume(labelmap) > 0
         slicer.mrmlScene.RemoveNode(labelmap)
         if mask.any():  # an empty answer (the result's "message" says so) leaves the segment as it was
@@ -427,8 +429,10 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         label_node = slicer.modules.volumes.logic().CreateAndAddLabelVolume(self.volume_node, "SegLoop submission")
         slicer.util.updateVolumeFromArray(label_node, label)
         path = os.path.join(self.folder, f"{self.case.image_id}_final.nii.gz")
-        slicer.util.saveNode(label_node, path)
+        saved = slicer.util.saveNode(label_node, path)
         slicer.mrmlScene.RemoveNode(label_node)
+        if not saved:  # never upload a stale or missing file
+            raise ValueError(f"the label could not be written to {path}: nothing was submitted")
         answer = self.server(
             self.client.submit, self.case.image_id, path, self.annotator, self.case.seconds_spent(),
             tool="SegLoop Slicer module", proposal_version=self.case.proposal_version,
@@ -444,8 +448,8 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
 
 
 class SegLoopTest(ScriptedLoadableModuleTest):
-    """Runs inside 3D Slicer against a running SegLoop server (SEGLOOP_TEST_URL, default
-    http://127.0.0.1:8000) whose automatic model already serves: see SlicerModule/README.md."""
+    """Runs inside 3D Slicer against a running SegLoop server (SEGLOOP_TEST_URL) whose automatic
+    model already serves: see SlicerModule/README.md. Without SEGLOOP_TEST_URL it skips."""
 
     def setUp(self):
         slicer.mrmlScene.Clear(0)
@@ -455,7 +459,10 @@ class SegLoopTest(ScriptedLoadableModuleTest):
         self.test_campaign_round_trip()
 
     def test_campaign_round_trip(self):
-        url = os.environ.get("SEGLOOP_TEST_URL", "http://127.0.0.1:8000")
+        url = os.environ.get("SEGLOOP_TEST_URL")
+        if not url:  # run by CTest without a server: nothing to test against
+            self.delayDisplay("SEGLOOP_TEST_URL is not set: the SegLoop round trip was skipped")
+            return
         self.delayDisplay(f"Connecting to {url}")
         logic = SegLoopLogic()
         info = logic.connect(url, "slicer-test")

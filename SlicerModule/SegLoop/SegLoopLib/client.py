@@ -55,10 +55,14 @@ class SegLoopClient:
 
     @staticmethod
     def labels_of(info: Dict[str, Any]) -> Dict[str, int]:
+        """The server's labels, name -> storage index, ascending; "background" (index 0) is not a
+        segment to draw: it is left out."""
         labels = info.get("labels") or {}
         if isinstance(labels, list):  # MONAI Label lists names when the app gives no indices
-            return {name: i for i, name in enumerate(labels, start=1)}
-        return dict(sorted(labels.items(), key=lambda kv: kv[1]))
+            first = 0 if labels and str(labels[0]).lower() == "background" else 1
+            labels = {name: i for i, name in enumerate(labels, start=first)}
+        ordered = sorted(labels.items(), key=lambda kv: kv[1])
+        return {name: index for name, index in ordered if str(name).lower() != "background" and index != 0}
 
     @staticmethod
     def strategies_of(info: Dict[str, Any]) -> List[str]:

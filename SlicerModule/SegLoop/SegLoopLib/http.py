@@ -2,11 +2,13 @@
 guarantee: JSON calls, multipart uploads, multipart answers, and the server's error messages.
 
 Every non-2xx answer raises :class:`SegLoopError` with the status and the server's own message
-(FastAPI's ``detail``), so the widget can show the clinician what to fix.
+(FastAPI's ``detail``), so the widget can show the clinician what to fix; a server that cannot
+be reached, never answers or drops the connection raises it with status 0.
 """
 
 import email.parser
 import email.policy
+import http.client
 import json
 import mimetypes
 import os
@@ -88,6 +90,11 @@ class Http:
             raise SegLoopError(e.code, error_message(e.read()), url) from None
         except urllib.error.URLError as e:
             raise SegLoopError(0, f"cannot reach {self.url}: {e.reason}", url) from None
+        except (OSError, http.client.HTTPException) as e:
+            # Past the connection: a server that never answers (TimeoutError), drops the connection
+            # (ConnectionResetError) or answers garbage (BadStatusLine) is unreachable to the caller too.
+            reason = "no answer within {:g} s".format(self.timeout) if isinstance(e, TimeoutError) else (str(e) or type(e).__name__)
+            raise SegLoopError(0, f"cannot reach {self.url}: {reason}", url) from None
 
     def json(self, method: str, path: str, query=None, payload: Any = None) -> Any:
         body = json.dumps(payload).encode() if payload is not None else None

@@ -50,6 +50,8 @@ _main_window = QMainWindow()
 standin = SimpleNamespace(
     messages=[],  # (kind, text) of every errorDisplay / infoDisplay, in order
     slice_layers={"background": None, "foreground": None, "label": None, "foregroundOpacity": None},
+    view_resets=0,  # loadVolume / loadLabelVolume shown: real Slicer refits every slice view (zoom, pan)
+    save_fails=False,  # saveNode returns False without writing, as Slicer does when a writer fails
     selected_module=None,
 )
 
@@ -249,23 +251,30 @@ class vtkMRMLSegmentationNode(vtkMRMLNode):
 
 class vtkMRMLMarkupsFiducialNode(vtkMRMLNode):
     _display_class = vtkMRMLMarkupsDisplayNode
+    # vtkMRMLMarkupsNode's placement status (Modules/Loadable/Markups/MRML/vtkMRMLMarkupsNode.h)
+    PositionUndefined, PositionPreview, PositionDefined, PositionMissing = range(4)
 
     def __init__(self):
         super().__init__()
         self._points = []
+        self._status = []  # a test sets PositionPreview here for the point being placed
 
     def AddControlPoint(self, position, label=""):
         self._points.append(np.asarray(position, dtype=float)[:3].copy())
+        self._status.append(self.PositionDefined)
         return len(self._points) - 1
 
     def GetNumberOfControlPoints(self):
         return len(self._points)
 
+    def GetNthControlPointPositionStatus(self, index):
+        return self._status[index]
+
     def GetNthControlPointPositionWorld(self, index, position):
         position[:] = [float(v) for v in self._points[index]]
 
     def RemoveAllControlPoints(self):
-        self._points = []
+        self._points, self._status = [], []
 
 
 class vtkMRMLMarkupsROINode(vtkMRMLNode):

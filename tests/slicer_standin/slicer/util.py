@@ -177,6 +177,7 @@ def loadVolume(filename, properties=None, returnNode=False):
     node.CreateDefaultDisplayNodes()
     if properties.get("show", True):
         slicer.standin.slice_layers["label" if labelmap else "background"] = node
+        slicer.standin.view_resets += 1
     return node
 
 
@@ -195,8 +196,11 @@ def updateVolumeFromArray(volumeNode, narray):
 
 
 def saveNode(node, filename, properties=None):
-    """A volume node to NIfTI (affine = IJK-to-RAS), as Slicer writes it."""
+    """A volume node to NIfTI (affine = IJK-to-RAS), as Slicer writes it; False (nothing written)
+    when ``slicer.standin.save_fails`` is set, as Slicer answers a failed write."""
     slicer._require_main_thread("saveNode")
+    if slicer.standin.save_fails:
+        return False
     nib.save(nib.Nifti1Image(node._array.transpose(2, 1, 0), node._ijk_to_ras), filename)
     return True
 
