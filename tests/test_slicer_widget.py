@@ -75,6 +75,7 @@ def make_widget(env):
     slicer.standin.slice_layers.update(background=None, foreground=None, label=None, foregroundOpacity=None)
     slicer.standin.selected_module = None
     slicer.standin.save_fails = False
+    slicer.standin.confirm_answer = True
     env.QSettings().clear()
     made = []
 
@@ -419,6 +420,40 @@ def test_a_label_that_cannot_be_written_is_not_submitted(env, offline):
     messages.clear()
     widget.onSubmit()
     assert messages == [] and len(server.submitted) == 1 and widget.logic.case is None
+
+
+def test_next_case_asks_before_discarding_segments_not_submitted(env, offline):
+    widget, server = offline
+    slicer, messages = env.slicer, env.slicer.standin.messages
+    widget.onNextCase()  # nothing drawn yet: nothing to lose, no question
+    assert messages == []
+    widget.logic.auto_segment("segmentation", uncertainty=False)
+    volume = widget.logic.volume_node
+    slicer.standin.confirm_answer = False  # Cancel
+    widget.onNextCase()
+    assert [m[0] for m in messages] == ["confirm"] and "case_x" in messages[0][1] and "not submitted" in messages[0][1]
+    assert widget.logic.volume_node is volume  # the case and its segments stay
+    slicer.standin.confirm_answer = True  # OK
+    widget.onNextCase()
+    assert [m[0] for m in messages] == ["confirm", "confirm"] and widget.logic.volume_node is not volume
+
+
+def test_the_status_poll_pauses_during_a_server_call(env, offline):
+    widget, server = offline
+    widget.timer.start()
+    seen = []
+    widget.call("Checking", lambda: seen.append(widget.timer.isActive()))
+    assert seen == [False] and widget.timer.isActive()  # paused for the call, polling again after
+
+
+def test_a_box_that_was_never_placed_is_refused_with_the_reason(env, offline):
+    widget, server = offline
+    roi = env.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "my box")
+    widget.ui.boxPlaceWidget.setCurrentNode(roi)
+    widget.onPrompt()
+    messages = env.slicer.standin.messages
+    assert len(messages) == 1 and "'my box' was never placed" in messages[0][1]
+    assert not hasattr(server, "prompts")  # nothing was sent
 
 
 def test_the_self_test_skips_without_a_server_url(env, monkeypatch):

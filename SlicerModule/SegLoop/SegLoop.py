@@ -127,6 +127,8 @@ class SegLoopWidget(ScriptedLoadableModuleWidget):
         if self.busy:  # a second click while the busy dialog is not shown yet (its first 300 ms)
             return None
         self.busy = True
+        polling = self.timer.isActive()
+        self.timer.stop()  # the status poll would block the main thread beside the call
         self.logic.server = lambda f, *a, **k: run_with_progress(title, f, *a, **k)
         try:
             return function(*args, **kwargs)
@@ -137,6 +139,8 @@ class SegLoopWidget(ScriptedLoadableModuleWidget):
             slicer.util.errorDisplay(f"{title} failed unexpectedly:\n{e}")
         finally:
             self.busy = False
+            if polling and self.logic.client is not None:
+                self.timer.start()
         return None
 
     def updateButtons(self):
@@ -173,6 +177,11 @@ class SegLoopWidget(ScriptedLoadableModuleWidget):
         self.updateButtons()
 
     def onNextCase(self):
+        if self.logic.has_unsaved_work() and not slicer.util.confirmOkCancelDisplay(
+            f"Case {self.logic.case.image_id} has segments that were not submitted. Discard them and load the next case?",
+            windowTitle="SegLoop",
+        ):
+            return
         case = self.call("Fetching the next case", self.logic.next_case, self.ui.strategyComboBox.currentText)
         if case is False:
             slicer.util.infoDisplay("No case is left for you: every unlabelled case is labelled or with another annotator.")
@@ -296,6 +305,17 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         for name in os.listdir(self.folder):
             os.remove(os.path.join(self.folder, name))
 
+    def has_unsaved_work(self):
+        """A case is open and one of its segments is not empty (a proposal, a prompt answer or an
+        edit that was not submitted)."""
+        if self.case is None or self.segmentation_node is None:
+            return False
+        segmentation = self.segmentation_node.GetSegmentation()
+        return any(
+            slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentation_node, segmentation.GetNthSegmentID(i), self.volume_node).any()
+            for i in range(segmentation.GetNumberOfSegments())
+        )
+
     def point_list(self, name):
         node = slicer.mrmlScene.GetFirstNodeByName(f"SegLoop {name}")
         if node is None:
@@ -390,7 +410,9 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
 
     def prompt_segment(self, model, label_name, roi_node=None, text=""):
         box = None
-        if roi_node is not None and roi_node.GetNumberOfControlPoints():
+        if roi_node is not None and not roi_node.GetNumberOfControlPoints():
+            raise ValueError(f"the box '{roi_node.GetName()}' was never placed: place it in a slice view, or choose no box")
+        if roi_node is not None:
             center, size = [0.0] * 3, [0.0] * 3
             roi_node.GetCenterWorld(center)
             roi_node.GetSize(size)

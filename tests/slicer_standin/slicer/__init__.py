@@ -52,6 +52,7 @@ standin = SimpleNamespace(
     slice_layers={"background": None, "foreground": None, "label": None, "foregroundOpacity": None},
     view_resets=0,  # loadVolume / loadLabelVolume shown: real Slicer refits every slice view (zoom, pan)
     save_fails=False,  # saveNode returns False without writing, as Slicer does when a writer fails
+    confirm_answer=True,  # what the user answers to confirmOkCancelDisplay (OK)
     selected_module=None,
 )
 

@@ -139,6 +139,12 @@ def infoDisplay(text, windowTitle=None, parent=None, standardButtons=None, **kwa
     slicer.standin.messages.append(("info", text))
 
 
+def confirmOkCancelDisplay(text, windowTitle=None, parent=None, **kwargs):
+    """Recorded as a ("confirm", text) message; answers ``slicer.standin.confirm_answer`` (OK: True)."""
+    slicer.standin.messages.append(("confirm", text))
+    return slicer.standin.confirm_answer
+
+
 def selectModule(module):
     slicer._require_main_thread("selectModule")
     slicer.standin.selected_module = module if isinstance(module, str) else module.name
