@@ -456,6 +456,24 @@ def test_a_box_that_was_never_placed_is_refused_with_the_reason(env, offline):
     assert not hasattr(server, "prompts")  # nothing was sent
 
 
+def test_closing_the_scene_drops_the_case_and_gives_the_place_widgets_new_point_lists(env, offline):
+    widget, server = offline
+    slicer = env.slicer
+    widget.logic.auto_segment("segmentation", uncertainty=False)
+    old = widget.ui.foregroundPlaceWidget.currentNode()
+    slicer.mrmlScene.Clear(0)  # File > Close Scene
+    assert widget.logic.case is None and widget.logic.volume_node is None and widget.logic.segmentation_node is None
+    assert widget.ui.caseLabel.text == "No case loaded" and not os.listdir(widget.logic.folder)
+    assert enabled(env, widget, CASE_BUTTONS) == dict.fromkeys(CASE_BUTTONS, False)
+    points = widget.ui.foregroundPlaceWidget.currentNode()
+    assert points is not None and points is not old and points.GetScene() is slicer.mrmlScene
+    # The module works on: the next case, then a prompt with a point placed in the new list.
+    assert widget.logic.next_case("random")
+    points.AddControlPoint([3.0, 3.0, 3.0])
+    widget.logic.prompt_segment("prompt", "liver")
+    assert server.prompts["foreground"] == [[2, 2, 2]]
+
+
 def test_the_self_test_skips_without_a_server_url(env, monkeypatch):
     monkeypatch.delenv("SEGLOOP_TEST_URL", raising=False)
     monkeypatch.setattr(env.SegLoop.SegLoopLogic, "connect", lambda *a, **k: pytest.fail("connected without SEGLOOP_TEST_URL"))

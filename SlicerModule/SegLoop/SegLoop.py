@@ -23,6 +23,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
 
 from SegLoopLib import AUTOMATIC, PROMPT, CampaignFigures, CaseSession, SegLoopClient, SegLoopError, label_colour
 from SegLoopLib.campaign import training_text
@@ -76,7 +77,11 @@ def run_with_progress(title, function, *args, **kwargs):
     return outcome.get("value")
 
 
-class SegLoopWidget(ScriptedLoadableModuleWidget):
+class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # scene-close observation (Slicer's module template)
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         ui_widget = slicer.util.loadUI(self.resourcePath("UI/SegLoop.ui"))
@@ -107,6 +112,18 @@ class SegLoopWidget(ScriptedLoadableModuleWidget):
         self.timer.setInterval(5000)
         self.timer.timeout.connect(self.onRefresh)
         self.busy = False
+        # File > Close Scene removes every node, the case's and the point lists the place widgets hold.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.updateButtons()
+
+    def onSceneStartClose(self, caller, event):
+        self.logic.forget_case()  # its nodes are about to go; unsubmitted work goes with the scene, as Slicer asked
+
+    def onSceneEndClose(self, caller, event):
+        for widget, name in ((self.ui.foregroundPlaceWidget, "foreground"), (self.ui.backgroundPlaceWidget, "background")):
+            widget.setCurrentNode(self.logic.point_list(name))  # new point lists in the new scene
+        self.ui.caseLabel.text = "No case loaded"
         self.updateButtons()
 
     def enter(self):
@@ -118,6 +135,7 @@ class SegLoopWidget(ScriptedLoadableModuleWidget):
 
     def cleanup(self):
         self.timer.stop()
+        self.removeObservers()
         self.logic.cleanup()
 
     # -- helpers -------------------------------------------------------------------------------
@@ -300,6 +318,12 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
     def cleanup(self):
         """Delete the downloaded images and results: they are patient data."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def forget_case(self):
+        """Drop the case: its node references (the scene is closing or was cleared) and its files."""
+        self.case = None
+        self.volume_node = self.segmentation_node = self.uncertainty_node = None
+        self._forget_case_files()
 
     def _forget_case_files(self):
         for name in os.listdir(self.folder):

@@ -309,8 +309,24 @@ NODE_CLASSES = {
 
 
 class vtkMRMLScene(_MainThreadOnly):
+    # vtkMRMLScene's close events (File > Close Scene clears the scene between them)
+    StartCloseEvent, EndCloseEvent = 66000, 66001
+
     def __init__(self):
-        self._nodes, self._counts = [], {}
+        self._nodes, self._counts, self._observers = [], {}, {}
+
+    def AddObserver(self, event, callback, priority=0.0):
+        tag = max(self._observers, default=0) + 1
+        self._observers[tag] = (event, callback)
+        return tag
+
+    def RemoveObserver(self, tag):
+        self._observers.pop(tag, None)
+
+    def InvokeEvent(self, event, callData=None):
+        for observed, callback in list(self._observers.values()):
+            if observed == event:
+                callback(self, event)
 
     def AddNode(self, node):
         cls = node.GetClassName()
@@ -343,8 +359,11 @@ class vtkMRMLScene(_MainThreadOnly):
                     standin.slice_layers[layer] = None
 
     def Clear(self, removeSingletons=0):
+        """What File > Close Scene does: StartCloseEvent, every node removed, EndCloseEvent."""
+        self.InvokeEvent(self.StartCloseEvent)
         for node in list(self._nodes):
             self.RemoveNode(node)
+        self.InvokeEvent(self.EndCloseEvent)
 
 
 mrmlScene = vtkMRMLScene()
@@ -383,6 +402,8 @@ class qSlicerMarkupsPlaceWidget(qSlicerWidget):  # noqa: N801
         self._node = node
 
     def currentNode(self):
+        if self._node is not None and self._node.GetScene() is None:
+            self._node = None  # a weak reference in Slicer: a node removed from the scene (scene close) is gone
         return self._node
 
 

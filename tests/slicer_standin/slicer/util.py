@@ -125,6 +125,22 @@ def findChild(widget, name):
     return child
 
 
+class VTKObservationMixin:
+    """``slicer.util.VTKObservationMixin``: a scripted widget mixes it in (Slicer's module template)
+    to observe MRML events; ``addObserver(object, event, method)``, ``removeObservers()``."""
+
+    def __init__(self):
+        self.Observations = []
+
+    def addObserver(self, obj, event, method, group="none", priority=0.0):
+        self.Observations.append((obj, obj.AddObserver(event, method, priority)))
+
+    def removeObservers(self, method=None):
+        for obj, tag in self.Observations:
+            obj.RemoveObserver(tag)
+        self.Observations = []
+
+
 def mainWindow():
     return slicer._main_window
 
