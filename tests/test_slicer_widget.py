@@ -365,7 +365,8 @@ class OfflineServer:
     def auto_segment(self, model, image_id, dest, uncertainty=False):
         proposal = np.zeros(self.image.shape, np.uint8)
         proposal[2:6, 2:6, 1:4] = 1
-        nib.save(nib.Nifti1Image(proposal, self.affine), dest)
+        grid = getattr(self, "answer_grid", (proposal.shape, self.affine))  # a test may answer on another grid
+        nib.save(nib.Nifti1Image(np.resize(proposal, grid[0]), grid[1]), dest)
         return dest, {"model_version": 1, "label_confidence": {"liver": 0.9}}
 
     def prompt_segment(self, model, image_id, dest, **prompts):
@@ -407,6 +408,20 @@ def test_results_load_without_resetting_the_views_and_only_placed_points_are_sen
     points._status[1] = points.PositionPreview
     widget.logic.prompt_segment("prompt", "liver")
     assert server.prompts["foreground"] == [[2, 2, 2]]
+
+
+@pytest.mark.parametrize("grid", ["shape", "spacing"])
+def test_an_answer_on_another_grid_is_refused_not_pasted(env, offline, grid):
+    widget, server = offline
+    server.answer_grid = ((12, 10, 7), server.affine) if grid == "shape" else ((12, 10, 6), np.diag([1.5, 1.5, 2.0, 1.0]))
+    widget.onAutoSegment()
+    messages = env.slicer.standin.messages
+    assert len(messages) == 1 and "not on this image's grid" in messages[0][1], messages
+    assert not widget.logic.has_unsaved_work()  # every segment as it was: empty
+    del server.answer_grid
+    messages.clear()
+    widget.onAutoSegment()
+    assert messages == [] and widget.logic.has_unsaved_work()
 
 
 def test_a_label_that_cannot_be_written_is_not_submitted(env, offline):

@@ -378,6 +378,26 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
                 slicer.mrmlScene.RemoveNode(node)
         self.volume_node = self.segmentation_node = self.uncertainty_node = None
 
+    def _load_answer(self, path):
+        """The server's label map file as an array [k, j, i] on the case volume's grid. Loaded hidden
+        (shown, Slicer would refit every view); an answer on any other grid (size or IJK-to-RAS) is
+        refused: segments take an array as it is, without resampling."""
+        node = slicer.util.loadLabelVolume(path, {"show": False})
+        try:
+            answer, image = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+            node.GetIJKToRASMatrix(answer)
+            self.volume_node.GetIJKToRASMatrix(image)
+            same_matrix = all(abs(answer.GetElement(r, c) - image.GetElement(r, c)) < 1e-3 for r in range(4) for c in range(4))
+            size, expected = node.GetImageData().GetDimensions(), self.volume_node.GetImageData().GetDimensions()
+            if tuple(size) != tuple(expected) or not same_matrix:
+                raise ValueError(
+                    f"the server's answer ({tuple(size)} voxels) is not on this image's grid ({tuple(expected)} voxels, "
+                    "same IJK-to-RAS): it was not applied"
+                )
+            return np.array(slicer.util.arrayFromVolume(node))
+        finally:
+            slicer.mrmlScene.RemoveNode(node)
+
     def _set_segment(self, name, mask_kji):
         segment_id = self.segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
         if not segment_id:
@@ -393,11 +413,9 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             return path, result, map_path
 
         path, result, map_path = self.server(infer)
-        labelmap = slicer.util.loadLabelVolume(path, {"show": False})  # shown, it would refit the views
-        array = slicer.util.arrayFromVolume(labelmap)
+        array = self._load_answer(path)
         for name, index in self.labels.items():
             self._set_segment(name, array == index)
-        slicer.mrmlScene.RemoveNode(labelmap)
         self.case.proposal_version = result.get("model_version")
         if map_path:
             if self.uncertainty_node is not None:
@@ -445,9 +463,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             self.client.prompt_segment, model, self.case.image_id, os.path.join(self.folder, "prompt.nii.gz"),
             foreground=self._points("foreground"), background=self._points("background"), box=box, text=text or label_name,
         )
-        labelmap = slicer.util.loadLabelVolume(path, {"show": False})
-        mask = slicer.util.arrayFromVolume(labelmap) > 0
-        slicer.mrmlScene.RemoveNode(labelmap)
+        mask = self._load_answer(path) > 0
         if mask.any():  # an empty answer (the result's "message" says so) leaves the segment as it was
             self._set_segment(result.get("target") or label_name, mask)
         return result

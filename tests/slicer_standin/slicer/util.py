@@ -238,9 +238,10 @@ def updateSegmentBinaryLabelmapFromArray(narray, segmentationNode, segmentId, re
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
     if segment is None:
         raise RuntimeError(f"no segment {segmentId!r}")
-    if tuple(narray.shape) != tuple(reference._array.shape):
-        raise RuntimeError(f"array shape {narray.shape} is not the reference volume's {reference._array.shape}")
-    segment._mask, segment._grid = np.asarray(narray) != 0, _grid(reference)
+    # As Slicer: no check and no resampling. An array of another shape becomes the segment as it
+    # is (on a grid of that shape); only the caller can keep a mismatched answer out.
+    shape, affine = _grid(reference)
+    segment._mask, segment._grid = np.asarray(narray) != 0, (tuple(narray.shape), affine)
 
 
 def arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode=None):
