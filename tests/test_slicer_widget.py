@@ -424,6 +424,29 @@ def test_an_answer_on_another_grid_is_refused_not_pasted(env, offline, grid):
     assert messages == [] and widget.logic.has_unsaved_work()
 
 
+def test_points_and_boxes_follow_the_volumes_parent_transform(env, offline):
+    """A volume moved by a parent transform (here 10 mm along R, 90 degrees about S): a point placed
+    on a voxel in the views (world) is that voxel's IJK, and so is a box around it."""
+    widget, server = offline
+    slicer, vtk = env.slicer, env.vtk
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    matrix = vtk.vtkMatrix4x4()
+    for r, row in enumerate([[0, -1, 0, 10], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]):
+        for c, value in enumerate(row):
+            matrix.SetElement(r, c, value)
+    transform.SetMatrixTransformToParent(matrix)
+    widget.logic.volume_node.SetAndObserveTransformNodeID(transform.GetID())
+    voxel = [5, 3, 2]
+    world = (np.array([[0, -1, 0, 10], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]) @ server.affine @ [*voxel, 1])[:3]
+    widget.logic.point_list("foreground").AddControlPoint(world.tolist())
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    roi.SetCenterWorld(world.tolist())
+    roi.SetSize([3.0, 3.0, 3.0])  # a voxel either side (1.5 mm voxels)
+    widget.logic.prompt_segment("prompt", "liver", roi)
+    assert server.prompts["foreground"] == [voxel]
+    assert server.prompts["box"] == [[4, 2, 1], [6, 4, 3]]
+
+
 def test_a_label_that_cannot_be_written_is_not_submitted(env, offline):
     widget, server = offline
     env.slicer.standin.save_fails = True

@@ -440,6 +440,13 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
     def _shape_ijk(self):
         return list(self.volume_node.GetImageData().GetDimensions())
 
+    def _world_to_volume(self, points_world):
+        """World RAS points (where markups are, all their transforms applied) -> the volume's own RAS,
+        through the volume's parent transforms if it has any (RAS-to-IJK is the volume's local one)."""
+        to_volume = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, self.volume_node.GetParentTransformNode(), to_volume)
+        return [list(to_volume.TransformPoint(p)) for p in points_world]
+
     def _points(self, name):
         node, out = self.point_list(name), []
         for i in range(node.GetNumberOfControlPoints()):
@@ -448,17 +455,23 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             position = [0.0, 0.0, 0.0]
             node.GetNthControlPointPositionWorld(i, position)
             out.append(position)
-        return points_to_ijk(self._ras_to_ijk(), out, self._shape_ijk())
+        return points_to_ijk(self._ras_to_ijk(), self._world_to_volume(out), self._shape_ijk())
+
+    def _box(self, roi_node):
+        """The ROI's world bounding box (rotation and transforms included: ``GetRASBounds``) as two
+        IJK corners of the volume: the box around its 8 corners mapped into the volume."""
+        bounds = [0.0] * 6
+        roi_node.GetRASBounds(bounds)
+        corners = np.array(self._world_to_volume([[x, y, z] for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]]))
+        low, high = corners.min(axis=0), corners.max(axis=0)
+        return roi_to_box(self._ras_to_ijk(), ((low + high) / 2).tolist(), (high - low).tolist(), self._shape_ijk())
 
     def prompt_segment(self, model, label_name, roi_node=None, text=""):
         box = None
         if roi_node is not None and not roi_node.GetNumberOfControlPoints():
             raise ValueError(f"the box '{roi_node.GetName()}' was never placed: place it in a slice view, or choose no box")
         if roi_node is not None:
-            center, size = [0.0] * 3, [0.0] * 3
-            roi_node.GetCenterWorld(center)
-            roi_node.GetSize(size)
-            box = roi_to_box(self._ras_to_ijk(), center, size, self._shape_ijk())
+            box = self._box(roi_node)
         path, result = self.server(
             self.client.prompt_segment, model, self.case.image_id, os.path.join(self.folder, "prompt.nii.gz"),
             foreground=self._points("foreground"), background=self._points("background"), box=box, text=text or label_name,

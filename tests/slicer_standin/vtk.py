@@ -3,6 +3,8 @@
 * ``vtkMatrix4x4``: ``GetElement``, ``SetElement``, ``MultiplyPoint`` (what ``SegLoop.py`` calls);
   volume nodes fill it in ``GetIJKToRASMatrix`` / ``GetRASToIJKMatrix``.
 * ``vtkImageData``: only ``GetDimensions()`` (I, J, K), what ``volume_node.GetImageData()`` is used for.
+* ``vtkGeneralTransform``: ``TransformPoint``; linear only (what
+  ``vtkMRMLTransformNode.GetTransformBetweenNodes`` fills in the stand-in).
 """
 
 import numpy as np
@@ -28,3 +30,11 @@ class vtkImageData:  # noqa: N801 (VTK's name)
 
     def GetDimensions(self):
         return self._dimensions
+
+
+class vtkGeneralTransform:  # noqa: N801 (VTK's name)
+    def __init__(self):
+        self._m = np.eye(4)
+
+    def TransformPoint(self, point):
+        return tuple(float(v) for v in (self._m @ np.r_[np.asarray(point, dtype=float)[:3], 1.0])[:3])

@@ -114,6 +114,40 @@ class vtkMRMLNode(_MainThreadOnly):  # noqa: N801 (Slicer's names throughout)
 
     _display_class = None
 
+    # vtkMRMLTransformableNode: a parent transform (linear only in the stand-in)
+    def SetAndObserveTransformNodeID(self, node_id):
+        self._transform_id = node_id
+
+    def GetParentTransformNode(self):
+        node_id = getattr(self, "_transform_id", None)
+        return self._scene.GetNodeByID(node_id) if node_id and self._scene is not None else None
+
+    def _to_world(self):
+        """4x4 local -> world of this node's parent transforms (identity without one)."""
+        parent = self.GetParentTransformNode()
+        return parent._to_world() @ parent._matrix if parent is not None else np.eye(4)
+
+
+class vtkMRMLTransformNode(vtkMRMLNode):
+    """A linear transform (vtkMRMLLinearTransformNode's ``SetMatrixTransformToParent``); the static
+    ``GetTransformBetweenNodes(source, target, vtkGeneralTransform)``, None meaning world."""
+
+    def __init__(self):
+        super().__init__()
+        self._matrix = np.eye(4)
+
+    def SetMatrixTransformToParent(self, matrix):
+        self._matrix = np.array(matrix._m, dtype=float)
+
+    @staticmethod
+    def GetTransformBetweenNodes(source, target, transform):
+        to_world = lambda node: np.eye(4) if node is None else node._to_world() @ node._matrix  # noqa: E731
+        transform._m = np.linalg.inv(to_world(target)) @ to_world(source)
+
+
+class vtkMRMLLinearTransformNode(vtkMRMLTransformNode):
+    pass
+
 
 class vtkMRMLScalarVolumeDisplayNode(vtkMRMLNode):
     def __init__(self):
@@ -272,7 +306,7 @@ class vtkMRMLMarkupsFiducialNode(vtkMRMLNode):
         return self._status[index]
 
     def GetNthControlPointPositionWorld(self, index, position):
-        position[:] = [float(v) for v in self._points[index]]
+        position[:] = [float(v) for v in (self._to_world() @ np.r_[self._points[index], 1.0])[:3]]
 
     def RemoveAllControlPoints(self):
         self._points, self._status = [], []
@@ -297,6 +331,11 @@ class vtkMRMLMarkupsROINode(vtkMRMLNode):
     def GetCenterWorld(self, center):
         center[:] = [float(v) for v in self._center]
 
+    def GetRASBounds(self, bounds):
+        """World bounds [xmin, xmax, ymin, ymax, zmin, zmax] (the stand-in's ROI is axis-aligned)."""
+        low, high = self._center - self._size / 2, self._center + self._size / 2
+        bounds[:] = [float(v) for pair in zip(low, high) for v in pair]
+
     def GetSize(self, size):
         size[:] = [float(v) for v in self._size]
 
@@ -304,7 +343,7 @@ class vtkMRMLMarkupsROINode(vtkMRMLNode):
 NODE_CLASSES = {
     cls.__name__: cls
     for cls in (vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode,
-                vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode)
+                vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLLinearTransformNode)
 }
 
 
