@@ -74,6 +74,35 @@ def test_case_timer_campaign_figures_and_panel_text():
     assert label_colour("Liver", 0) == label_colour("liver", 5) and label_colour("pancreas", 0) != label_colour("pancreas", 1)
 
 
+@pytest.mark.parametrize("served, extension", [
+    ('attachment; filename="case_7.nrrd"', ".nrrd"), ('attachment; filename="ct.NII"', ".nii"),
+    ('attachment; filename="../../etc/passwd"', ".nii.gz"), (None, ".nii.gz"),
+])
+def test_a_download_keeps_the_served_files_extension_and_nothing_else_of_its_name(tmp_path, served, extension):
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            if served:
+                self.send_header("Content-Disposition", served)
+            self.end_headers()
+            self.wfile.write(b"voxels")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    try:
+        path = SegLoopClient(f"http://127.0.0.1:{server.server_address[1]}", timeout=5).download_image("case_7", str(tmp_path))
+    finally:
+        thread.join(5)
+        server.server_close()
+    assert path == str(tmp_path / f"case_7{extension}") and open(path, "rb").read() == b"voxels"
+
+
 def test_a_background_label_is_not_a_segment():
     assert SegLoopClient.labels_of({"labels": {"spleen": 2, "background": 0, "liver": 1}}) == {"liver": 1, "spleen": 2}
     assert SegLoopClient.labels_of({"labels": ["background", "liver", "spleen"]}) == {"liver": 1, "spleen": 2}
@@ -148,7 +177,8 @@ def test_every_module_action_against_a_real_server(slicer_studies, sample_root, 
         # Next case: booked for this annotator, downloaded as stored.
         case = client.next_case("random", "dr_a")
         assert case["id"] in {"case_003", "case_004", "case_005"}
-        image_path = client.download_image(case["id"], str(tmp_path / "image.nii.gz"))
+        image_path = client.download_image(case["id"], str(tmp_path))
+        assert image_path == str(tmp_path / f"{case['id']}.nii.gz")  # the stored file's extension
         image = nib.load(image_path)
         assert image.shape == nib.load(truth(case["id"])).shape
         session = CaseSession(case["id"], image_path)

@@ -358,7 +358,8 @@ class OfflineServer:
     def next_case(self, strategy, annotator):
         return {"id": "case_x"}
 
-    def download_image(self, image_id, dest):
+    def download_image(self, image_id, folder):
+        dest = os.path.join(folder, f"{image_id}.nii.gz")
         nib.save(nib.Nifti1Image(self.image, self.affine), dest)
         return dest
 

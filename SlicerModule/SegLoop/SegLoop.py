@@ -355,7 +355,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             case = self.client.next_case(strategy, self.annotator)
             if case is None:
                 return None
-            return case["id"], self.client.download_image(case["id"], os.path.join(self.folder, f"{case['id']}.nii.gz"))
+            return case["id"], self.client.download_image(case["id"], self.folder)
 
         found = self.server(fetch)
         if found is None:

@@ -74,8 +74,9 @@ class SegLoopClient:
         answer = self.http.json("POST", f"/activelearning/{strategy}", payload={"client_id": annotator})
         return answer if answer and answer.get("id") else None
 
-    def download_image(self, image_id: str, dest: str) -> str:
-        return self.http.download("/datastore/image", dest, {"image": image_id})
+    def download_image(self, image_id: str, folder: str) -> str:
+        """The image as stored, into ``folder/<image_id><its extension>``; returns that path."""
+        return self.http.download_as_served("/datastore/image", folder, image_id, {"image": image_id})
 
     def datastore_status(self) -> Dict[str, Any]:
         """``{"total", "completed", "label_tags"}`` of the datastore."""

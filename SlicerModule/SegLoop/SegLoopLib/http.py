@@ -19,6 +19,10 @@ import uuid
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 
+# Longest first: ".seg.nrrd" before ".nrrd", ".nii.gz" before ".gz"-less ".nii".
+IMAGE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
+
+
 class SegLoopError(Exception):
     def __init__(self, status: int, message: str, url: str = ""):
         super().__init__(f"{status}: {message}" if status else message)
@@ -85,7 +89,7 @@ class Http:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.read(), response.headers.get("Content-Type", "")
+                return response.read(), response.headers
         except urllib.error.HTTPError as e:
             raise SegLoopError(e.code, error_message(e.read()), url) from None
         except urllib.error.URLError as e:
@@ -102,8 +106,10 @@ class Http:
         return json.loads(data) if data else None
 
     def form(self, method: str, path: str, query=None, fields=None, files=()) -> Tuple[bytes, str]:
+        """``(answer body, its content type)`` of a multipart/form-data request."""
         body, content_type = encode_multipart(fields or {}, files)
-        return self._request(method, path, query, body, content_type)
+        data, headers = self._request(method, path, query, body, content_type)
+        return data, headers.get("Content-Type", "")
 
     def urlencoded(self, path: str, fields: Dict[str, str]) -> Any:
         body = urllib.parse.urlencode(fields).encode()
@@ -112,6 +118,18 @@ class Http:
 
     def download(self, path: str, dest: str, query=None) -> str:
         data, _ = self._request("GET", path, query)
+        with open(dest, "wb") as f:
+            f.write(data)
+        return dest
+
+    def download_as_served(self, path: str, folder: str, stem: str, query=None) -> str:
+        """Download into ``folder/<stem><extension>``, the extension that of the file name the server
+        sends (Content-Disposition): Slicer picks its reader by extension. Unknown or absent:
+        ``.nii.gz``. The server's name itself is never used as a path."""
+        data, headers = self._request("GET", path, query)
+        served = (headers.get_filename() or "").lower()
+        extension = next((e for e in IMAGE_EXTENSIONS if served.endswith(e)), ".nii.gz")
+        dest = os.path.join(folder, f"{stem}{extension}")
         with open(dest, "wb") as f:
             f.write(data)
         return dest
