@@ -37,8 +37,10 @@ def own_names(paths):
         for node in ast.walk(ast.parse(open(path).read())):
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 names.add(node.name)
-                if isinstance(node, ast.ClassDef):  # class-level fields (dataclasses, NamedTuples)
-                    names |= {t.id for b in node.body if isinstance(b, ast.AnnAssign) for t in [b.target] if isinstance(t, ast.Name)}
+                if isinstance(node, ast.ClassDef):  # class-level fields and constants
+                    targets = [b.target for b in node.body if isinstance(b, ast.AnnAssign)]
+                    targets += [t for b in node.body if isinstance(b, ast.Assign) for t in b.targets]
+                    names |= {t.id for t in targets if isinstance(t, ast.Name)}
             elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
                 names.add(node.attr)
     return names
@@ -67,11 +69,18 @@ def qt_names():
                 value = getattr(cls, member, None)
                 if isinstance(value, type) and issubclass(value, enum.Enum):
                     names |= set(value.__members__)
-            meta = getattr(cls, "staticMetaObject", None)
-            if meta is not None:
-                names |= {bytes(meta.property(i).name()).decode() if not isinstance(meta.property(i).name(), str)
-                          else meta.property(i).name() for i in range(meta.propertyCount())}
+            try:
+                meta = getattr(cls, "staticMetaObject", None)
+                count = meta.propertyCount() if meta is not None else 0
+            except RuntimeError:  # a meta object PySide6 has let go of: no properties from it
+                count = 0
+            for i in range(count):
+                name = meta.property(i).name()
+                names.add(name if isinstance(name, str) else bytes(name).decode())
     return names
+
+
+QT_NAMES = qt_names()  # at collection, before any other test has created or dropped Qt objects
 
 
 def python_names():
@@ -98,7 +107,7 @@ def slicer_names():
 def test_the_module_calls_only_names_that_slicer_qt_vtk_or_segloop_define():
     module = os.path.join(MODULE, "SegLoop.py")
     library = [os.path.join(MODULE, "SegLoopLib", f) for f in os.listdir(os.path.join(MODULE, "SegLoopLib")) if f.endswith(".py")]
-    known = slicer_names() | qt_names() | VTK_NAMES | MODULE_NAMES | python_names() | own_names([module, *library]) | ui_names()
+    known = slicer_names() | QT_NAMES | VTK_NAMES | MODULE_NAMES | python_names() | own_names([module, *library]) | ui_names()
     unknown = sorted(attribute_names(module) - known)
     assert not unknown, f"SegLoop.py uses names that Slicer {open(API).readline().split()[6]}, Qt, VTK and SegLoop lack: {unknown}"
 
@@ -112,5 +121,5 @@ def test_the_list_holds_what_the_module_relies_on(name):
 def test_a_name_slicer_lacks_is_caught():
     """The check can fail: a plausible name that Slicer does not have (ROI size in world
     coordinates is ``GetSizeWorld`` in newer Slicer, never ``GetWorldSize``) is unknown."""
-    known = slicer_names() | qt_names() | VTK_NAMES | python_names()
+    known = slicer_names() | QT_NAMES | VTK_NAMES | python_names()
     assert "GetWorldSize" not in known and "GetNthControlPointPositionWorldd" not in known

@@ -46,6 +46,7 @@ def env():
     import slicer
     import vtk
     from PySide6.QtCore import QCoreApplication, QEvent, QSettings, Qt, QTimer
+    from PySide6.QtGui import QKeySequence
     from PySide6.QtTest import QTest
     from PySide6.QtWidgets import QProgressDialog, QVBoxLayout
 
@@ -55,7 +56,7 @@ def env():
     yield SimpleNamespace(
         slicer=slicer, vtk=vtk, SegLoop=SegLoop, SegLoopClient=SegLoopClient, SegLoopError=SegLoopError, QTest=QTest, Qt=Qt,
         QTimer=QTimer, QSettings=QSettings, QProgressDialog=QProgressDialog, QVBoxLayout=QVBoxLayout,
-        QCoreApplication=QCoreApplication, QEvent=QEvent,
+        QCoreApplication=QCoreApplication, QEvent=QEvent, QKeySequence=QKeySequence,
     )
     for name in set(sys.modules) - before:
         if name.split(".")[0] in STANDIN_MODULES:
@@ -156,7 +157,7 @@ def test_the_real_ui_loads_and_every_button_and_check_box_reaches_its_handler(en
     assert fired == {
         "connectButton": ["onConnect"], "nextCaseButton": ["onNextCase"], "autoSegmentButton": ["onAutoSegment"],
         "promptButton": ["onPrompt"], "clearPromptsButton": ["onClearPrompts"], "segmentEditorButton": ["onSegmentEditor"],
-        "submitButton": ["onSubmit"], "refreshButton": ["onRefresh"],
+        "submitButton": ["onSubmit"], "refreshButton": ["onRefresh"], "undoButton": ["onUndo"], "redoButton": ["onRedo"],
     }
     checkboxes = [name for name, cls in ui_widgets().items() if cls == "QCheckBox"]
     assert checkboxes == ["uncertaintyCheckBox"]
@@ -372,8 +373,14 @@ class OfflineServer:
 
     def prompt_segment(self, model, image_id, dest, **prompts):
         self.prompts = prompts
-        nib.save(nib.Nifti1Image(np.zeros(self.image.shape, np.uint8), self.affine), dest)
-        return dest, {"target": "liver", "voxels": 0, "message": "found no liver from these prompts"}
+        if prompts.get("label_map"):  # the file is read when sent, as the server reads the upload
+            self.sent_label_map = np.asarray(nib.load(prompts["label_map"]).dataobj).copy()
+        answer = getattr(self, "answer", None)  # a test sets a mask to answer with
+        if answer is None:
+            nib.save(nib.Nifti1Image(np.zeros(self.image.shape, np.uint8), self.affine), dest)
+            return dest, {"target": "liver", "voxels": 0, "message": "found no liver from these prompts"}
+        nib.save(nib.Nifti1Image(answer.astype(np.uint8), self.affine), dest)
+        return dest, {"target": "liver", "voxels": int(answer.sum())}
 
     def submit(self, *args, **kwargs):
         self.submitted.append(args)
@@ -389,6 +396,8 @@ def offline(env, make_widget):
     widget = make_widget()
     widget.logic.client = widget.logic.status_client = server = OfflineServer(env.SegLoopError)
     widget.logic.labels = {"liver": 1, "spleen": 2}
+    for name in widget.logic.labels:  # as onConnect fills it
+        raw(env, widget, "labelComboBox").addItem(name)
     widget.logic.annotator = "dr_o"
     assert widget.logic.next_case("random")
     widget.updateButtons()
@@ -446,6 +455,53 @@ def test_points_and_boxes_follow_the_volumes_parent_transform(env, offline):
     widget.logic.prompt_segment("prompt", "liver", roi)
     assert server.prompts["foreground"] == [voxel]
     assert server.prompts["box"] == [[4, 2, 1], [6, 4, 3]]
+
+
+def test_prompts_send_the_other_segments_and_each_answer_can_be_undone_and_redone(env, offline):
+    widget, server = offline
+    logic = widget.logic
+    logic.auto_segment("segmentation", uncertainty=False)  # liver proposal: a block
+    proposal = logic._segment_mask("liver").copy()
+    spleen = np.zeros(server.image.shape, bool)
+    spleen[8:11, 6:9, 2:4] = True
+    logic._set_segment("spleen", spleen.transpose(2, 1, 0))
+    logic.point_list("foreground").AddControlPoint([3.0, 3.0, 3.0])
+    first = np.zeros(server.image.shape, bool)
+    first[1:7, 1:7, 1:5] = True
+    server.answer = first
+    logic.prompt_segment("prompt", "liver")
+    # The segments went along (storage indices on the image's grid): the liver to refine, the spleen to keep out.
+    assert server.prompts["text"] == "liver" and server.prompts["label_map"]
+    assert set(np.unique(server.sent_label_map[spleen])) == {2} and (server.sent_label_map[proposal.transpose(2, 1, 0)] == 1).all()
+    second = np.zeros(server.image.shape, bool)
+    second[1:9, 1:9, 1:5] = True
+    server.answer = second
+    logic.prompt_segment("prompt", "liver")
+    as_kji = lambda m: m.transpose(2, 1, 0)  # noqa: E731  (files are i, j, k; segments k, j, i)
+    assert np.array_equal(logic._segment_mask("liver"), as_kji(second))
+    assert logic.undo("liver") and np.array_equal(logic._segment_mask("liver"), as_kji(first))
+    assert logic.undo("liver") and np.array_equal(logic._segment_mask("liver"), proposal)
+    assert not logic.undo("liver") and not logic.can_undo("liver")  # nothing older than the proposal
+    assert logic.redo("liver") and np.array_equal(logic._segment_mask("liver"), as_kji(first))
+    assert np.array_equal(logic._segment_mask("spleen"), as_kji(spleen)) and not logic.can_undo("spleen")
+    # A new answer after an undo drops what could have been redone.
+    logic.prompt_segment("prompt", "liver")
+    assert not logic.can_redo("liver") and logic.can_undo("liver")
+
+
+def test_undo_and_redo_buttons_and_keys_follow_the_selected_structure(env, offline):
+    widget, server = offline
+    widget.logic.point_list("foreground").AddControlPoint([3.0, 3.0, 3.0])
+    server.answer = np.ones(server.image.shape, bool)
+    assert not raw(env, widget, "undoButton").isEnabled()
+    widget.onPrompt()
+    assert raw(env, widget, "undoButton").isEnabled() and not raw(env, widget, "redoButton").isEnabled()
+    widget.parent.activateWindow()
+    env.QTest.keySequence(widget.parent, env.QKeySequence.Undo)  # Ctrl+Z
+    assert not widget.logic._segment_mask("liver").any() and widget.ui.caseLabel.text.endswith("taken back")
+    assert raw(env, widget, "redoButton").isEnabled()
+    click(env, widget, "redoButton")
+    assert widget.logic._segment_mask("liver").all() and widget.ui.labelComboBox.currentText == "liver"
 
 
 def test_a_label_that_cannot_be_written_is_not_submitted(env, offline):

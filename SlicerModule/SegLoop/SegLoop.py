@@ -104,6 +104,15 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.uncertaintyCheckBox.toggled.connect(self.onUncertaintyToggled)
         self.ui.promptButton.clicked.connect(self.onPrompt)
         self.ui.clearPromptsButton.clicked.connect(self.onClearPrompts)
+        self.ui.undoButton.clicked.connect(self.onUndo)
+        self.ui.redoButton.clicked.connect(self.onRedo)
+        # Ctrl+Z / Ctrl+Y (the platform's undo / redo keys) while the module is shown (enter / exit):
+        # the Segment Editor has its own undo on the same keys.
+        self.shortcuts = []
+        for keys, handler in ((qt.QKeySequence.Undo, self.onUndo), (qt.QKeySequence.Redo, self.onRedo)):
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), self.parent)
+            shortcut.activated.connect(handler)
+            self.shortcuts.append(shortcut)
         self.ui.segmentEditorButton.clicked.connect(self.onSegmentEditor)
         self.ui.submitButton.clicked.connect(self.onSubmit)
         self.ui.refreshButton.clicked.connect(self.onRefresh)
@@ -129,9 +138,13 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self):
         if self.logic.client is not None:
             self.timer.start()
+        for shortcut in self.shortcuts:
+            shortcut.setEnabled(True)
 
     def exit(self):
         self.timer.stop()  # no polling while the module is not shown
+        for shortcut in self.shortcuts:
+            shortcut.setEnabled(False)
 
     def cleanup(self):
         self.timer.stop()
@@ -166,6 +179,9 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nextCaseButton.enabled = connected
         for button in (self.ui.autoSegmentButton, self.ui.promptButton, self.ui.submitButton, self.ui.segmentEditorButton):
             button.enabled = connected and has_case
+        label = self.ui.labelComboBox.currentText
+        self.ui.undoButton.enabled = has_case and self.logic.can_undo(label)
+        self.ui.redoButton.enabled = has_case and self.logic.can_redo(label)
         self.ui.uncertaintyCheckBox.enabled = self.logic.uncertainty_node is not None
 
     # -- controls ------------------------------------------------------------------------------
@@ -228,9 +244,22 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if result:
             target = result.get("target") or self.ui.labelComboBox.currentText
             self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: " + (result.get("message") or f"{target} updated from prompts")
+        self.updateButtons()
 
     def onClearPrompts(self):
         self.logic.clear_prompts()
+
+    def onUndo(self):
+        label = self.ui.labelComboBox.currentText
+        if self.logic.case is not None and self.logic.undo(label):
+            self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: {label}: last prompt answer taken back"
+        self.updateButtons()
+
+    def onRedo(self):
+        label = self.ui.labelComboBox.currentText
+        if self.logic.case is not None and self.logic.redo(label):
+            self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: {label}: prompt answer applied again"
+        self.updateButtons()
 
     def onSegmentEditor(self):
         self.logic.open_segment_editor()
@@ -298,6 +327,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         self.volume_node = None
         self.segmentation_node = None
         self.uncertainty_node = None
+        self.history = {}  # segment name -> (undo, redo) stacks of bit-packed masks
         self.folder = tempfile.mkdtemp(prefix="segloop-")
         # Runs a network-only call: directly here (SegLoopTest); the widget runs it in a thread behind a
         # busy dialog. Node work stays out of it, on the main thread: MRML and VTK are not thread-safe.
@@ -322,6 +352,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
     def forget_case(self):
         """Drop the case: its node references (the scene is closing or was cleared) and its files."""
         self.case = None
+        self.history = {}
         self.volume_node = self.segmentation_node = self.uncertainty_node = None
         self._forget_case_files()
 
@@ -362,6 +393,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             return False
         image_id, path = found
         self._clear_case_nodes()
+        self.history = {}
         self.volume_node = slicer.util.loadVolume(path)
         self.case = CaseSession(image_id, path)
         self.segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{image_id} segmentation")
@@ -466,19 +498,84 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         low, high = corners.min(axis=0), corners.max(axis=0)
         return roi_to_box(self._ras_to_ijk(), ((low + high) / 2).tolist(), (high - low).tolist(), self._shape_ijk())
 
+    # -- undo / redo of prompt answers, per segment ------------------------------------------
+    UNDO_STEPS = 20  # per segment; each a bit-packed mask (1/8 byte a voxel)
+
+    def _segment_mask(self, name):
+        segment_id = self.segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
+        if not segment_id:
+            return np.zeros(slicer.util.arrayFromVolume(self.volume_node).shape, bool)
+        return slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentation_node, segment_id, self.volume_node) > 0
+
+    def _apply_with_history(self, name, mask):
+        """Set segment ``name`` to ``mask``, keeping what it was for ``undo``."""
+        undo, redo = self.history.setdefault(name, ([], []))
+        current = self._segment_mask(name)
+        undo.append((current.shape, np.packbits(current, axis=None)))
+        del undo[: -self.UNDO_STEPS]
+        redo.clear()
+        self._set_segment(name, mask)
+
+    def _step(self, name, backwards):
+        stacks = self.history.get(name)
+        if not stacks or not stacks[0 if backwards else 1]:
+            return False
+        source, target = stacks if backwards else stacks[::-1]
+        shape, bits = source.pop()
+        current = self._segment_mask(name)
+        target.append((current.shape, np.packbits(current, axis=None)))
+        self._set_segment(name, np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool))
+        return True
+
+    def undo(self, name):
+        """Segment ``name`` as it was before its last prompt answer; False when there is none."""
+        return self._step(name, backwards=True)
+
+    def redo(self, name):
+        """The prompt answer last taken back from ``name``, again; False when there is none."""
+        return self._step(name, backwards=False)
+
+    def can_undo(self, name):
+        return bool(self.history.get(name, ([], []))[0])
+
+    def can_redo(self, name):
+        return bool(self.history.get(name, ([], []))[1])
+
+    def _write_label_map(self, path):
+        """The segments as one label map of storage indices on the image's grid, written to ``path``."""
+        masks = {}
+        segmentation = self.segmentation_node.GetSegmentation()
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment_id = segmentation.GetNthSegmentID(i)
+            name = segmentation.GetSegment(segment_id).GetName()
+            masks[name] = slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentation_node, segment_id, self.volume_node)
+        reference = slicer.util.arrayFromVolume(self.volume_node)
+        label = compose_label_map(masks, self.labels, np.zeros(reference.shape, np.uint8))
+        label_node = slicer.modules.volumes.logic().CreateAndAddLabelVolume(self.volume_node, "SegLoop label map")
+        slicer.util.updateVolumeFromArray(label_node, label)
+        saved = slicer.util.saveNode(label_node, path)
+        slicer.mrmlScene.RemoveNode(label_node)
+        if not saved:  # never upload a stale or missing file
+            raise ValueError(f"the label could not be written to {path}: nothing was sent")
+        return path
+
     def prompt_segment(self, model, label_name, roi_node=None, text=""):
         box = None
         if roi_node is not None and not roi_node.GetNumberOfControlPoints():
             raise ValueError(f"the box '{roi_node.GetName()}' was never placed: place it in a slice view, or choose no box")
         if roi_node is not None:
             box = self._box(roi_node)
+        # The case's segments go along: the structure's own is the mask to refine, the others are
+        # never claimed by the answer (the server's label_map form).
+        label_map = self._write_label_map(os.path.join(self.folder, "segments.nii.gz"))
         path, result = self.server(
             self.client.prompt_segment, model, self.case.image_id, os.path.join(self.folder, "prompt.nii.gz"),
             foreground=self._points("foreground"), background=self._points("background"), box=box, text=text or label_name,
+            label_map=label_map,
         )
         mask = self._load_answer(path) > 0
         if mask.any():  # an empty answer (the result's "message" says so) leaves the segment as it was
-            self._set_segment(result.get("target") or label_name, mask)
+            self._apply_with_history(result.get("target") or label_name, mask)
         return result
 
     def clear_prompts(self):
@@ -493,21 +590,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         set_source(self.volume_node)
 
     def submit(self):
-        masks = {}
-        segmentation = self.segmentation_node.GetSegmentation()
-        for i in range(segmentation.GetNumberOfSegments()):
-            segment_id = segmentation.GetNthSegmentID(i)
-            name = segmentation.GetSegment(segment_id).GetName()
-            masks[name] = slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentation_node, segment_id, self.volume_node)
-        reference = slicer.util.arrayFromVolume(self.volume_node)
-        label = compose_label_map(masks, self.labels, np.zeros(reference.shape, np.uint8))
-        label_node = slicer.modules.volumes.logic().CreateAndAddLabelVolume(self.volume_node, "SegLoop submission")
-        slicer.util.updateVolumeFromArray(label_node, label)
-        path = os.path.join(self.folder, f"{self.case.image_id}_final.nii.gz")
-        saved = slicer.util.saveNode(label_node, path)
-        slicer.mrmlScene.RemoveNode(label_node)
-        if not saved:  # never upload a stale or missing file
-            raise ValueError(f"the label could not be written to {path}: nothing was submitted")
+        path = self._write_label_map(os.path.join(self.folder, f"{self.case.image_id}_final.nii.gz"))
         answer = self.server(
             self.client.submit, self.case.image_id, path, self.annotator, self.case.seconds_spent(),
             tool="SegLoop Slicer module", proposal_version=self.case.proposal_version,

@@ -11,7 +11,7 @@ PythonQt does (see ``slicer.util.PythonQtWidget``).
 """
 
 from PySide6.QtCore import QSettings, Qt, QTimer
-from PySide6.QtGui import QColor, QPainter, QPen, QPixmap
+from PySide6.QtGui import QColor, QKeySequence, QPainter, QPen, QPixmap, QShortcut
 from PySide6.QtWidgets import QProgressDialog
 
-__all__ = ["QColor", "QPainter", "QPen", "QPixmap", "QProgressDialog", "QSettings", "QTimer", "Qt"]
+__all__ = ["QColor", "QKeySequence", "QPainter", "QPen", "QPixmap", "QProgressDialog", "QSettings", "QShortcut", "QTimer", "Qt"]
