@@ -159,13 +159,14 @@ def test_the_real_ui_loads_and_every_button_and_check_box_reaches_its_handler(en
         "promptButton": ["onPrompt"], "clearPromptsButton": ["onClearPrompts"], "segmentEditorButton": ["onSegmentEditor"],
         "submitButton": ["onSubmit"], "refreshButton": ["onRefresh"], "undoButton": ["onUndo"], "redoButton": ["onRedo"],
     }
-    checkboxes = [name for name, cls in ui_widgets().items() if cls == "QCheckBox"]
-    assert checkboxes == ["uncertaintyCheckBox"]
-    raw(env, widget, "uncertaintyCheckBox").setEnabled(True)
-    calls.clear()
-    click(env, widget, "uncertaintyCheckBox")
-    click(env, widget, "uncertaintyCheckBox")
-    assert calls == [("onUncertaintyToggled", (True,)), ("onUncertaintyToggled", (False,))]
+    checkboxes = sorted(name for name, cls in ui_widgets().items() if cls == "QCheckBox")
+    assert checkboxes == ["autoPromptCheckBox", "uncertaintyCheckBox"]
+    for name, handler in (("uncertaintyCheckBox", "onUncertaintyToggled"), ("autoPromptCheckBox", "onAutoPromptToggled")):
+        raw(env, widget, name).setEnabled(True)
+        calls.clear()
+        click(env, widget, name)
+        click(env, widget, name)
+        assert calls == [(handler, (True,)), (handler, (False,))], name
 
     # The 5 s refresh timer calls onRefresh (started by a successful connect, not before).
     assert widget.timer.interval() == 5000 and not widget.timer.isActive()
@@ -502,6 +503,28 @@ def test_undo_and_redo_buttons_and_keys_follow_the_selected_structure(env, offli
     assert raw(env, widget, "redoButton").isEnabled()
     click(env, widget, "redoButton")
     assert widget.logic._segment_mask("liver").all() and widget.ui.labelComboBox.currentText == "liver"
+
+
+def test_segment_on_every_placed_point_sends_one_request_after_a_quick_series(env, offline):
+    widget, server = offline
+    points = widget.logic.point_list("foreground")
+    points.AddControlPoint([3.0, 3.0, 3.0])
+    assert not widget.promptTimer.isActive()  # off by default: placing a point sends nothing
+    click(env, widget, "autoPromptCheckBox")
+    points.AddControlPoint([4.5, 3.0, 3.0])
+    points.AddControlPoint([6.0, 3.0, 3.0])  # a second point within the pause restarts it
+    assert widget.promptTimer.isActive() and not hasattr(server, "prompts")
+    deadline = time.time() + 5
+    while not hasattr(server, "prompts") and time.time() < deadline:
+        env.QCoreApplication.processEvents()
+        time.sleep(0.02)
+    assert server.prompts["foreground"] == [[2, 2, 2], [3, 2, 2], [4, 2, 2]]  # one request with every point
+    # After File > Close Scene the new point lists are observed too.
+    del server.prompts
+    env.slicer.mrmlScene.Clear(0)
+    assert widget.logic.next_case("random")
+    widget.logic.point_list("background").AddControlPoint([3.0, 3.0, 3.0])
+    assert widget.promptTimer.isActive()
 
 
 def test_a_label_that_cannot_be_written_is_not_submitted(env, offline):

@@ -31,6 +31,7 @@ from SegLoopLib.geometry import compose_label_map, points_to_ijk, roi_to_box
 
 SETTINGS = "SegLoop"
 STATUS_TIMEOUT_S = 10  # the panel's 5 s status poll runs on the main thread: never wait long for it
+AUTO_PROMPT_PAUSE_MS = 300  # "segment on every placed point": the pause after the last placed point
 
 
 class SegLoop(ScriptedLoadableModule):
@@ -104,6 +105,7 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.uncertaintyCheckBox.toggled.connect(self.onUncertaintyToggled)
         self.ui.promptButton.clicked.connect(self.onPrompt)
         self.ui.clearPromptsButton.clicked.connect(self.onClearPrompts)
+        self.ui.autoPromptCheckBox.toggled.connect(self.onAutoPromptToggled)
         self.ui.undoButton.clicked.connect(self.onUndo)
         self.ui.redoButton.clicked.connect(self.onRedo)
         # Ctrl+Z / Ctrl+Y (the platform's undo / redo keys) while the module is shown (enter / exit):
@@ -124,7 +126,25 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # File > Close Scene removes every node, the case's and the point lists the place widgets hold.
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # "Segment on every placed point": each placed point (re)starts a short pause, then one request.
+        self.promptTimer = qt.QTimer()
+        self.promptTimer.setSingleShot(True)
+        self.promptTimer.setInterval(AUTO_PROMPT_PAUSE_MS)
+        self.promptTimer.timeout.connect(self.onPrompt)
+        self.observePointLists()
         self.updateButtons()
+
+    def observePointLists(self):
+        for name in ("foreground", "background"):
+            self.addObserver(self.logic.point_list(name), slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced)
+
+    def onPointPlaced(self, caller, event):
+        if self.ui.autoPromptCheckBox.checked and self.logic.case is not None and self.logic.client is not None:
+            self.promptTimer.start()  # restarted by each point: one request after the last of a quick series
+
+    def onAutoPromptToggled(self, checked):
+        if not checked:
+            self.promptTimer.stop()
 
     def onSceneStartClose(self, caller, event):
         self.logic.forget_case()  # its nodes are about to go; unsubmitted work goes with the scene, as Slicer asked
@@ -132,6 +152,7 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event):
         for widget, name in ((self.ui.foregroundPlaceWidget, "foreground"), (self.ui.backgroundPlaceWidget, "background")):
             widget.setCurrentNode(self.logic.point_list(name))  # new point lists in the new scene
+        self.observePointLists()
         self.ui.caseLabel.text = "No case loaded"
         self.updateButtons()
 

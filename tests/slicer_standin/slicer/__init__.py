@@ -86,7 +86,25 @@ class _MainThreadOnly:
 
 
 # -- MRML ----------------------------------------------------------------------------------------
-class vtkMRMLNode(_MainThreadOnly):  # noqa: N801 (Slicer's names throughout)
+class _Observable:
+    """VTK's AddObserver / RemoveObserver / InvokeEvent: callbacks get (caller, event)."""
+
+    def AddObserver(self, event, callback, priority=0.0):
+        observers = self.__dict__.setdefault("_observers", {})
+        tag = max(observers, default=0) + 1
+        observers[tag] = (event, callback)
+        return tag
+
+    def RemoveObserver(self, tag):
+        self.__dict__.get("_observers", {}).pop(tag, None)
+
+    def InvokeEvent(self, event, callData=None):
+        for observed, callback in list(self.__dict__.get("_observers", {}).values()):
+            if observed == event:
+                callback(self, event)
+
+
+class vtkMRMLNode(_MainThreadOnly, _Observable):  # noqa: N801 (Slicer's names throughout)
     def __init__(self):
         self._name, self._id, self._scene, self._display = "", None, None, None
 
@@ -284,10 +302,15 @@ class vtkMRMLSegmentationNode(vtkMRMLNode):
         self._reference = volume_node
 
 
-class vtkMRMLMarkupsFiducialNode(vtkMRMLNode):
+class vtkMRMLMarkupsNode(vtkMRMLNode):
+    """The constants of vtkMRMLMarkupsNode (Libs/MRML/Core/vtkMRMLMarkupsNode.h)."""
+
     _display_class = vtkMRMLMarkupsDisplayNode
-    # vtkMRMLMarkupsNode's placement status (Modules/Loadable/Markups/MRML/vtkMRMLMarkupsNode.h)
-    PositionUndefined, PositionPreview, PositionDefined, PositionMissing = range(4)
+    PositionUndefined, PositionPreview, PositionDefined, PositionMissing = range(4)  # a control point's status
+    PointPositionDefinedEvent = 19004  # a control point was placed (fired by AddControlPoint here)
+
+
+class vtkMRMLMarkupsFiducialNode(vtkMRMLMarkupsNode):
 
     def __init__(self):
         super().__init__()
@@ -297,6 +320,7 @@ class vtkMRMLMarkupsFiducialNode(vtkMRMLNode):
     def AddControlPoint(self, position, label=""):
         self._points.append(np.asarray(position, dtype=float)[:3].copy())
         self._status.append(self.PositionDefined)
+        self.InvokeEvent(self.PointPositionDefinedEvent)
         return len(self._points) - 1
 
     def GetNumberOfControlPoints(self):
@@ -312,8 +336,7 @@ class vtkMRMLMarkupsFiducialNode(vtkMRMLNode):
         self._points, self._status = [], []
 
 
-class vtkMRMLMarkupsROINode(vtkMRMLNode):
-    _display_class = vtkMRMLMarkupsDisplayNode
+class vtkMRMLMarkupsROINode(vtkMRMLMarkupsNode):
 
     def __init__(self):
         super().__init__()
@@ -347,25 +370,12 @@ NODE_CLASSES = {
 }
 
 
-class vtkMRMLScene(_MainThreadOnly):
+class vtkMRMLScene(_MainThreadOnly, _Observable):
     # vtkMRMLScene's close events (File > Close Scene clears the scene between them)
     StartCloseEvent, EndCloseEvent = 66000, 66001
 
     def __init__(self):
-        self._nodes, self._counts, self._observers = [], {}, {}
-
-    def AddObserver(self, event, callback, priority=0.0):
-        tag = max(self._observers, default=0) + 1
-        self._observers[tag] = (event, callback)
-        return tag
-
-    def RemoveObserver(self, tag):
-        self._observers.pop(tag, None)
-
-    def InvokeEvent(self, event, callData=None):
-        for observed, callback in list(self._observers.values()):
-            if observed == event:
-                callback(self, event)
+        self._nodes, self._counts = [], {}
 
     def AddNode(self, node):
         cls = node.GetClassName()
