@@ -76,3 +76,32 @@ def test_segfm_protocol_scores_the_box_then_each_correction():
     summary = _segfm_summary([session, session])
     assert summary["final_dsc"] == round(session["dice"][-1], 4)
     assert summary["dsc_auc"] == round(float(np.trapz(session["dice"])), 4) and summary["dsc_auc"] <= 5
+
+
+def _seed_report(seed, liver_curve, noc_per_case, p95):
+    curve = lambda first: {"dice_after_clicks": [first + 0.05 * k for k in range(5)], "noc@90": 5.0,  # noqa: E731
+                           "noc@90_per_case": [None, None]}
+    labels = {}
+    for organ in ("liver", "spleen", "kidney"):
+        clicks_only = {"dice_after_clicks": liver_curve, "noc@90": 2.0, "noc@90_per_case": noc_per_case} if organ == "liver" else curve(0.5)
+        labels[organ] = {"clicks_only": clicks_only, "label_and_clicks": curve(0.95), "baseline_ball_dice": 0.6,
+                         "text_dice": 0.9, "label_only_dice": 0.95}
+    return {"labels": labels, "novel_structures": {"aorta": {"clicks_only": curve(0.2), "baseline_ball_oracle_dice": 0.2}},
+            "training": {"request": {"seed": seed}}, "latency_http": {"latency_s_p95": p95, "latency_s_median": 0.2,
+                                                                     "server_task_s_p95": p95 - 0.01}}
+
+
+def test_the_seed_summary_gives_mean_and_sd_and_never_calls_an_unreached_noc_met():
+    from segloop_bench.prompt_seeds import summarize
+
+    summary = summarize([_seed_report(0, [0.9, 0.95, 0.96, 0.97, 0.97], [1, 2], 0.4),
+                         _seed_report(1, [0.8, 0.92, 0.95, 0.96, 0.97], [2, 3], 0.6)])
+    measures = summary["measures"]
+    assert summary["seeds"] == [0, 1]
+    assert measures["clicks_only@1"]["liver"]["mean"] == 0.85 and measures["clicks_only@1"]["liver"]["sd"] == 0.0707
+    assert not measures["clicks_only@1"]["target"]["met"]  # spleen and kidney at 0.5
+    assert measures["clicks_only_noc@90"]["liver"]["mean"] == 2.0
+    assert measures["clicks_only_noc@90"]["spleen"]["mean"] is None and not measures["clicks_only_noc@90"]["target"]["met"]
+    assert measures["latency_http_p95_s"]["all"]["mean"] == 0.5 and measures["latency_http_p95_s"]["target"]["met"]
+    # The gain counts only structures below 0.9 after one click: the liver (0.9 / 0.8 first) only in seed 1's arm.
+    assert measures["gain_1_to_5"]["clicks_only"]["mean"] > 0.05
