@@ -11,7 +11,12 @@ Slicer plugin sends them:
   ``[i0, i1, j0, j1, k0, k1]`` is read the same way. A **2D box** is the same with one index equal
   in both corners (a rectangle drawn on one slice): the answer is the 3D structure through it;
 * ``lasso``: a closed polygon drawn on one slice, a list of at least 3 ``[i, j, k]`` vertices that
-  share one index (the slice); its inside is filled (scikit-image ``polygon``).
+  share one index (the slice); its inside is filled (scikit-image ``polygon``);
+* ``text``: free text or a label name (see :mod:`segloop.prompts.text`);
+* ``foreground_scribbles`` / ``background_scribbles``: lists of polylines, each a list of
+  ``[i, j, k]`` vertices (one vertex: a dot). Each line is sampled a voxel apart and the samples
+  become clicks, at most ``MAX_SCRIBBLE_CLICKS`` per list, evenly spread (the click blobs are
+  3 voxels wide, so thinning leaves no gap a blob does not cover).
 
 A prompt drawn on one slice becomes clicks on that slice (:func:`drawn_slice_clicks`), which the
 model reads in every mode it is trained in: a lasso, positives spread over its inside; a 2D box, a
@@ -19,11 +24,6 @@ positive at its centre (its corners may be background); both, negatives spread o
 ``DRAWN_RING_VOXELS`` outside the outline, saying where the structure ends on that slice. (A
 slice-prompt training mode on the box channel was tried and cost the 3D box its margin:
 benchmarks/prompt_model_trials.md.)
-* ``text``: free text or a label name (see :mod:`segloop.prompts.text`);
-* ``foreground_scribbles`` / ``background_scribbles``: lists of polylines, each a list of
-  ``[i, j, k]`` vertices (one vertex: a dot). Each line is sampled a voxel apart and the samples
-  become clicks, at most ``MAX_SCRIBBLE_CLICKS`` per list, evenly spread (the click blobs are
-  3 voxels wide, so thinning leaves no gap a blob does not cover).
 
 An uploaded **scribble mask** (the ``label`` file with ``scribbles_mask``, or the upstream plugin's
 scribbles request) becomes clicks the same way (:func:`scribble_mask_clicks`).
@@ -35,7 +35,6 @@ prompts raise a 4xx naming the offending value and the image size.
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-
 from scipy import ndimage
 from skimage.draw import polygon
 
