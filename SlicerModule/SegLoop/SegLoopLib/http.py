@@ -71,6 +71,12 @@ def decode_multipart(body: bytes, content_type: str) -> Dict[str, Tuple[Optional
     return out
 
 
+def _write(dest: str, data: bytes) -> str:
+    with open(dest, "wb") as f:
+        f.write(data)
+    return dest
+
+
 class Http:
     def __init__(self, url: str, timeout: float = 600.0):
         url = url.strip()
@@ -118,9 +124,7 @@ class Http:
 
     def download(self, path: str, dest: str, query=None) -> str:
         data, _ = self._request("GET", path, query)
-        with open(dest, "wb") as f:
-            f.write(data)
-        return dest
+        return _write(dest, data)
 
     def download_as_served(self, path: str, folder: str, stem: str, query=None) -> str:
         """Download into ``folder/<stem><extension>``, the extension that of the file name the server
@@ -129,7 +133,4 @@ class Http:
         data, headers = self._request("GET", path, query)
         served = (headers.get_filename() or "").lower()
         extension = next((e for e in IMAGE_EXTENSIONS if served.endswith(e)), ".nii.gz")
-        dest = os.path.join(folder, f"{stem}{extension}")
-        with open(dest, "wb") as f:
-            f.write(data)
-        return dest
+        return _write(os.path.join(folder, f"{stem}{extension}"), data)

@@ -200,7 +200,9 @@ class PromptInteraction:
         size = self.view_size(zoom_out)
         for b in range(images.shape[0]):
             image, label = self.view(images[b], labels[b], size, zoom_out)
-            prompt, classes, target = self.prompt(label, image[0].float().cpu().numpy())
+            # The view's intensities only when image regions are drawn: no copy per item otherwise.
+            intensities = image[0].float().cpu().numpy() if self.region_share > 0 else None
+            prompt, classes, target = self.prompt(label, intensities)
             views.append(image)
             prompts.append(prompt)
             queries.append(classes)
