@@ -19,7 +19,7 @@ import pytest
 MODULE = os.path.join(os.path.dirname(__file__), "..", "SlicerModule", "SegLoop")
 API = os.path.join(os.path.dirname(__file__), "..", "SlicerModule", "slicer_api.txt")
 # VTK classes the module meets (VTK's own reference; not in Slicer's source).
-VTK_NAMES = {"vtkMatrix4x4", "GetElement", "SetElement", "MultiplyPoint", "vtkGeneralTransform", "TransformPoint",
+VTK_NAMES = {"vtkCommand", "ModifiedEvent", "vtkMatrix4x4", "GetElement", "SetElement", "MultiplyPoint", "vtkGeneralTransform", "TransformPoint",
              "GetDimensions"}
 # Slicer module names (``slicer.modules.<name>``: the lower-cased module title).
 MODULE_NAMES = {"segmenteditor", "volumes", "util"}  # and slicer.util itself (Base/Python/slicer/util.py)

@@ -83,6 +83,7 @@ def make_widget(env):
     def make(handlers=None):
         parent = slicer.qMRMLWidget()
         parent.setLayout(env.QVBoxLayout())
+        parent.resize(480, 1600)  # room for every control: a squeezed one would take no click
         parent.setMRMLScene(slicer.mrmlScene)
         widget = env.SegLoop.SegLoopWidget(parent)
         for name, handler in (handlers or {}).items():
@@ -103,7 +104,14 @@ def raw(env, widget, name):
 
 
 def click(env, widget, name):
-    env.QTest.mouseClick(raw(env, widget, name), env.Qt.LeftButton)
+    from PySide6.QtCore import QPoint
+    from PySide6.QtWidgets import QCheckBox
+
+    target = raw(env, widget, name)
+    if isinstance(target, QCheckBox):  # on its box: a check box stretched wide takes no click past its text
+        env.QTest.mouseClick(target, env.Qt.LeftButton, pos=QPoint(6, target.height() // 2))
+    else:
+        env.QTest.mouseClick(target, env.Qt.LeftButton)
 
 
 def type_into(env, widget, name, text):
@@ -131,13 +139,10 @@ def ui_widgets():
 # -- fast ----------------------------------------------------------------------------------------
 def test_the_real_ui_loads_and_every_button_and_check_box_reaches_its_handler(env, make_widget):
     slicer = env.slicer
-    # The .ui's own connection: the panel's scene goes to the box selector.
-    panel = slicer.util.loadUI(UI)
-    box = slicer.util.findChild(panel, "boxPlaceWidget")
-    assert box.mrmlScene() is None
-    panel.setMRMLScene(slicer.mrmlScene)
-    assert box.mrmlScene() is slicer.mrmlScene
-    assert (box.nodeTypes, box.noneEnabled) == (["vtkMRMLMarkupsROINode"], True)
+    # Every prompt is placed with a place widget on a node the module owns: no node to pick.
+    assert {name for name, cls in ui_widgets().items() if cls == "qSlicerMarkupsPlaceWidget"} == {
+        "foregroundPlaceWidget", "backgroundPlaceWidget", "boxPlaceWidget", "lassoPlaceWidget"}
+    assert "qMRMLNodeComboBox" not in ui_widgets().values()
 
     calls = []
     handlers = {
@@ -158,11 +163,15 @@ def test_the_real_ui_loads_and_every_button_and_check_box_reaches_its_handler(en
         "connectButton": ["onConnect"], "nextCaseButton": ["onNextCase"], "autoSegmentButton": ["onAutoSegment"],
         "promptButton": ["onPrompt"], "clearPromptsButton": ["onClearPrompts"], "segmentEditorButton": ["onSegmentEditor"],
         "submitButton": ["onSubmit"], "refreshButton": ["onRefresh"], "undoButton": ["onUndo"], "redoButton": ["onRedo"],
+        "openCaseButton": ["onOpenCase"], "newStructureButton": ["onNewStructure"], "placePointButton": ["onPlacePoint"],
+        "paintScribbleButton": ["onPaintScribble"], "polarityButton": ["onPolarityToggled"],
     }
     checkboxes = sorted(name for name, cls in ui_widgets().items() if cls == "QCheckBox")
-    assert checkboxes == ["autoPromptCheckBox", "uncertaintyCheckBox"]
-    for name, handler in (("uncertaintyCheckBox", "onUncertaintyToggled"), ("autoPromptCheckBox", "onAutoPromptToggled")):
+    assert checkboxes == ["autoPromptCheckBox", "box2DCheckBox", "uncertaintyCheckBox"]
+    for name, handler in (("uncertaintyCheckBox", "onUncertaintyToggled"), ("autoPromptCheckBox", "onAutoPromptToggled"),
+                          ("polarityButton", "onPolarityToggled")):
         raw(env, widget, name).setEnabled(True)
+        raw(env, widget, name).setChecked(False)  # the toggle button was clicked above
         calls.clear()
         click(env, widget, name)
         click(env, widget, name)
@@ -182,10 +191,16 @@ def test_the_real_ui_loads_and_every_button_and_check_box_reaches_its_handler(en
 
     # The point lists the place widgets fill are the ones the logic reads, coloured per kind.
     foreground, background = widget.ui.foregroundPlaceWidget.currentNode(), widget.ui.backgroundPlaceWidget.currentNode()
-    assert foreground is slicer.mrmlScene.GetFirstNodeByName("SegLoop foreground") is widget.logic.point_list("foreground")
+    assert foreground is slicer.mrmlScene.GetFirstNodeByName("SegLoop foreground") is widget.logic.prompt_node("foreground")
     assert background is slicer.mrmlScene.GetFirstNodeByName("SegLoop background")
     assert foreground.GetDisplayNode().GetSelectedColor() == (0.2, 0.8, 0.2)
     assert background.GetDisplayNode().GetSelectedColor() == (0.9, 0.2, 0.2)
+    assert widget.ui.boxPlaceWidget.currentNode().GetClassName() == "vtkMRMLMarkupsROINode"
+    assert widget.ui.lassoPlaceWidget.currentNode().GetClassName() == "vtkMRMLMarkupsClosedCurveNode"
+    place = slicer.qSlicerMarkupsPlaceWidget
+    assert {name: getattr(widget.ui, name).placeMultipleMarkups for name in ("foregroundPlaceWidget", "boxPlaceWidget", "lassoPlaceWidget")} == {
+        "foregroundPlaceWidget": place.ForcePlaceMultipleMarkups, "boxPlaceWidget": place.ForcePlaceSingleMarkup,
+        "lassoPlaceWidget": place.ForcePlaceMultipleMarkups}
     # What the panel says before anything happened.
     assert widget.ui.statusLabel.text == "Not connected" and widget.ui.caseLabel.text == "No case loaded"
     assert widget.ui.serverUrlLineEdit.text == "http://127.0.0.1:8000" and widget.ui.annotatorLineEdit.text == ""
@@ -372,10 +387,18 @@ class OfflineServer:
         nib.save(nib.Nifti1Image(np.resize(proposal, grid[0]), grid[1]), dest)
         return dest, {"model_version": 1, "label_confidence": {"liver": 0.9}}
 
+    def download_label(self, image_id, folder, tag="final"):
+        label = np.zeros(self.image.shape, np.uint8)
+        label[2:6, 2:6, 1:4], label[8:11, 6:9, 2:4] = 1, 2
+        dest = os.path.join(folder, f"{image_id}_{tag}.nii.gz")
+        nib.save(nib.Nifti1Image(label, self.affine), dest)
+        return dest
+
     def prompt_segment(self, model, image_id, dest, **prompts):
         self.prompts = prompts
-        if prompts.get("label_map"):  # the file is read when sent, as the server reads the upload
-            self.sent_label_map = np.asarray(nib.load(prompts["label_map"]).dataobj).copy()
+        for key in ("label_map", "scribble_mask"):  # the file is read when sent, as the server reads the upload
+            if prompts.get(key):
+                setattr(self, f"sent_{key}", np.asarray(nib.load(prompts[key]).dataobj).copy())
         answer = getattr(self, "answer", None)  # a test sets a mask to answer with
         if answer is None:
             nib.save(nib.Nifti1Image(np.zeros(self.image.shape, np.uint8), self.affine), dest)
@@ -385,6 +408,8 @@ class OfflineServer:
 
     def submit(self, *args, **kwargs):
         self.submitted.append(args)
+        self.submitted_kwargs = kwargs
+        self.submitted_label = np.asarray(nib.load(args[1]).dataobj).copy()  # read when sent, as the server does
         return {"edit_effort": {}}
 
     def datastore_status(self):  # the panel's poll: this stand-in keeps no campaign
@@ -413,7 +438,7 @@ def test_results_load_without_resetting_the_views_and_only_placed_points_are_sen
     widget.logic.prompt_segment("prompt", "liver")
     assert slicer.standin.view_resets == resets  # the proposal and the answer load hidden: zoom and pan stay
     # A point still being placed (preview) is not a prompt; placed ones are.
-    points = widget.logic.point_list("foreground")
+    points = widget.logic.prompt_node("foreground")
     points.AddControlPoint([3.0, 3.0, 3.0])
     points.AddControlPoint([6.0, 6.0, 3.0])
     points._status[1] = points.PositionPreview
@@ -449,11 +474,11 @@ def test_points_and_boxes_follow_the_volumes_parent_transform(env, offline):
     widget.logic.volume_node.SetAndObserveTransformNodeID(transform.GetID())
     voxel = [5, 3, 2]
     world = (np.array([[0, -1, 0, 10], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]) @ server.affine @ [*voxel, 1])[:3]
-    widget.logic.point_list("foreground").AddControlPoint(world.tolist())
-    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    widget.logic.prompt_node("foreground").AddControlPoint(world.tolist())
+    roi = widget.logic.prompt_node("box")
     roi.SetCenterWorld(world.tolist())
     roi.SetSize([3.0, 3.0, 3.0])  # a voxel either side (1.5 mm voxels)
-    widget.logic.prompt_segment("prompt", "liver", roi)
+    widget.logic.prompt_segment("prompt", "liver")
     assert server.prompts["foreground"] == [voxel]
     assert server.prompts["box"] == [[4, 2, 1], [6, 4, 3]]
 
@@ -466,7 +491,7 @@ def test_prompts_send_the_other_segments_and_each_answer_can_be_undone_and_redon
     spleen = np.zeros(server.image.shape, bool)
     spleen[8:11, 6:9, 2:4] = True
     logic._set_segment("spleen", spleen.transpose(2, 1, 0))
-    logic.point_list("foreground").AddControlPoint([3.0, 3.0, 3.0])
+    logic.prompt_node("foreground").AddControlPoint([3.0, 3.0, 3.0])
     first = np.zeros(server.image.shape, bool)
     first[1:7, 1:7, 1:5] = True
     server.answer = first
@@ -479,7 +504,9 @@ def test_prompts_send_the_other_segments_and_each_answer_can_be_undone_and_redon
     server.answer = second
     logic.prompt_segment("prompt", "liver")
     as_kji = lambda m: m.transpose(2, 1, 0)  # noqa: E731  (files are i, j, k; segments k, j, i)
-    assert np.array_equal(logic._segment_mask("liver"), as_kji(second))
+    # The answer reached into the spleen: those voxels stay the spleen's (Slicer would overwrite them).
+    assert (second & spleen).any() and not (first & spleen).any()
+    assert np.array_equal(logic._segment_mask("liver"), as_kji(second & ~spleen))
     assert logic.undo("liver") and np.array_equal(logic._segment_mask("liver"), as_kji(first))
     assert logic.undo("liver") and np.array_equal(logic._segment_mask("liver"), proposal)
     assert not logic.undo("liver") and not logic.can_undo("liver")  # nothing older than the proposal
@@ -492,12 +519,13 @@ def test_prompts_send_the_other_segments_and_each_answer_can_be_undone_and_redon
 
 def test_undo_and_redo_buttons_and_keys_follow_the_selected_structure(env, offline):
     widget, server = offline
-    widget.logic.point_list("foreground").AddControlPoint([3.0, 3.0, 3.0])
+    widget.logic.prompt_node("foreground").AddControlPoint([3.0, 3.0, 3.0])
     server.answer = np.ones(server.image.shape, bool)
     assert not raw(env, widget, "undoButton").isEnabled()
     widget.onPrompt()
     assert raw(env, widget, "undoButton").isEnabled() and not raw(env, widget, "redoButton").isEnabled()
     widget.parent.activateWindow()
+    assert env.QTest.qWaitForWindowActive(widget.parent, 5000)  # keys go to the active window
     env.QTest.keySequence(widget.parent, env.QKeySequence.Undo)  # Ctrl+Z
     assert not widget.logic._segment_mask("liver").any() and widget.ui.caseLabel.text.endswith("taken back")
     assert raw(env, widget, "redoButton").isEnabled()
@@ -507,7 +535,7 @@ def test_undo_and_redo_buttons_and_keys_follow_the_selected_structure(env, offli
 
 def test_segment_on_every_placed_point_sends_one_request_after_a_quick_series(env, offline):
     widget, server = offline
-    points = widget.logic.point_list("foreground")
+    points = widget.logic.prompt_node("foreground")
     points.AddControlPoint([3.0, 3.0, 3.0])
     assert not widget.promptTimer.isActive()  # off by default: placing a point sends nothing
     click(env, widget, "autoPromptCheckBox")
@@ -523,7 +551,7 @@ def test_segment_on_every_placed_point_sends_one_request_after_a_quick_series(en
     del server.prompts
     env.slicer.mrmlScene.Clear(0)
     assert widget.logic.next_case("random")
-    widget.logic.point_list("background").AddControlPoint([3.0, 3.0, 3.0])
+    widget.logic.prompt_node("background").AddControlPoint([3.0, 3.0, 3.0])
     assert widget.promptTimer.isActive()
 
 
@@ -564,14 +592,25 @@ def test_the_status_poll_pauses_during_a_server_call(env, offline):
     assert seen == [False] and widget.timer.isActive()  # paused for the call, polling again after
 
 
-def test_a_box_that_was_never_placed_is_refused_with_the_reason(env, offline):
+def test_a_box_still_being_placed_is_refused_and_an_unplaced_box_is_no_box(env, offline):
     widget, server = offline
-    roi = env.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "my box")
-    widget.ui.boxPlaceWidget.setCurrentNode(roi)
+    roi = widget.ui.boxPlaceWidget.currentNode()
+    assert roi is widget.logic.prompt_node("box") and roi.GetNumberOfControlPoints() == 0
+    widget.logic.prompt_segment("prompt", "liver")
+    assert "box" not in server.prompts or not server.prompts["box"]  # nothing placed: no box sent
+    del server.prompts
+    roi.SetCenterWorld([6.0, 6.0, 3.0])
+    roi.SetSize([3.0, 3.0, 3.0])
+    roi._status = roi.PositionPreview  # the clinician is still dragging it
     widget.onPrompt()
     messages = env.slicer.standin.messages
-    assert len(messages) == 1 and "'my box' was never placed" in messages[0][1]
+    assert len(messages) == 1 and "the box is still being placed" in messages[0][1]
     assert not hasattr(server, "prompts")  # nothing was sent
+    roi._status = roi.PositionDefined
+    widget.onPrompt()
+    assert server.prompts["box"] == [[3, 3, 1], [5, 5, 3]]
+    click(env, widget, "clearPromptsButton")  # the box goes with the other prompts
+    assert roi.GetNumberOfControlPoints() == 0 and widget.ui.boxPlaceWidget.currentNode() is roi
 
 
 def test_closing_the_scene_drops_the_case_and_gives_the_place_widgets_new_point_lists(env, offline):
@@ -590,6 +629,200 @@ def test_closing_the_scene_drops_the_case_and_gives_the_place_widgets_new_point_
     points.AddControlPoint([3.0, 3.0, 3.0])
     widget.logic.prompt_segment("prompt", "liver")
     assert server.prompts["foreground"] == [[2, 2, 2]]
+
+
+def test_a_new_structure_is_segmented_without_a_label_and_never_takes_another_segments_voxels(env, offline):
+    widget, server = offline
+    logic, slicer = widget.logic, env.slicer
+    logic.auto_segment("segmentation", uncertainty=False)  # liver block [2:6, 2:6, 1:4]
+    liver = logic._segment_mask("liver").copy()
+    click(env, widget, "newStructureButton")
+    assert widget.ui.labelComboBox.currentText == "Structure 1" and "Structure 1" in logic.structures()
+    logic.prompt_node("foreground").AddControlPoint([9.0, 9.0, 3.0])
+    server.answer = np.zeros(server.image.shape, bool)
+    server.answer[4:9, 4:9, 1:4] = True  # reaches into the liver
+    click(env, widget, "promptButton")
+    assert slicer.standin.messages == []
+    assert server.prompts["text"] == "" and server.prompts["reset"] is True  # no label: whatever the click is on
+    assert set(np.unique(server.sent_label_map)) == {0, 1}  # the server's labels only (the new one has no index)
+    expected = server.answer.transpose(2, 1, 0) & ~liver
+    assert np.array_equal(logic._segment_mask("Structure 1"), expected) and np.array_equal(logic._segment_mask("liver"), liver)
+    assert widget.ui.caseLabel.text == "Case case_x: Structure 1 updated from prompts"
+    logic.prompt_segment("prompt", "Structure 1")
+    assert server.prompts["reset"] is False  # the same structure again: the server may refine its last answer
+    logic.prompt_segment("prompt", "liver")
+    assert server.prompts["reset"] is True and server.prompts["text"] == "liver"
+    # It cannot be submitted under a name the server does not know: the reason, nothing sent.
+    widget.onSubmit()
+    assert len(slicer.standin.messages) == 1 and "Structure 1 is not one of the server's labels" in slicer.standin.messages[0][1]
+    assert server.submitted == []
+    widget.onNewStructure()
+    assert widget.ui.labelComboBox.currentText == "Structure 2"
+
+
+def test_the_polarity_toggle_and_the_keys_place_each_kind_of_prompt(env, offline):
+    widget, server = offline
+    widget.enter()
+    widget.parent.activateWindow()
+    assert env.QTest.qWaitForWindowActive(widget.parent, 5000)  # keys go to the active window
+    press = lambda key: env.QTest.keyClick(widget.parent, key)  # noqa: E731
+    press(env.Qt.Key_P)
+    assert widget.ui.foregroundPlaceWidget.placeModeEnabled() and not widget.ui.backgroundPlaceWidget.placeModeEnabled()
+    press(env.Qt.Key_X)
+    assert widget.ui.polarityButton.checked and widget.ui.polarityButton.text == "Clicks exclude (\u2212)"
+    press(env.Qt.Key_P)
+    assert widget.ui.backgroundPlaceWidget.placeModeEnabled()
+    press(env.Qt.Key_O)
+    press(env.Qt.Key_L)
+    assert widget.ui.boxPlaceWidget.placeModeEnabled() and widget.ui.lassoPlaceWidget.placeModeEnabled()
+    press(env.Qt.Key_D)  # scribbles of the current polarity: exclude
+    editor = env.slicer.modules.segmenteditor.widgetRepresentation().self().editor
+    scribbles = widget.logic.scribbles_node
+    assert editor.segmentationNode() is scribbles and editor.sourceVolumeNode() is widget.logic.volume_node
+    assert editor._effect == "Paint" and scribbles.GetSegmentation().GetSegment(editor.currentSegmentID()).GetName() == "background scribbles"
+    press(env.Qt.Key_X)
+    press(env.Qt.Key_D)
+    assert scribbles.GetSegmentation().GetSegment(editor.currentSegmentID()).GetName() == "foreground scribbles"
+    press(env.Qt.Key_N)
+    assert widget.ui.labelComboBox.currentText == "Structure 1"
+    widget.exit()  # another module shown: the keys are theirs
+    press(env.Qt.Key_N)
+    assert widget.ui.labelComboBox.findText("Structure 2") < 0
+
+
+def test_a_lasso_and_a_2d_box_go_on_one_slice(env, offline):
+    widget, server = offline
+    logic = widget.logic
+    lasso = widget.ui.lassoPlaceWidget.currentNode()
+    for x, y in ((3.0, 3.0), (9.0, 3.0), (9.0, 9.0), (3.0, 9.1)):  # drawn in an axial view at z = 3 mm (k = 2)
+        lasso.AddControlPoint([x, y, 3.0 + 0.4 * (x > 5)])  # rounding puts two vertices one voxel off
+    logic.prompt_segment("prompt", "liver")
+    assert server.prompts["lasso"] == [[2, 2, 2], [6, 2, 2], [6, 6, 2], [2, 6, 2]]
+    box = logic.prompt_node("box")
+    box.SetCenterWorld([6.0, 6.0, 4.5])
+    box.SetSize([6.0, 6.0, 3.0])
+    click(env, widget, "box2DCheckBox")
+    widget.onPrompt()
+    assert server.prompts["box"] == [[2, 2, 3], [6, 6, 3]]  # the thinnest axis on the slice through the centre
+    lasso.AddControlPoint([6.0, 6.0, 7.5])  # a vertex three slices away: not a lasso on one slice
+    widget.onPrompt()
+    messages = env.slicer.standin.messages
+    assert len(messages) == 1 and "not on one slice" in messages[0][1]
+
+
+def test_painted_scribbles_go_as_a_mask_and_are_cleared_with_the_prompts(env, offline):
+    widget, server = offline
+    logic = widget.logic
+    logic.open_scribble_editor(foreground=True)
+    scribbles = logic.scribbles_node
+    assert [scribbles.GetSegmentation().GetSegment(scribbles.GetSegmentation().GetNthSegmentID(i)).GetName() for i in range(2)] == [
+        "foreground scribbles", "background scribbles"]
+    logic.prompt_segment("prompt", "liver")
+    assert server.prompts["scribble_mask"] is None and server.prompts["label_map"]  # nothing painted: no scribbles
+    fg, bg = np.zeros((6, 10, 12), bool), np.zeros((6, 10, 12), bool)  # [k, j, i], what Paint strokes leave
+    fg[2, 3, 2:6], bg[2, 8, 2:10] = True, True
+    logic._set_segment("foreground scribbles", fg, scribbles)
+    logic._set_segment("background scribbles", bg, scribbles)
+    server.answer = np.zeros(server.image.shape, bool)
+    server.answer[2:6, 2:5, 1:4] = True
+    logic.prompt_segment("prompt", "liver")
+    sent = server.sent_scribble_mask.transpose(2, 1, 0)
+    assert server.prompts["label_map"] is None and server.prompts["text"] == "liver"  # the one upload is the scribbles
+    assert set(np.unique(sent)) == {0, 2, 3} and (sent[fg] == 3).all() and (sent[bg] == 2).all() and (sent > 0).sum() == fg.sum() + bg.sum()
+    assert logic._segment_mask("liver").sum() == server.answer.sum()
+    click(env, widget, "clearPromptsButton")
+    assert not any(mask.any() for mask in logic._segment_masks(scribbles).values())
+
+
+def test_a_labelled_case_reopens_for_review_and_is_submitted_as_one(env, offline):
+    widget, server = offline
+    slicer = env.slicer
+    type_into(env, widget, "openCaseLineEdit", "case_x")
+    click(env, widget, "openCaseButton")
+    assert slicer.standin.messages == [] and widget.ui.caseLabel.text == "Case case_x: its final label, for review"
+    logic = widget.logic
+    assert logic.case.reviewing and logic._segment_mask("liver").sum() == 48 and logic._segment_mask("spleen").sum() == 18
+    widget.onOpenCase()  # its segments are not submitted: asked before they go
+    assert slicer.standin.messages[-1][0] == "confirm"
+    widget.onSubmit()
+    image_id, _, annotator, _ = server.submitted[-1]
+    assert image_id == "case_x" and annotator == "dr_o" and server.submitted_kwargs["tool"] == "SegLoop Slicer module (review)"
+    assert (server.submitted_label == 1).sum() == 48 and (server.submitted_label == 2).sum() == 18
+
+
+def test_a_login_token_is_kept_in_settings_never_the_password_and_a_refused_one_is_forgotten(env, make_widget, monkeypatch, caplog):
+    slicer, SegLoop = env.slicer, env.SegLoop
+    issued = {"valid": set(), "count": 0}
+
+    class AuthServer(env.SegLoopClient):  # the server's side of MONAI Label's auth, in memory
+        def login(self, username, password):
+            if password != "s3cret":
+                raise env.SegLoopError(401, "Incorrect username or password")
+            self.http.token = f"token-{issued['count']}"
+            issued["valid"].add(self.http.token)
+            issued["count"] += 1
+
+        def info(self):
+            if self.http.token not in issued["valid"]:
+                raise env.SegLoopError(401, "Could not validate credentials")
+            return {"labels": {"liver": 1}, "models": {}, "strategies": {"random": {}}}
+
+        def datastore_status(self):
+            raise env.SegLoopError(0, "no campaign here")
+
+    monkeypatch.setattr(SegLoop, "SegLoopClient", AuthServer)
+    widget = make_widget()
+    type_into(env, widget, "serverUrlLineEdit", "http://pacs.example:8000")
+    type_into(env, widget, "annotatorLineEdit", "dr_a")
+    type_into(env, widget, "passwordLineEdit", "s3cret")
+    click(env, widget, "connectButton")
+    key = SegLoop.login_key("http://pacs.example:8000", "dr_a")
+    assert slicer.standin.messages == [] and widget.ui.statusLabel.text.endswith("(logged in)")
+    assert env.QSettings().value(key) == "token-0" and widget.ui.passwordLineEdit.text == ""
+    assert all("s3cret" not in str(env.QSettings().value(k)) for k in env.QSettings().allKeys())
+    # The next session connects with the saved token, no password.
+    second = make_widget()
+    click(env, second, "connectButton")
+    assert slicer.standin.messages == [] and second.logic.client.http.token == "token-0"
+    # Revoked on the server: the reason, the token forgotten; the password works again.
+    issued["valid"].clear()
+    third = make_widget()
+    click(env, third, "connectButton")
+    assert "the saved login was refused" in slicer.standin.messages[-1][1] and env.QSettings().value(key) is None
+    type_into(env, third, "passwordLineEdit", "s3cret")
+    click(env, third, "connectButton")
+    assert env.QSettings().value(key) == "token-1"
+    assert not any(t in record.getMessage() for t in ("token-0", "token-1", "s3cret") for record in caplog.records)
+
+
+def test_the_case_and_the_panel_choices_survive_saving_and_reloading_the_scene(env, offline):
+    widget, server = offline
+    slicer, logic = env.slicer, widget.logic
+    logic.auto_segment("segmentation", uncertainty=False)
+    click(env, widget, "autoPromptCheckBox")
+    click(env, widget, "box2DCheckBox")
+    choose(env, widget, "labelComboBox", "spleen")
+    type_into(env, widget, "textLineEdit", "left kidney")
+    click(env, widget, "newStructureButton")
+    logic.prompt_node("foreground").AddControlPoint([3.0, 3.0, 3.0])
+    liver, case = logic._segment_mask("liver").copy(), logic.case
+    case.started -= 42  # 42 s of work so far
+    slicer.mrmlScene.save_and_reload()  # File > Save, then File > Close Scene and load it again
+    assert logic.case is not case and logic.case.image_id == "case_x" and logic.case.proposal_version == 1
+    assert logic.case.seconds_spent() >= 42
+    assert logic.volume_node.GetScene() is slicer.mrmlScene and np.array_equal(logic._segment_mask("liver"), liver)
+    assert widget.ui.caseLabel.text == "Case case_x (from the loaded scene)"
+    assert widget.ui.autoPromptCheckBox.checked and widget.ui.box2DCheckBox.checked and widget.ui.textLineEdit.text == "left kidney"
+    assert widget.ui.labelComboBox.findText("Structure 1") >= 0  # the added structure is listed again
+    # One node per prompt kind, the loaded ones, in the place widgets; the loaded point is a prompt.
+    for kind in ("foreground", "background", "box", "lasso"):
+        name = env.SegLoop.PROMPT_NODES[kind][1]
+        assert [n.GetName() for n in slicer.mrmlScene._nodes].count(name) == 1, name
+    assert widget.ui.foregroundPlaceWidget.currentNode() is logic.prompt_node("foreground")
+    assert logic._points("foreground") == [[2, 2, 2]]
+    assert enabled(env, widget, CASE_BUTTONS) == dict.fromkeys(CASE_BUTTONS, True)
+    widget.onSubmit()
+    assert len(server.submitted) == 1 and server.submitted[0][3] >= 42
 
 
 def test_the_self_test_skips_without_a_server_url(env, monkeypatch):

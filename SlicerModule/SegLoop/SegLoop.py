@@ -27,11 +27,31 @@ from slicer.util import VTKObservationMixin
 
 from SegLoopLib import AUTOMATIC, PROMPT, CampaignFigures, CaseSession, SegLoopClient, SegLoopError, label_colour
 from SegLoopLib.campaign import training_text
-from SegLoopLib.geometry import compose_label_map, points_to_ijk, roi_to_box
+from SegLoopLib.geometry import compose_label_map, flatten_box, lasso_on_one_slice, points_to_ijk, roi_to_box
 
 SETTINGS = "SegLoop"
 STATUS_TIMEOUT_S = 10  # the panel's 5 s status poll runs on the main thread: never wait long for it
 AUTO_PROMPT_PAUSE_MS = 300  # "segment on every placed point": the pause after the last placed point
+# The module's own prompt nodes: kind -> (markups class, node name, colour)
+PROMPT_NODES = {
+    "foreground": ("vtkMRMLMarkupsFiducialNode", "SegLoop foreground", (0.2, 0.8, 0.2)),
+    "background": ("vtkMRMLMarkupsFiducialNode", "SegLoop background", (0.9, 0.2, 0.2)),
+    "box": ("vtkMRMLMarkupsROINode", "SegLoop box", (1.0, 0.8, 0.2)),
+    "lasso": ("vtkMRMLMarkupsClosedCurveNode", "SegLoop lasso", (0.2, 0.6, 1.0)),
+}
+PLACE_WIDGETS = (("foregroundPlaceWidget", "foreground"), ("backgroundPlaceWidget", "background"),
+                 ("boxPlaceWidget", "box"), ("lassoPlaceWidget", "lasso"))
+# Scribble segments: kind -> (segment name, value in the uploaded mask (MONAI Label's), colour)
+SCRIBBLES = {"foreground": ("foreground scribbles", 3, (0.2, 0.8, 0.2)), "background": ("background scribbles", 2, (0.9, 0.2, 0.2))}
+# Panel choices kept in the parameter node: (widget, parameter)
+GUI_COMBOS = (("strategyComboBox", "Strategy"), ("autoModelComboBox", "AutoModel"),
+              ("promptModelComboBox", "PromptModel"), ("labelComboBox", "Structure"))
+GUI_CHECKS = (("autoPromptCheckBox", "AutoPrompt"), ("box2DCheckBox", "Box2D"), ("polarityButton", "Exclude"))
+
+
+def login_key(url, annotator):
+    """The settings key of the token a server gave this annotator (never the password)."""
+    return f"{SETTINGS}/logins/" + "".join(c if c.isalnum() else "_" for c in f"{annotator}@{url}")
 
 
 class SegLoop(ScriptedLoadableModule):
@@ -81,7 +101,9 @@ def run_with_progress(title, function, *args, **kwargs):
 class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)  # scene-close observation (Slicer's module template)
+        VTKObservationMixin.__init__(self)  # scene-close and parameter-node observation (Slicer's module template)
+        self._parameterNode = None
+        self._updatingGUIFromParameterNode = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -94,49 +116,120 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings = qt.QSettings()
         self.ui.serverUrlLineEdit.text = settings.value(f"{SETTINGS}/serverUrl", "http://127.0.0.1:8000")
         self.ui.annotatorLineEdit.text = settings.value(f"{SETTINGS}/annotator", "")
-        for widget, name in ((self.ui.foregroundPlaceWidget, "foreground"), (self.ui.backgroundPlaceWidget, "background")):
+        for widget, persistent in ((self.ui.foregroundPlaceWidget, True), (self.ui.backgroundPlaceWidget, True),
+                                   (self.ui.boxPlaceWidget, False), (self.ui.lassoPlaceWidget, True)):
             widget.setMRMLScene(slicer.mrmlScene)
-            widget.setCurrentNode(self.logic.point_list(name))
-        self.ui.boxPlaceWidget.setMRMLScene(slicer.mrmlScene)
+            # points and lasso vertices: one click after another; the box: one placement
+            widget.placeMultipleMarkups = (
+                slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups if persistent else slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+            )
 
         self.ui.connectButton.clicked.connect(self.onConnect)
         self.ui.nextCaseButton.clicked.connect(self.onNextCase)
+        self.ui.openCaseButton.clicked.connect(self.onOpenCase)
         self.ui.autoSegmentButton.clicked.connect(self.onAutoSegment)
         self.ui.uncertaintyCheckBox.toggled.connect(self.onUncertaintyToggled)
+        self.ui.newStructureButton.clicked.connect(self.onNewStructure)
+        self.ui.polarityButton.toggled.connect(self.onPolarityToggled)
+        self.ui.placePointButton.clicked.connect(self.onPlacePoint)
+        self.ui.paintScribbleButton.clicked.connect(self.onPaintScribble)
         self.ui.promptButton.clicked.connect(self.onPrompt)
         self.ui.clearPromptsButton.clicked.connect(self.onClearPrompts)
         self.ui.autoPromptCheckBox.toggled.connect(self.onAutoPromptToggled)
         self.ui.undoButton.clicked.connect(self.onUndo)
         self.ui.redoButton.clicked.connect(self.onRedo)
-        # Ctrl+Z / Ctrl+Y (the platform's undo / redo keys) while the module is shown (enter / exit):
-        # the Segment Editor has its own undo on the same keys.
-        self.shortcuts = []
-        for keys, handler in ((qt.QKeySequence.Undo, self.onUndo), (qt.QKeySequence.Redo, self.onRedo)):
-            shortcut = qt.QShortcut(qt.QKeySequence(keys), self.parent)
-            shortcut.activated.connect(handler)
-            self.shortcuts.append(shortcut)
         self.ui.segmentEditorButton.clicked.connect(self.onSegmentEditor)
         self.ui.submitButton.clicked.connect(self.onSubmit)
         self.ui.refreshButton.clicked.connect(self.onRefresh)
+        # What the clinician chooses is kept in the parameter node (saved with the scene).
+        for combo in (self.ui.strategyComboBox, self.ui.autoModelComboBox, self.ui.promptModelComboBox, self.ui.labelComboBox):
+            combo.currentTextChanged.connect(self.updateParameterNodeFromGUI)
+        for check_box in (self.ui.autoPromptCheckBox, self.ui.box2DCheckBox, self.ui.polarityButton):
+            check_box.toggled.connect(self.updateParameterNodeFromGUI)
+        self.ui.textLineEdit.textChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.labelComboBox.currentTextChanged.connect(self.updateButtons)
+
+        # Keys while the module is shown (enter / exit). Slice views use t, b, f, g, r, v; the Segment
+        # Editor digits, space, z, y, i: these avoid them. Ctrl+Z / Ctrl+Y are the platform's undo / redo.
+        self.shortcuts = []
+        for keys, handler in ((qt.QKeySequence.Undo, self.onUndo), (qt.QKeySequence.Redo, self.onRedo),
+                              ("P", self.onPlacePoint), ("X", self.onTogglePolarity), ("O", self.onPlaceBox),
+                              ("L", self.onPlaceLasso), ("D", self.onPaintScribble), ("N", self.onNewStructure)):
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), self.parent)
+            shortcut.activated.connect(handler)
+            self.shortcuts.append(shortcut)
 
         self.timer = qt.QTimer()
         self.timer.setInterval(5000)
         self.timer.timeout.connect(self.onRefresh)
         self.busy = False
-        # File > Close Scene removes every node, the case's and the point lists the place widgets hold.
+        # File > Close Scene removes every node, the case's and the prompt nodes the place widgets hold;
+        # loading a scene brings back the case its parameter node names.
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        # "Segment on every placed point": each placed point (re)starts a short pause, then one request.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartSaveEvent, self.onSceneStartSave)
+        # "Segment on every placed point": each placed point or box (re)starts a short pause, then one request.
         self.promptTimer = qt.QTimer()
         self.promptTimer.setSingleShot(True)
         self.promptTimer.setInterval(AUTO_PROMPT_PAUSE_MS)
         self.promptTimer.timeout.connect(self.onPrompt)
-        self.observePointLists()
+        self.initializeParameterNode()
+        self.bindPromptNodes()
         self.updateButtons()
 
-    def observePointLists(self):
-        for name in ("foreground", "background"):
-            self.addObserver(self.logic.point_list(name), slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced)
+    # -- parameter node (MONAIAuto3DSeg's pattern) -------------------------------------------------
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, parameter_node):
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = parameter_node
+        if parameter_node is not None:
+            self.addObserver(parameter_node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+        self.updateParameterNodeFromGUI()  # what the node did not have, from the panel
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        self._updatingGUIFromParameterNode = True
+        try:
+            # Only what the node has: a new scene's empty node leaves the panel as the clinician set it.
+            for combo, name in GUI_COMBOS:
+                value = self._parameterNode.GetParameter(name)
+                index = getattr(self.ui, combo).findText(value) if value else -1
+                if index >= 0:
+                    getattr(self.ui, combo).currentIndex = index
+            for check_box, name in GUI_CHECKS:
+                if self._parameterNode.GetParameter(name):
+                    getattr(self.ui, check_box).checked = self._parameterNode.GetParameter(name) == "true"
+            if self._parameterNode.GetParameter("Text"):
+                self.ui.textLineEdit.text = self._parameterNode.GetParameter("Text")
+        finally:
+            self._updatingGUIFromParameterNode = False
+
+    def updateParameterNodeFromGUI(self, *args):
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        was_modified = self._parameterNode.StartModify()  # one Modified event for all of them
+        for combo, name in GUI_COMBOS:
+            text = getattr(self.ui, combo).currentText
+            if text:  # an empty combo (not connected yet) keeps the saved choice
+                self._parameterNode.SetParameter(name, text)
+        for check_box, name in GUI_CHECKS:
+            self._parameterNode.SetParameter(name, "true" if getattr(self.ui, check_box).checked else "false")
+        self._parameterNode.SetParameter("Text", self.ui.textLineEdit.text)
+        self._parameterNode.EndModify(was_modified)
+
+    def bindPromptNodes(self):
+        """The place widgets on the module's prompt nodes, observed for "segment on every placed point"."""
+        for widget, kind in PLACE_WIDGETS:
+            node = self.logic.prompt_node(kind)
+            getattr(self.ui, widget).setCurrentNode(node)
+            if kind in ("foreground", "background", "box") and not self.hasObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced):
+                self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced)
 
     def onPointPlaced(self, caller, event):
         if self.ui.autoPromptCheckBox.checked and self.logic.case is not None and self.logic.client is not None:
@@ -147,16 +240,32 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.promptTimer.stop()
 
     def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)  # about to be reset with the scene
         self.logic.forget_case()  # its nodes are about to go; unsubmitted work goes with the scene, as Slicer asked
 
     def onSceneEndClose(self, caller, event):
-        for widget, name in ((self.ui.foregroundPlaceWidget, "foreground"), (self.ui.backgroundPlaceWidget, "background")):
-            widget.setCurrentNode(self.logic.point_list(name))  # new point lists in the new scene
-        self.observePointLists()
+        self.initializeParameterNode()
+        self.bindPromptNodes()  # new prompt nodes in the new scene
         self.ui.caseLabel.text = "No case loaded"
         self.updateButtons()
 
+    def onSceneEndImport(self, caller, event):
+        """A scene was loaded: its parameter node may name a case in progress and the module's nodes."""
+        self.initializeParameterNode()
+        self.logic.adopt_loaded_prompt_nodes()
+        self.bindPromptNodes()
+        case = self.logic.restore_case()
+        if case is not None:
+            self.ui.caseLabel.text = f"Case {case.image_id} (from the loaded scene)"
+            self.fillStructures()
+        self.updateButtons()
+
+    def onSceneStartSave(self, caller, event):
+        if self.logic.case is not None:
+            self.logic.remember_case()  # the seconds spent so far go into the saved scene
+
     def enter(self):
+        self.initializeParameterNode()
         if self.logic.client is not None:
             self.timer.start()
         for shortcut in self.shortcuts:
@@ -195,15 +304,38 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.timer.start()
         return None
 
-    def updateButtons(self):
+    def updateButtons(self, *args):
         connected, has_case = self.logic.client is not None, self.logic.case is not None
-        self.ui.nextCaseButton.enabled = connected
-        for button in (self.ui.autoSegmentButton, self.ui.promptButton, self.ui.submitButton, self.ui.segmentEditorButton):
+        self.ui.nextCaseButton.enabled = self.ui.openCaseButton.enabled = connected
+        for button in (self.ui.autoSegmentButton, self.ui.promptButton, self.ui.submitButton, self.ui.segmentEditorButton,
+                       self.ui.newStructureButton, self.ui.paintScribbleButton):
             button.enabled = connected and has_case
         label = self.ui.labelComboBox.currentText
         self.ui.undoButton.enabled = has_case and self.logic.can_undo(label)
         self.ui.redoButton.enabled = has_case and self.logic.can_redo(label)
         self.ui.uncertaintyCheckBox.enabled = self.logic.uncertainty_node is not None
+
+    def fillStructures(self, select=None):
+        """The structure list: the server's labels, then the case's own added structures."""
+        combo, current = self.ui.labelComboBox, select or self.ui.labelComboBox.currentText
+        combo.clear()
+        for name in self.logic.structures():
+            combo.addItem(name)
+        index = combo.findText(current) if current else -1
+        if index >= 0:
+            combo.currentIndex = index
+
+    def caseChanged(self, case, how):
+        if case:
+            self.ui.caseLabel.text = f"Case {case.image_id}{how}"
+            self.fillStructures()
+        self.updateButtons()
+
+    def confirmDiscard(self, then):
+        return not self.logic.has_unsaved_work() or slicer.util.confirmOkCancelDisplay(
+            f"Case {self.logic.case.image_id} has segments that were not submitted. Discard them and {then}?",
+            windowTitle="SegLoop",
+        )
 
     # -- controls ------------------------------------------------------------------------------
     def onConnect(self):
@@ -211,38 +343,47 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not annotator:
             slicer.util.errorDisplay("Enter your name: it is stored with every label you submit.")
             return
-        info = self.call("Connecting", self.logic.connect, url, annotator, self.ui.passwordLineEdit.text)
+        settings, password = qt.QSettings(), self.ui.passwordLineEdit.text
+        token_key = login_key(url, annotator)
+        token = settings.value(token_key, "") if not password else ""
+        info = self.call("Connecting", self.logic.connect, url, annotator, password, token)
         if info is None:
+            if token:
+                settings.remove(token_key)  # refused: the next connect asks for the password
             return
+        self.ui.passwordLineEdit.text = ""  # the password is never kept; the server's token is
+        if self.logic.client.http.token:
+            settings.setValue(token_key, self.logic.client.http.token)
         url = self.logic.client.url
-        settings = qt.QSettings()
         settings.setValue(f"{SETTINGS}/serverUrl", url)
         settings.setValue(f"{SETTINGS}/annotator", annotator)
         fill = lambda combo, items: (combo.clear(), [combo.addItem(i) for i in items])  # noqa: E731
         fill(self.ui.strategyComboBox, SegLoopClient.strategies_of(info))
         fill(self.ui.autoModelComboBox, SegLoopClient.models_of(info, AUTOMATIC))
         fill(self.ui.promptModelComboBox, SegLoopClient.models_of(info, PROMPT))
-        fill(self.ui.labelComboBox, list(self.logic.labels))
+        self.fillStructures()
         index = self.ui.strategyComboBox.findText("hybrid")
-        if index >= 0:
+        if index >= 0 and not (self._parameterNode and self._parameterNode.GetParameter("Strategy")):
             self.ui.strategyComboBox.currentIndex = index
-        self.ui.statusLabel.text = f"Connected to {url} as {annotator}"
+        self.updateGUIFromParameterNode()  # the choices saved with the scene, where the server offers them
+        self.ui.statusLabel.text = f"Connected to {url} as {annotator}" + (" (logged in)" if self.logic.client.http.token else "")
         self.timer.start()
         self.onRefresh()
         self.updateButtons()
 
     def onNextCase(self):
-        if self.logic.has_unsaved_work() and not slicer.util.confirmOkCancelDisplay(
-            f"Case {self.logic.case.image_id} has segments that were not submitted. Discard them and load the next case?",
-            windowTitle="SegLoop",
-        ):
+        if not self.confirmDiscard("load the next case"):
             return
         case = self.call("Fetching the next case", self.logic.next_case, self.ui.strategyComboBox.currentText)
         if case is False:
             slicer.util.infoDisplay("No case is left for you: every unlabelled case is labelled or with another annotator.")
-        elif case:
-            self.ui.caseLabel.text = f"Case {case.image_id}"
-        self.updateButtons()
+        self.caseChanged(case, "")
+
+    def onOpenCase(self):
+        if not self.confirmDiscard("open another case"):
+            return
+        case = self.call("Opening the labelled case", self.logic.open_case, self.ui.openCaseLineEdit.text)
+        self.caseChanged(case, ": its final label, for review")
 
     def onAutoSegment(self):
         # the uncertainty map always comes along, so the overlay toggle works without another run
@@ -256,15 +397,42 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onUncertaintyToggled(self, shown):
         self.logic.show_uncertainty(shown)
 
+    def onNewStructure(self):
+        if self.logic.case is None:
+            return
+        name = self.logic.new_structure()
+        self.logic.clear_prompts()
+        self.fillStructures(select=name)
+        self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: {name}: place points on it, then segment (no label is sent)"
+        self.updateButtons()
+
+    def onPolarityToggled(self, exclude):
+        self.ui.polarityButton.text = "Clicks exclude (\u2212)" if exclude else "Clicks include (+)"
+
+    def onTogglePolarity(self):
+        self.ui.polarityButton.checked = not self.ui.polarityButton.checked
+
+    def onPlacePoint(self):
+        widget = self.ui.backgroundPlaceWidget if self.ui.polarityButton.checked else self.ui.foregroundPlaceWidget
+        widget.setPlaceModeEnabled(True)
+
+    def onPlaceBox(self):
+        self.ui.boxPlaceWidget.setPlaceModeEnabled(True)
+
+    def onPlaceLasso(self):
+        self.ui.lassoPlaceWidget.setPlaceModeEnabled(True)
+
+    def onPaintScribble(self):
+        if self.logic.case is not None:
+            self.logic.open_scribble_editor(foreground=not self.ui.polarityButton.checked)
+
     def onPrompt(self):
         result = self.call(
-            "Segmenting from your prompts", self.logic.prompt_segment,
-            self.ui.promptModelComboBox.currentText, self.ui.labelComboBox.currentText,
-            self.ui.boxPlaceWidget.currentNode(), self.ui.textLineEdit.text.strip(),
+            "Segmenting from your prompts", self.logic.prompt_segment, self.ui.promptModelComboBox.currentText,
+            self.ui.labelComboBox.currentText, self.ui.textLineEdit.text.strip(), self.ui.box2DCheckBox.checked,
         )
         if result:
-            target = result.get("target") or self.ui.labelComboBox.currentText
-            self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: " + (result.get("message") or f"{target} updated from prompts")
+            self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: " + (result.get("message") or f"{result['target']} updated from prompts")
         self.updateButtons()
 
     def onClearPrompts(self):
@@ -336,7 +504,10 @@ def draw_curve(label, values, width=260, height=90):
 
 
 class SegLoopLogic(ScriptedLoadableModuleLogic):
-    """Slicer nodes <-> SegLoop server."""
+    """Slicer nodes <-> SegLoop server.
+
+    The case on screen and the module's own nodes (prompt markups, scribbles) are referenced from
+    the module's parameter node, so that a saved scene brings them back (``restore_case``)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -348,16 +519,28 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         self.volume_node = None
         self.segmentation_node = None
         self.uncertainty_node = None
+        self.scribbles_node = None
         self.history = {}  # segment name -> (undo, redo) stacks of bit-packed masks
+        self.last_prompted = None  # (case id, structure) of the last prompt: another structure starts afresh
         self.folder = tempfile.mkdtemp(prefix="segloop-")
         # Runs a network-only call: directly here (SegLoopTest); the widget runs it in a thread behind a
         # busy dialog. Node work stays out of it, on the main thread: MRML and VTK are not thread-safe.
         self.server = lambda function, *args, **kwargs: function(*args, **kwargs)
 
-    def connect(self, url, annotator, password=""):
+    def connect(self, url, annotator, password="", token=""):
+        """Log in (a saved ``token``, else ``password`` when the server has auth) and read ``/info``.
+        A saved token the server refuses is a 401 ``SegLoopError`` saying to log in again."""
         client = SegLoopClient(url)
 
         def handshake():
+            if token and not password:
+                client.http.token = token
+                try:
+                    return client.info()
+                except SegLoopError as e:
+                    if e.status == 401:
+                        raise SegLoopError(401, "the saved login was refused (expired or revoked): enter your password and connect again") from None
+                    raise
             client.login(annotator, password)
             return client.info()
 
@@ -370,35 +553,87 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         """Delete the downloaded images and results: they are patient data."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    # -- the case, and the parameter node that keeps it with the scene ----------------------------
     def forget_case(self):
         """Drop the case: its node references (the scene is closing or was cleared) and its files."""
         self.case = None
         self.history = {}
-        self.volume_node = self.segmentation_node = self.uncertainty_node = None
+        self.last_prompted = None
+        self.volume_node = self.segmentation_node = self.uncertainty_node = self.scribbles_node = None
         self._forget_case_files()
 
     def _forget_case_files(self):
         for name in os.listdir(self.folder):
             os.remove(os.path.join(self.folder, name))
 
+    def remember_case(self):
+        """Write the case (id, proposal version, seconds spent, its nodes) into the parameter node."""
+        parameters = self.getParameterNode()
+        case = self.case
+        parameters.SetParameter("Case", case.image_id if case else "")
+        parameters.SetParameter("Reviewing", "1" if case and case.reviewing else "")
+        parameters.SetParameter("ProposalVersion", "" if case is None or case.proposal_version is None else str(case.proposal_version))
+        parameters.SetParameter("SecondsSpent", f"{case.seconds_spent():.1f}" if case else "")
+        for role, node in (("Volume", self.volume_node), ("Segmentation", self.segmentation_node),
+                           ("Uncertainty", self.uncertainty_node), ("Scribbles", self.scribbles_node)):
+            parameters.SetNodeReferenceID(role, node.GetID() if case and node is not None else None)
+
+    def restore_case(self):
+        """The case a loaded scene's parameter node names, with its nodes; None when it names none.
+        The clock goes on from the seconds already spent; undo history does not survive a reload."""
+        parameters = self.getParameterNode()
+        image_id = parameters.GetParameter("Case")
+        volume, segmentation = parameters.GetNodeReference("Volume"), parameters.GetNodeReference("Segmentation")
+        if not image_id or volume is None or segmentation is None:
+            return None
+        self.forget_case()
+        self.volume_node, self.segmentation_node = volume, segmentation
+        self.uncertainty_node = parameters.GetNodeReference("Uncertainty")
+        self.scribbles_node = parameters.GetNodeReference("Scribbles")
+        version = parameters.GetParameter("ProposalVersion")
+        self.case = CaseSession(image_id, "", proposal_version=int(version) if version else None,
+                                reviewing=bool(parameters.GetParameter("Reviewing")))
+        self.case.started -= float(parameters.GetParameter("SecondsSpent") or 0)
+        return self.case
+
     def has_unsaved_work(self):
         """A case is open and one of its segments is not empty (a proposal, a prompt answer or an
         edit that was not submitted)."""
         if self.case is None or self.segmentation_node is None:
             return False
-        segmentation = self.segmentation_node.GetSegmentation()
-        return any(
-            slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentation_node, segmentation.GetNthSegmentID(i), self.volume_node).any()
-            for i in range(segmentation.GetNumberOfSegments())
-        )
+        return any(mask.any() for mask in self._segment_masks().values())
 
-    def point_list(self, name):
-        node = slicer.mrmlScene.GetFirstNodeByName(f"SegLoop {name}")
+    def structures(self):
+        """The names a prompt can target: the server's labels, then the case's other segments
+        (structures the clinician added, which the server has no label for)."""
+        names = list(self.labels)
+        if self.segmentation_node is not None:
+            names += [name for name in self._segment_masks() if name not in self.labels]
+        return names
+
+    # -- the module's own prompt nodes -------------------------------------------------------------
+    def prompt_node(self, kind):
+        """The module's markups node for ``kind`` (``PROMPT_NODES``), made on first use and kept in
+        the parameter node: the place widgets hold these, never a node the user picks."""
+        parameters = self.getParameterNode()
+        role = f"{kind} prompt"
+        node = parameters.GetNodeReference(role)
         if node is None:
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"SegLoop {name}")
+            class_name, name, colour = PROMPT_NODES[kind]
+            node = slicer.mrmlScene.AddNewNodeByClass(class_name, name)
             node.CreateDefaultDisplayNodes()
-            node.GetDisplayNode().SetSelectedColor((0.2, 0.8, 0.2) if name == "foreground" else (0.9, 0.2, 0.2))
+            node.GetDisplayNode().SetSelectedColor(colour)
+            parameters.SetNodeReferenceID(role, node.GetID())
         return node
+
+    def adopt_loaded_prompt_nodes(self):
+        """After a scene load: the loaded parameter node names the loaded prompt nodes; the empty ones
+        made for the closed scene's successor are removed."""
+        keep = {self.prompt_node(kind).GetID() for kind in PROMPT_NODES}
+        for kind, (class_name, name, _) in PROMPT_NODES.items():
+            for node in list(slicer.util.getNodesByClass(class_name)):
+                if node.GetName() == name and node.GetID() not in keep:
+                    slicer.mrmlScene.RemoveNode(node)
 
     def next_case(self, strategy):
         """Load the next case for this annotator; False when none is left."""
@@ -413,23 +648,46 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         if found is None:
             return False
         image_id, path = found
+        self._show_case(image_id, path)
+        return self.case
+
+    def open_case(self, image_id):
+        """Re-open a case that already has a final label, for review: its image and that label as
+        segments. Submitting it stores the reviewed label."""
+        image_id = image_id.strip()
+        if not image_id:
+            raise ValueError("enter the id of a labelled case")
+
+        def fetch():
+            return self.client.download_image(image_id, self.folder), self.client.download_label(image_id, self.folder, "final")
+
+        path, label_path = self.server(fetch)
+        self._show_case(image_id, path, reviewing=True)
+        array = self._load_answer(label_path)
+        for name, index in self.labels.items():
+            self._set_segment(name, array == index)
+        self.remember_case()
+        return self.case
+
+    def _show_case(self, image_id, path, reviewing=False):
         self._clear_case_nodes()
         self.history = {}
+        self.last_prompted = None
         self.volume_node = slicer.util.loadVolume(path)
-        self.case = CaseSession(image_id, path)
+        self.case = CaseSession(image_id, path, reviewing=reviewing)
         self.segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{image_id} segmentation")
         self.segmentation_node.CreateDefaultDisplayNodes()
         self.segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(self.volume_node)
         for n, name in enumerate(self.labels):
             self.segmentation_node.GetSegmentation().AddEmptySegment(name, name, label_colour(name, n))
         self.clear_prompts()
-        return self.case
+        self.remember_case()
 
     def _clear_case_nodes(self):
-        for node in (self.volume_node, self.segmentation_node, self.uncertainty_node):
+        for node in (self.volume_node, self.segmentation_node, self.uncertainty_node, self.scribbles_node):
             if node is not None:
                 slicer.mrmlScene.RemoveNode(node)
-        self.volume_node = self.segmentation_node = self.uncertainty_node = None
+        self.volume_node = self.segmentation_node = self.uncertainty_node = self.scribbles_node = None
 
     def _load_answer(self, path):
         """The server's label map file as an array [k, j, i] on the case volume's grid. Loaded hidden
@@ -451,11 +709,33 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         finally:
             slicer.mrmlScene.RemoveNode(node)
 
-    def _set_segment(self, name, mask_kji):
-        segment_id = self.segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    def _set_segment(self, name, mask_kji, node=None):
+        node = node or self.segmentation_node
+        segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name)
         if not segment_id:
-            segment_id = self.segmentation_node.GetSegmentation().AddEmptySegment(name, name, label_colour(name, len(self.labels)))
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask_kji.astype(np.uint8), self.segmentation_node, segment_id, self.volume_node)
+            segment_id = node.GetSegmentation().AddEmptySegment(name, name, label_colour(name, len(self.labels)))
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask_kji.astype(np.uint8), node, segment_id, self.volume_node)
+
+    def _segment_masks(self, node=None):
+        """``{segment name: boolean [k, j, i] mask on the case volume's grid}``."""
+        node = node or self.segmentation_node
+        segmentation, masks = node.GetSegmentation(), {}
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment_id = segmentation.GetNthSegmentID(i)
+            masks[segmentation.GetSegment(segment_id).GetName()] = (
+                slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, self.volume_node) > 0
+            )
+        return masks
+
+    def new_structure(self):
+        """An empty segment for a structure the server has no label for ("Structure 1", "Structure 2",
+        ...): prompts for it go without a label, and the model segments whatever they point at."""
+        taken, n = set(self._segment_masks()), 1
+        while f"Structure {n}" in taken:
+            n += 1
+        name = f"Structure {n}"
+        self.segmentation_node.GetSegmentation().AddEmptySegment(name, name, label_colour(name, len(taken)))
+        return name
 
     def auto_segment(self, model, uncertainty=True):
         def infer():
@@ -477,6 +757,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             self.uncertainty_node.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
             self.uncertainty_node.GetDisplayNode().SetAutoWindowLevel(False)
             self.uncertainty_node.GetDisplayNode().SetWindowLevelMinMax(0.0, 1.0)
+        self.remember_case()
         return result
 
     def show_uncertainty(self, shown):
@@ -485,6 +766,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
                 background=self.volume_node, foreground=self.uncertainty_node if shown else None, foregroundOpacity=0.5
             )
 
+    # -- prompts, in the stored image's voxels ----------------------------------------------------
     def _ras_to_ijk(self):
         matrix = vtk.vtkMatrix4x4()
         self.volume_node.GetRASToIJKMatrix(matrix)
@@ -500,8 +782,9 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, self.volume_node.GetParentTransformNode(), to_volume)
         return [list(to_volume.TransformPoint(p)) for p in points_world]
 
-    def _points(self, name):
-        node, out = self.point_list(name), []
+    def _points(self, kind):
+        """IJK of the placed points of prompt node ``kind`` (a point still being placed is not one)."""
+        node, out = self.prompt_node(kind), []
         for i in range(node.GetNumberOfControlPoints()):
             if node.GetNthControlPointPositionStatus(i) != node.PositionDefined:
                 continue  # a point still being placed (preview) or skipped: not a prompt
@@ -510,14 +793,85 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             out.append(position)
         return points_to_ijk(self._ras_to_ijk(), self._world_to_volume(out), self._shape_ijk())
 
-    def _box(self, roi_node):
-        """The ROI's world bounding box (rotation and transforms included: ``GetRASBounds``) as two
-        IJK corners of the volume: the box around its 8 corners mapped into the volume."""
+    def _box(self, flat=False):
+        """The module's box as two IJK corners of the volume, None when it is not placed: the box
+        around its world bounds' 8 corners (rotation and transforms included: ``GetRASBounds``)
+        mapped into the volume; ``flat``: collapsed onto the slice through its centre (a 2D box)."""
+        roi = self.prompt_node("box")
+        if not roi.GetNumberOfControlPoints():
+            return None
+        if roi.GetNthControlPointPositionStatus(0) != roi.PositionDefined:
+            raise ValueError("the box is still being placed: finish placing it, or clear the prompts")
         bounds = [0.0] * 6
-        roi_node.GetRASBounds(bounds)
+        roi.GetRASBounds(bounds)
         corners = np.array(self._world_to_volume([[x, y, z] for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]]))
         low, high = corners.min(axis=0), corners.max(axis=0)
-        return roi_to_box(self._ras_to_ijk(), ((low + high) / 2).tolist(), (high - low).tolist(), self._shape_ijk())
+        box = roi_to_box(self._ras_to_ijk(), ((low + high) / 2).tolist(), (high - low).tolist(), self._shape_ijk())
+        return flatten_box(box) if flat else box
+
+    def _lasso(self):
+        """The lasso's vertices on one slice (IJK), None when it has no point."""
+        points = self._points("lasso")
+        return lasso_on_one_slice(points) if points else None
+
+    def _save_array(self, array, path, what):
+        """Write ``array`` [k, j, i] as a label map on the case volume's grid to ``path``."""
+        label_node = slicer.modules.volumes.logic().CreateAndAddLabelVolume(self.volume_node, "SegLoop label map")
+        slicer.util.updateVolumeFromArray(label_node, array)
+        saved = slicer.util.saveNode(label_node, path)
+        slicer.mrmlScene.RemoveNode(label_node)
+        if not saved:  # never upload a stale or missing file
+            raise ValueError(f"the {what} could not be written to {path}: nothing was sent")
+        return path
+
+    def _write_label_map(self, path, known_only=False):
+        """The segments as one label map of storage indices on the image's grid, written to ``path``.
+        A non-empty segment the server has no label for is refused, unless ``known_only`` (prompts:
+        it is masked locally instead)."""
+        masks = {name: mask for name, mask in self._segment_masks().items() if name in self.labels or mask.any()}
+        unknown = [name for name in masks if name not in self.labels]
+        if unknown and not known_only:
+            raise ValueError(
+                f"{', '.join(unknown)} is not one of the server's labels ({', '.join(self.labels)}): rename it to one of "
+                "them in the Segment Editor, or delete it, then submit"
+            )
+        masks = {name: mask for name, mask in masks.items() if name in self.labels}
+        label = compose_label_map(masks, self.labels, np.zeros(slicer.util.arrayFromVolume(self.volume_node).shape, np.uint8))
+        return self._save_array(label, path, "label")
+
+    # -- scribbles: painted with the Segment Editor on the module's scribble segments --------------
+    def ensure_scribbles(self):
+        """The case's scribble segmentation: a foreground and a background segment on its grid."""
+        if self.scribbles_node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{self.case.image_id} scribbles")
+            node.CreateDefaultDisplayNodes()
+            node.SetReferenceImageGeometryParameterFromVolumeNode(self.volume_node)
+            for key, (name, _, colour) in SCRIBBLES.items():
+                node.GetSegmentation().AddEmptySegment(name, name, colour)
+            self.scribbles_node = node
+            self.remember_case()
+        return self.scribbles_node
+
+    def open_scribble_editor(self, foreground=True):
+        """The Segment Editor on the scribble segments, Paint on the foreground (or background) one:
+        paint strokes are scribbles of that kind, Erase takes strokes back."""
+        node = self.ensure_scribbles()
+        editor = self._segment_editor(node)
+        editor.setCurrentSegmentID(node.GetSegmentation().GetSegmentIdBySegmentName(SCRIBBLES["foreground" if foreground else "background"][0]))
+        editor.setActiveEffectByName("Paint")
+
+    def _write_scribbles(self, path):
+        """The scribbles as one mask (3 foreground, 2 background: MONAI Label's convention) at
+        ``path``; None when nothing is painted."""
+        if self.scribbles_node is None:
+            return None
+        masks = self._segment_masks(self.scribbles_node)
+        mask = np.zeros(slicer.util.arrayFromVolume(self.volume_node).shape, np.uint8)
+        for key in ("background", "foreground"):  # foreground painted over background wins
+            name, value, _ = SCRIBBLES[key]
+            if name in masks:
+                mask[masks[name]] = value
+        return self._save_array(mask, path, "scribbles") if mask.any() else None
 
     # -- undo / redo of prompt answers, per segment ------------------------------------------
     UNDO_STEPS = 20  # per segment; each a bit-packed mask (1/8 byte a voxel)
@@ -562,61 +916,63 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
     def can_redo(self, name):
         return bool(self.history.get(name, ([], []))[1])
 
-    def _write_label_map(self, path):
-        """The segments as one label map of storage indices on the image's grid, written to ``path``."""
-        masks = {}
-        segmentation = self.segmentation_node.GetSegmentation()
-        for i in range(segmentation.GetNumberOfSegments()):
-            segment_id = segmentation.GetNthSegmentID(i)
-            name = segmentation.GetSegment(segment_id).GetName()
-            masks[name] = slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentation_node, segment_id, self.volume_node)
-        reference = slicer.util.arrayFromVolume(self.volume_node)
-        label = compose_label_map(masks, self.labels, np.zeros(reference.shape, np.uint8))
-        label_node = slicer.modules.volumes.logic().CreateAndAddLabelVolume(self.volume_node, "SegLoop label map")
-        slicer.util.updateVolumeFromArray(label_node, label)
-        saved = slicer.util.saveNode(label_node, path)
-        slicer.mrmlScene.RemoveNode(label_node)
-        if not saved:  # never upload a stale or missing file
-            raise ValueError(f"the label could not be written to {path}: nothing was sent")
-        return path
+    def prompt_segment(self, model, structure, text="", box_2d=False):
+        """Segment ``structure`` from every placed prompt: points, the box (``box_2d``: on the slice
+        through its centre), the lasso, painted scribbles, ``text``.
 
-    def prompt_segment(self, model, label_name, roi_node=None, text=""):
-        box = None
-        if roi_node is not None and not roi_node.GetNumberOfControlPoints():
-            raise ValueError(f"the box '{roi_node.GetName()}' was never placed: place it in a slice view, or choose no box")
-        if roi_node is not None:
-            box = self._box(roi_node)
-        # The case's segments go along: the structure's own is the mask to refine, the others are
-        # never claimed by the answer (the server's label_map form).
-        label_map = self._write_label_map(os.path.join(self.folder, "segments.nii.gz"))
+        A structure the server has a label for goes with its name; any other (``new_structure``)
+        goes without one, so the model segments what the prompts point at. The case's labelled
+        segments go along as a label map (the structure's own is refined, the others are never
+        claimed by the server); with scribbles the upload is the scribble mask instead. Either way the
+        answer never takes another segment's voxels here: Slicer would overwrite them."""
+        known = structure in self.labels
+        box, lasso = self._box(box_2d), self._lasso()
+        scribbles = self._write_scribbles(os.path.join(self.folder, "scribbles.nii.gz"))
+        label_map = None if scribbles else self._write_label_map(os.path.join(self.folder, "segments.nii.gz"), known_only=True)
+        reset = self.last_prompted != (self.case.image_id, structure)  # another structure: the server starts afresh
         path, result = self.server(
             self.client.prompt_segment, model, self.case.image_id, os.path.join(self.folder, "prompt.nii.gz"),
-            foreground=self._points("foreground"), background=self._points("background"), box=box, text=text or label_name,
-            label_map=label_map,
+            foreground=self._points("foreground"), background=self._points("background"), box=box, lasso=lasso,
+            text=text or (structure if known else ""), scribble_mask=scribbles, label_map=label_map, reset=reset,
         )
+        self.last_prompted = (self.case.image_id, structure)
         mask = self._load_answer(path) > 0
+        target = (result.get("target") or structure) if known else structure
+        for name, other in self._segment_masks().items():
+            if name != target:
+                mask &= ~other
         if mask.any():  # an empty answer (the result's "message" says so) leaves the segment as it was
-            self._apply_with_history(result.get("target") or label_name, mask)
-        return result
+            self._apply_with_history(target, mask)
+        self.remember_case()
+        return dict(result, target=target)
 
     def clear_prompts(self):
-        for name in ("foreground", "background"):
-            self.point_list(name).RemoveAllControlPoints()
+        """Remove every placed prompt: points, box, lasso and painted scribbles."""
+        for kind in PROMPT_NODES:
+            self.prompt_node(kind).RemoveAllControlPoints()
+        if self.scribbles_node is not None and self.volume_node is not None:
+            for name in self._segment_masks(self.scribbles_node):
+                self._set_segment(name, np.zeros(slicer.util.arrayFromVolume(self.volume_node).shape, bool), self.scribbles_node)
 
-    def open_segment_editor(self):
+    def _segment_editor(self, segmentation_node):
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        editor.setSegmentationNode(self.segmentation_node)
+        editor.setSegmentationNode(segmentation_node)
         set_source = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode  # renamed in Slicer 5.2
         set_source(self.volume_node)
+        return editor
+
+    def open_segment_editor(self):
+        self._segment_editor(self.segmentation_node)
 
     def submit(self):
         path = self._write_label_map(os.path.join(self.folder, f"{self.case.image_id}_final.nii.gz"))
         answer = self.server(
             self.client.submit, self.case.image_id, path, self.annotator, self.case.seconds_spent(),
-            tool="SegLoop Slicer module", proposal_version=self.case.proposal_version,
+            tool="SegLoop Slicer module" + (" (review)" if self.case.reviewing else ""), proposal_version=self.case.proposal_version,
         )
         self.case = None
+        self.remember_case()
         self._forget_case_files()  # the submitted case stays in the scene, not on disk
         return answer
 
@@ -658,7 +1014,7 @@ class SegLoopTest(ScriptedLoadableModuleTest):
             ijk_to_ras = vtk.vtkMatrix4x4()
             logic.volume_node.GetIJKToRASMatrix(ijk_to_ras)
             ras = ijk_to_ras.MultiplyPoint([*centre, 1])[:3]
-            logic.point_list("foreground").AddControlPoint(ras)
+            logic.prompt_node("foreground").AddControlPoint(ras)
             logic.prompt_segment(SegLoopClient.models_of(info, PROMPT)[0], next(iter(logic.labels)))
         answer = logic.submit()
         self.assertIn("edit_effort", answer)

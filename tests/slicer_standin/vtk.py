@@ -3,11 +3,16 @@
 * ``vtkMatrix4x4``: ``GetElement``, ``SetElement``, ``MultiplyPoint`` (what ``SegLoop.py`` calls);
   volume nodes fill it in ``GetIJKToRASMatrix`` / ``GetRASToIJKMatrix``.
 * ``vtkImageData``: only ``GetDimensions()`` (I, J, K), what ``volume_node.GetImageData()`` is used for.
+* ``vtkCommand.ModifiedEvent``, the event a parameter node fires on each change.
 * ``vtkGeneralTransform``: ``TransformPoint``; linear only (what
   ``vtkMRMLTransformNode.GetTransformBetweenNodes`` fills in the stand-in).
 """
 
 import numpy as np
+
+
+class vtkCommand:  # noqa: N801 (VTK's name)
+    ModifiedEvent = 33
 
 
 class vtkMatrix4x4:  # noqa: N801 (VTK's name)

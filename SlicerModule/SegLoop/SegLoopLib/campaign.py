@@ -29,6 +29,7 @@ class CaseSession:
     clock: Callable[[], float] = time.monotonic
     started: float = field(default=0.0)
     proposal_version: Optional[int] = None
+    reviewing: bool = False  # re-opened with its final label, for review
 
     def __post_init__(self):
         self.started = self.clock()

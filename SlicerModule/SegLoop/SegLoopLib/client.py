@@ -78,6 +78,11 @@ class SegLoopClient:
         """The image as stored, into ``folder/<image_id><its extension>``; returns that path."""
         return self.http.download_as_served("/datastore/image", folder, image_id, {"image": image_id})
 
+    def download_label(self, image_id: str, folder: str, tag: str = "final") -> str:
+        """The case's stored label of ``tag`` into ``folder/<image_id>_<tag><its extension>``: to
+        re-open a labelled case for review. A case without one is a 404 ``SegLoopError``."""
+        return self.http.download_as_served("/datastore/label", folder, f"{image_id}_{tag}", {"label": image_id, "tag": tag})
+
     def datastore_status(self) -> Dict[str, Any]:
         """``{"total", "completed", "label_tags"}`` of the datastore."""
         return self.http.json("GET", "/datastore/", {"output": "stats"})

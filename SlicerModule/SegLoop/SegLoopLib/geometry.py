@@ -59,3 +59,30 @@ def compose_label_map(masks_kji: Mapping[str, "object"], labels: Mapping[str, in
             raise ValueError(f"segment {name!r} has shape {tuple(mask.shape)}, the volume {tuple(out.shape)}")
         out[mask.astype(bool)] = by_name[name.lower()]
     return out
+
+
+def flatten_box(box: Sequence[Sequence[int]]) -> List[List[int]]:
+    """A 2D box: the IJK box ``[[i0, j0, k0], [i1, j1, k1]]`` with its thinnest axis collapsed onto
+    the slice through its centre (the server takes corners equal along one axis as a box drawn on
+    that slice)."""
+    low, high = [list(map(int, c)) for c in box]
+    axis = min(range(3), key=lambda d: high[d] - low[d])
+    low[axis] = high[axis] = (low[axis] + high[axis]) // 2
+    return [low, high]
+
+
+def lasso_on_one_slice(points_ijk: Sequence[Sequence[int]]) -> List[List[int]]:
+    """The vertices of a lasso drawn on one slice, as IJK with the slice's index made exactly equal.
+
+    A curve drawn in a slice view rounds to voxels that may differ by one across the slice (its
+    plane lies between two voxel centres, or the volume is slightly oblique); more than that means
+    the points were not drawn on one slice, which raises ``ValueError``. Fewer than 3 points too."""
+    if len(points_ijk) < 3:
+        raise ValueError(f"a lasso needs at least 3 points on one slice, it has {len(points_ijk)}")
+    spread = [max(p[d] for p in points_ijk) - min(p[d] for p in points_ijk) for d in range(3)]
+    axis = min(range(3), key=lambda d: spread[d])
+    if spread[axis] > 1:
+        raise ValueError("the lasso's points are not on one slice: draw it in one slice view")
+    values = sorted(p[axis] for p in points_ijk)
+    index = values[len(values) // 2]
+    return [[index if d == axis else int(p[d]) for d in range(3)] for p in points_ijk]

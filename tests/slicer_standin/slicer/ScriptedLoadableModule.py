@@ -51,8 +51,23 @@ class ScriptedLoadableModuleWidget:
 
 
 class ScriptedLoadableModuleLogic:
+    """``getParameterNode``: the scene's singleton ``vtkMRMLScriptedModuleNode`` tagged with the
+    module's name, made on first use (as Slicer's)."""
+
     def __init__(self, parent=None):
-        pass
+        self.moduleName = self.__class__.__name__
+        if self.moduleName.endswith("Logic"):
+            self.moduleName = self.moduleName[: -len("Logic")]
+
+    def getParameterNode(self):
+        node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetSingletonTag(self.moduleName)
+            node.SetAttribute("ModuleName", self.moduleName)
+            node.SetName(self.moduleName)
+            node = slicer.mrmlScene.AddNode(node)
+        return node
 
 
 class ScriptedLoadableModuleTest(unittest.TestCase):

@@ -8,10 +8,13 @@ What it models, and only that (grep ``SegLoop.py`` for ``slicer.`` to see the li
   ``GetNodeByID``, ``RemoveNode``, ``Clear``; node classes for volumes (a ``[k, j, i]`` numpy array
   and an IJK-to-RAS matrix, read from and written to NIfTI with nibabel as Slicer does: IJK-to-RAS
   is the NIfTI affine), label maps, segmentations (one boolean mask per segment, on its reference
-  volume's grid; no resampling), fiducial markups and ROI markups (world = local: no transforms).
+  volume's grid; no resampling), point lists, closed curves and ROIs (with linear parent transforms).
 * the panel's Slicer widgets, for ``slicer.util.loadUI``: ``qMRMLWidget``, ``qSlicerWidget``,
-  ``qMRMLNodeComboBox``, ``qSlicerMarkupsPlaceWidget`` (plain PySide6 widgets holding a scene and
-  a current node; no views, no placing with the mouse).
+  ``qSlicerMarkupsPlaceWidget`` (plain PySide6 widgets holding a scene and a current node; no
+  views, no placing with the mouse).
+* the module's parameter node (``vtkMRMLScriptedModuleNode``, singleton per module) and saving and
+  loading a scene (``mrmlScene.save_and_reload()``, stand-in only: copies of the nodes come back
+  between the import events).
 * ``slicer.modules.segmenteditor`` (an editor that records the segmentation and source volume it
   is given) and ``slicer.modules.volumes.logic().CreateAndAddLabelVolume``.
 
@@ -22,6 +25,7 @@ panel widgets may only be used on the main thread; from any other thread they ra
 user, the slice views' layers, the selected module). It does not exist in Slicer.
 """
 
+import copy
 import functools
 import inspect
 import os
@@ -310,7 +314,8 @@ class vtkMRMLMarkupsNode(vtkMRMLNode):
     PointPositionDefinedEvent = 19004  # a control point was placed (fired by AddControlPoint here)
 
 
-class vtkMRMLMarkupsFiducialNode(vtkMRMLMarkupsNode):
+class _ControlPoints(vtkMRMLMarkupsNode):
+    """Markups made of control points placed one after another (point lists, curves)."""
 
     def __init__(self):
         super().__init__()
@@ -336,14 +341,31 @@ class vtkMRMLMarkupsFiducialNode(vtkMRMLMarkupsNode):
         self._points, self._status = [], []
 
 
+class vtkMRMLMarkupsFiducialNode(_ControlPoints):
+    pass
+
+
+class vtkMRMLMarkupsClosedCurveNode(_ControlPoints):
+    """A closed curve through its control points (the lasso); no curve geometry in the stand-in."""
+
+
 class vtkMRMLMarkupsROINode(vtkMRMLMarkupsNode):
 
     def __init__(self):
         super().__init__()
         self._center, self._size = None, np.zeros(3)
+        self._status = self.PositionDefined  # a test sets PositionPreview for a box being placed
 
     def SetCenterWorld(self, *center):
+        """Places the ROI's one control point (its centre), as finishing a placement does."""
         self._center = np.asarray(center[0] if len(center) == 1 else center, dtype=float)
+        self.InvokeEvent(self.PointPositionDefinedEvent)
+
+    def GetNthControlPointPositionStatus(self, index):
+        return self._status
+
+    def RemoveAllControlPoints(self):
+        self._center = None
 
     def SetSize(self, *size):
         self._size = np.asarray(size[0] if len(size) == 1 else size, dtype=float)
@@ -363,21 +385,94 @@ class vtkMRMLMarkupsROINode(vtkMRMLMarkupsNode):
         size[:] = [float(v) for v in self._size]
 
 
+class vtkMRMLScriptedModuleNode(vtkMRMLNode):
+    """A module's parameter node: string parameters and node references by role; ModifiedEvent on
+    each change (no batching). A singleton tag makes a loaded one replace the scene's (as Slicer)."""
+
+    def __init__(self):
+        super().__init__()
+        self._parameters, self._references, self._singleton_tag, self._attributes = {}, {}, None, {}
+
+    def StartModify(self):
+        """Hold Modified events until ``EndModify``; returns the previous hold state."""
+        was = self.__dict__.get("_holding", False)
+        self._holding, self._held = True, self.__dict__.get("_held", False) if was else False
+        return was
+
+    def EndModify(self, was):
+        self._holding = was
+        if not was and self._held:
+            self._held = False
+            self.InvokeEvent(vtk.vtkCommand.ModifiedEvent)
+
+    def _modified(self):
+        if self.__dict__.get("_holding"):
+            self._held = True
+        else:
+            self.InvokeEvent(vtk.vtkCommand.ModifiedEvent)
+
+    def SetParameter(self, name, value):
+        if self._parameters.get(name) != str(value):
+            self._parameters[name] = str(value)
+            self._modified()
+
+    def GetParameter(self, name):
+        return self._parameters.get(name, "")
+
+    def SetNodeReferenceID(self, role, node_id):
+        if self._references.get(role) != node_id:
+            if node_id is None:
+                self._references.pop(role, None)
+            else:
+                self._references[role] = node_id
+            self._modified()
+
+    def GetNodeReferenceID(self, role):
+        return self._references.get(role)
+
+    def GetNodeReference(self, role):
+        node_id = self._references.get(role)
+        return self._scene.GetNodeByID(node_id) if node_id and self._scene is not None else None
+
+    def SetSingletonTag(self, tag):
+        self._singleton_tag = tag
+
+    def GetSingletonTag(self):
+        return self._singleton_tag
+
+    def SetAttribute(self, name, value):
+        self._attributes[name] = value
+
+    def GetAttribute(self, name):
+        return self._attributes.get(name)
+
+
 NODE_CLASSES = {
     cls.__name__: cls
     for cls in (vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode,
-                vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLLinearTransformNode)
+                vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsClosedCurveNode, vtkMRMLMarkupsROINode,
+                vtkMRMLLinearTransformNode, vtkMRMLScriptedModuleNode)
 }
 
 
 class vtkMRMLScene(_MainThreadOnly, _Observable):
-    # vtkMRMLScene's close events (File > Close Scene clears the scene between them)
-    StartCloseEvent, EndCloseEvent = 66000, 66001
+    # vtkMRMLScene's events: close (File > Close Scene clears the scene between them), import
+    # (loading a scene adds its nodes between them), save
+    StartCloseEvent, EndCloseEvent, StartImportEvent, EndImportEvent, StartSaveEvent = 66000, 66001, 66002, 66003, 66004
 
     def __init__(self):
         self._nodes, self._counts = [], {}
 
+    def GetSingletonNode(self, tag, className):
+        return next((n for n in self._nodes if n.GetClassName() == className and getattr(n, "_singleton_tag", None) == tag), None)
+
     def AddNode(self, node):
+        tag = getattr(node, "_singleton_tag", None)
+        existing = self.GetSingletonNode(tag, node.GetClassName()) if tag else None
+        if existing is not None:  # as Slicer: a singleton takes the added node's content, keeps its ID
+            existing._parameters, existing._references = dict(node._parameters), dict(node._references)
+            existing.InvokeEvent(vtk.vtkCommand.ModifiedEvent)
+            return existing
         cls = node.GetClassName()
         self._counts[cls] = self._counts.get(cls, 0) + 1
         node._id, node._scene = f"{cls}{self._counts[cls]}", self
@@ -406,6 +501,29 @@ class vtkMRMLScene(_MainThreadOnly, _Observable):
             for layer, shown in standin.slice_layers.items():
                 if shown is node:  # as in Slicer: the views stop showing a removed volume
                     standin.slice_layers[layer] = None
+
+    def save_and_reload(self):
+        """STAND-IN ONLY: what saving the scene and loading it again does to the nodes. StartSaveEvent,
+        then File > Close Scene, then the saved nodes (copies with their IDs, names, data and
+        references; no observers) come back between StartImportEvent and EndImportEvent."""
+        self.InvokeEvent(self.StartSaveEvent)
+        observers = {id(n): n.__dict__.pop("_observers", None) for n in self._nodes}
+        try:
+            saved = copy.deepcopy(self._nodes, {id(self): self})
+        finally:
+            for n in self._nodes:
+                if observers[id(n)] is not None:
+                    n.__dict__["_observers"] = observers[id(n)]
+        self.Clear(0)
+        self.InvokeEvent(self.StartImportEvent)
+        for node in saved:
+            tag = getattr(node, "_singleton_tag", None)
+            if tag and self.GetSingletonNode(tag, node.GetClassName()) is not None:
+                self.AddNode(node)  # merged into the scene's singleton
+                continue
+            node._scene = self
+            self._nodes.append(node)
+        self.InvokeEvent(self.EndImportEvent)
 
     def Clear(self, removeSingletons=0):
         """What File > Close Scene does: StartCloseEvent, every node removed, EndCloseEvent."""
@@ -439,14 +557,19 @@ class qSlicerWidget(qMRMLWidget):  # noqa: N801  (in Slicer a QWidget with the s
 
 
 class qSlicerMarkupsPlaceWidget(qSlicerWidget):  # noqa: N801
-    """Holds the markups node points are placed into (placing itself needs Slicer's views)."""
+    """Holds the markups node points are placed into; place mode and its persistency are recorded
+    (placing itself needs Slicer's views: tests add control points to the node)."""
+
+    ShowPlaceMultipleMarkupsOption, ForcePlaceSingleMarkup, ForcePlaceMultipleMarkups = range(3)
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._node = None
+        self._node, self._place_multiple, self._place_mode = None, self.ShowPlaceMultipleMarkupsOption, False
+
+    placeMultipleMarkups = Property(int, lambda self: self._place_multiple, lambda self, v: setattr(self, "_place_multiple", int(v)))
 
     def setCurrentNode(self, node):
-        if node is not None and not isinstance(node, (vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode)):
+        if node is not None and not isinstance(node, vtkMRMLMarkupsNode):
             raise TypeError(f"a markups place widget takes a markups node, not {node.GetClassName()}")
         self._node = node
 
@@ -455,36 +578,13 @@ class qSlicerMarkupsPlaceWidget(qSlicerWidget):  # noqa: N801
             self._node = None  # a weak reference in Slicer: a node removed from the scene (scene close) is gone
         return self._node
 
+    def setPlaceModeEnabled(self, enable):
+        if enable and self.currentNode() is None:
+            return  # Slicer's widget has nothing to place into
+        self._place_mode = bool(enable)
 
-class qMRMLNodeComboBox(QWidget):  # noqa: N801
-    """Holds a current node of one of ``nodeTypes`` from its scene (no drop-down list of them)."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._scene, self._node_types, self._none_enabled, self._node = None, [], False, None
-
-    nodeTypes = Property("QStringList", lambda self: self._node_types, lambda self, v: setattr(self, "_node_types", list(v)))
-    noneEnabled = Property(bool, lambda self: self._none_enabled, lambda self, v: setattr(self, "_none_enabled", bool(v)))
-
-    def setMRMLScene(self, scene):
-        self._scene = scene
-
-    def mrmlScene(self):
-        return self._scene
-
-    def setCurrentNode(self, node):
-        """What choosing a node in the drop-down does."""
-        if node is None:
-            if not self._none_enabled:
-                raise ValueError("this combo box has no 'None' entry")
-        elif self._scene is None or node.GetScene() is not self._scene or node.GetClassName() not in self._node_types:
-            raise ValueError(f"{node.GetName()!r} is not a {self._node_types} node of this combo box's scene")
-        self._node = node
-
-    def currentNode(self):
-        if self._node is not None and self._node.GetScene() is not self._scene:
-            self._node = None  # removed from the scene
-        return self._node
+    def placeModeEnabled(self):
+        return self._place_mode
 
 
 # -- modules -------------------------------------------------------------------------------------
@@ -492,7 +592,16 @@ class _SegmentEditorWidget(_MainThreadOnly):
     """``qMRMLSegmentEditorWidget`` (Slicer >= 5.2 names): records what it is given."""
 
     def __init__(self):
-        self._segmentation_node, self._source_volume_node = None, None
+        self._segmentation_node, self._source_volume_node, self._segment_id, self._effect = None, None, "", ""
+
+    def setCurrentSegmentID(self, segment_id):
+        self._segment_id = segment_id
+
+    def currentSegmentID(self):
+        return self._segment_id
+
+    def setActiveEffectByName(self, name):
+        self._effect = name
 
     def setSegmentationNode(self, node):
         self._segmentation_node = node

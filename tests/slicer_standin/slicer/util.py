@@ -71,7 +71,7 @@ def _unwrap(widget):
 
 
 STANDIN_WIDGETS = (
-    ctk.ctkCollapsibleButton, slicer.qMRMLWidget, slicer.qSlicerWidget, slicer.qSlicerMarkupsPlaceWidget, slicer.qMRMLNodeComboBox
+    ctk.ctkCollapsibleButton, slicer.qMRMLWidget, slicer.qSlicerWidget, slicer.qSlicerMarkupsPlaceWidget
 )
 
 
@@ -127,16 +127,25 @@ def findChild(widget, name):
 
 class VTKObservationMixin:
     """``slicer.util.VTKObservationMixin``: a scripted widget mixes it in (Slicer's module template)
-    to observe MRML events; ``addObserver(object, event, method)``, ``removeObservers()``."""
+    to observe MRML events; ``addObserver(object, event, method)``, ``hasObserver``, ``removeObserver``,
+    ``removeObservers()``."""
 
     def __init__(self):
         self.Observations = []
 
     def addObserver(self, obj, event, method, group="none", priority=0.0):
-        self.Observations.append((obj, obj.AddObserver(event, method, priority)))
+        self.Observations.append((obj, event, method, obj.AddObserver(event, method, priority)))
+
+    def hasObserver(self, obj, event, method):
+        return any(o is obj and e == event and m == method for o, e, m, _ in self.Observations)
+
+    def removeObserver(self, obj, event, method):
+        for entry in [x for x in self.Observations if x[0] is obj and x[1] == event and x[2] == method]:
+            obj.RemoveObserver(entry[3])
+            self.Observations.remove(entry)
 
     def removeObservers(self, method=None):
-        for obj, tag in self.Observations:
+        for obj, _, _, tag in self.Observations:
             obj.RemoveObserver(tag)
         self.Observations = []
 
