@@ -240,6 +240,13 @@ def test_every_module_action_against_a_real_server(slicer_studies, sample_root, 
         stored = client.label_info(case["id"])
         assert stored["annotator"] == "dr_a" and stored["time_spent_s"] >= 0 and stored["tool"] == "SegLoop Slicer module"
         assert "edit_effort" in stored
+        # ... and the label comes back as submitted, for review.
+        reviewed = client.download_label(case["id"], str(tmp_path))
+        assert reviewed == str(tmp_path / f"{case['id']}_final.nii.gz")
+        assert np.array_equal(np.asarray(nib.load(reviewed).dataobj), np.asarray(nib.load(truth(case["id"])).dataobj))
+        with pytest.raises(SegLoopError) as error:
+            client.download_label("case_005" if case["id"] != "case_005" else "case_004", str(tmp_path))
+        assert error.value.status == 404  # a case without a final label
 
         # Training and campaign panels: the submission retrains; figures follow.
         wait_for(lambda: client.model_status("segmentation")["serving_version"] >= 2, 600, 2.0, "version 2")
@@ -276,6 +283,20 @@ def test_clicks_and_boxes_in_ras_become_voxel_indices_of_the_stored_image():
     assert roi_to_box(ras_to_ijk_matrix, ras, [1000, 1000, 1000], (64, 64, 32)) == [[0, 0, 0], [63, 63, 31]]
 
 
+def test_a_2d_box_and_a_lasso_lie_on_one_slice():
+    from SegLoopLib.geometry import flatten_box, lasso_on_one_slice
+
+    assert flatten_box([[4, 10, 7], [20, 30, 9]]) == [[4, 10, 8], [20, 30, 8]]  # thinnest axis: k, onto its centre slice
+    assert flatten_box([[4, 10, 7], [5, 30, 40]]) == [[4, 10, 7], [4, 30, 40]]
+    drawn = [[3, 4, 12], [9, 4, 13], [9, 8, 12], [3, 8, 12]]  # one vertex rounded onto the next slice
+    assert lasso_on_one_slice(drawn) == [[3, 4, 12], [9, 4, 12], [9, 8, 12], [3, 8, 12]]
+    assert lasso_on_one_slice([[5, 1, 1], [5, 9, 1], [6, 9, 9]]) == [[5, 1, 1], [5, 9, 1], [5, 9, 9]]  # a sagittal one
+    with pytest.raises(ValueError, match="not on one slice"):
+        lasso_on_one_slice([[3, 4, 12], [9, 4, 14], [9, 8, 12], [3, 8, 10]])
+    with pytest.raises(ValueError, match="at least 3"):
+        lasso_on_one_slice([[3, 4, 12], [9, 4, 12]])
+
+
 def test_segments_become_one_label_map_of_storage_indices():
     from SegLoopLib.geometry import compose_label_map
 
@@ -291,7 +312,7 @@ def test_segments_become_one_label_map_of_storage_indices():
 
 
 MODULE = os.path.join(os.path.dirname(__file__), "..", "SlicerModule", "SegLoop")
-CONTROLS = {"QPushButton", "QCheckBox", "QComboBox", "QLineEdit", "qSlicerMarkupsPlaceWidget", "qMRMLNodeComboBox"}
+CONTROLS = {"QPushButton", "QCheckBox", "QComboBox", "QLineEdit", "qSlicerMarkupsPlaceWidget"}
 
 
 def _ui_widgets():
@@ -328,3 +349,19 @@ def test_the_extension_packages_every_library_file_and_resource():
         assert resource in cmake
     assert os.path.getsize(os.path.join(MODULE, "Resources", "Icons", "SegLoop.png")) > 1000
     assert "add_subdirectory(SegLoop)" in open(os.path.join(MODULE, "..", "CMakeLists.txt")).read()
+
+
+def test_the_extensions_addresses_are_files_of_this_repository():
+    import re
+
+    root = os.path.join(MODULE, "..", "..")
+    cmake = open(os.path.join(MODULE, "..", "CMakeLists.txt")).read()
+    repository = re.search(r'set\(SEGLOOP_REPOSITORY "([^"]+)"', cmake).group(1)
+    addresses = dict(re.findall(r'set\((EXTENSION_(?:HOMEPAGE|ICONURL|SCREENSHOTURLS)) "([^"]*)"\)', cmake))
+    assert set(addresses) == {"EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"}
+    module_source = open(os.path.join(MODULE, "SegLoop.py")).read()
+    documentation = re.search(r'DOCUMENTATION_URL = "([^"]+)"', module_source).group(1)
+    for name, address in [*addresses.items(), ("helpText", documentation.replace(repository, "${SEGLOOP_REPOSITORY}"))]:
+        path = re.fullmatch(r"\$\{SEGLOOP_REPOSITORY\}/(?:blob|raw)/main/(.+)", address).group(1)
+        assert os.path.getsize(os.path.join(root, path)) > 1000, f"{name}: {path} is not a file of this repository"
+    assert "DOCUMENTATION_URL" in module_source.split("helpText", 1)[1].split("\n\n", 1)[0]

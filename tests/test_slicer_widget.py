@@ -831,6 +831,64 @@ def test_the_self_test_skips_without_a_server_url(env, monkeypatch):
     env.SegLoop.SegLoopTest().runTest()
 
 
+class Relay:
+    """A TCP relay in front of a server, as a network between Slicer and it: ``delay`` seconds before
+    each connection is passed on (a slow server); ``drop``: the request is read and the connection
+    closed without an answer (a server that goes away in the middle of a call)."""
+
+    def __init__(self, url):
+        import socket
+
+        self.target = ("127.0.0.1", int(url.rsplit(":", 1)[1].strip("/")))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.delay, self.drop = 0.0, False
+
+    def __enter__(self):
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.listener.close()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._relay, args=(connection,), daemon=True).start()
+
+    def _relay(self, connection):
+        import socket
+
+        if self.drop:
+            connection.recv(1 << 16)
+            connection.close()
+            return
+        time.sleep(self.delay)
+        try:
+            upstream = socket.create_connection(self.target)
+        except OSError:  # the server is gone
+            connection.close()
+            return
+
+        def pipe(source, sink):
+            try:
+                while data := source.recv(1 << 16):
+                    sink.sendall(data)
+                sink.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        back = threading.Thread(target=pipe, args=(upstream, connection), daemon=True)
+        back.start()
+        pipe(connection, upstream)
+        back.join()
+        connection.close()
+        upstream.close()
+
+
 # -- slow: the widget against a real server ------------------------------------------------------
 # Both models serve version 1 from the shared trained campaign (conftest.slicer_template); the
 # submission (1 new label, retrain_every 3) retrains nothing.
@@ -843,16 +901,17 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
     monkeypatch.setenv("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")  # no scoring job: the "random" strategy needs none
     messages = slicer.standin.messages
     truth = lambda case: np.asarray(nib.load(os.path.join(sample_root, "ground_truth", f"{case}.nii.gz")).dataobj)  # noqa: E731
-    with running_server(slicer_studies, conf=CONF, log_path=str(tmp_path / "server.log")) as server:
+    with running_server(slicer_studies, conf=CONF, log_path=str(tmp_path / "server.log")) as server, Relay(server.url) as relay:
         client = env.SegLoopClient(server.url)
         widget = make_widget()
 
-        # Connect: URL and name typed, lists filled from the server.
-        type_into(env, widget, "serverUrlLineEdit", server.url)
+        # Connect (through a relay that can slow the server down or drop it mid-call): URL and name
+        # typed, lists filled from the server.
+        type_into(env, widget, "serverUrlLineEdit", relay.url)
         type_into(env, widget, "annotatorLineEdit", "dr_w")
         click(env, widget, "connectButton")
         assert messages == []
-        assert widget.ui.statusLabel.text == f"Connected to {server.url} as dr_w"
+        assert widget.ui.statusLabel.text == f"Connected to {relay.url} as dr_w"
         items = lambda combo: [raw(env, widget, combo).itemText(i) for i in range(raw(env, widget, combo).count())]  # noqa: E731
         assert {"random", "hybrid", "entropy", "diversity"} <= set(items("strategyComboBox"))
         assert widget.ui.strategyComboBox.currentText == "hybrid"
@@ -860,7 +919,7 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         assert items("labelComboBox") == list(DEFAULT_LABELS)
         assert widget.ui.campaignLabel.text == "3 / 6 cases labelled" and widget.timer.isActive()
         assert enabled(env, widget, ["nextCaseButton", *CASE_BUTTONS]) == {"nextCaseButton": True, **dict.fromkeys(CASE_BUTTONS, False)}
-        assert make_widget().ui.serverUrlLineEdit.text == server.url  # remembered for next time
+        assert make_widget().ui.serverUrlLineEdit.text == relay.url  # remembered for next time
         # (the prompt model's first version takes longer: it is awaited just before the prompt)
         wait_for(lambda: client.model_status("segmentation")["serving_version"], 600, 2.0, "the automatic model to serve")
 
@@ -930,11 +989,10 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         ras = lambda ijk: ijk_to_ras.MultiplyPoint([*ijk, 1])[:3]  # noqa: E731
         widget.ui.foregroundPlaceWidget.currentNode().AddControlPoint(ras(inside))  # what placing a point does
         assert widget.logic._points("foreground") == [inside] and widget.logic._points("background") == []
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "liver box")
+        roi = widget.ui.boxPlaceWidget.currentNode()  # the module's box, placed around the liver
         low, high = liver.min(axis=0), liver.max(axis=0)
         roi.SetCenterWorld(ras((low + high) / 2))
         roi.SetSize(np.abs(np.array(ras(high)) - np.array(ras(low))) + 2)
-        raw(env, widget, "boxPlaceWidget").setCurrentNode(roi)
         choose(env, widget, "labelComboBox", "liver")
         before = {name: segment(name) for name in DEFAULT_LABELS}
         click(env, widget, "promptButton")
@@ -956,8 +1014,8 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         # Clear points; a click outside the volume is refused with the reason, the segments stay.
         click(env, widget, "clearPromptsButton")
         assert widget.ui.foregroundPlaceWidget.currentNode().GetNumberOfControlPoints() == 0
+        assert widget.ui.boxPlaceWidget.currentNode().GetNumberOfControlPoints() == 0  # the box went too
         widget.ui.foregroundPlaceWidget.currentNode().AddControlPoint(ras([image.shape[0] + 50, 0, 0]))
-        raw(env, widget, "boxPlaceWidget").setCurrentNode(None)
         click(env, widget, "promptButton")
         assert len(messages) == 1 and messages[0][0] == "error"
         assert messages[0][1].startswith("Segmenting from your prompts failed:\npoint 1 ") and "outside" in messages[0][1]
@@ -975,6 +1033,82 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         assert messages == [] and widget.ui.caseLabel.text == f"Case {case_id}: found no liver from these prompts: ..."
         assert np.array_equal(segment("liver"), liver_segment)
         del widget.logic.client.prompt_segment  # the real request again
+
+        def answered(before_mask, name):
+            """The last prompt answer, and that segment ``name`` is what it says (minus the other segments)."""
+            mask = np.asarray(nib.load(os.path.join(widget.logic.folder, "prompt.nii.gz")).dataobj) > 0
+            others = np.zeros(mask.shape, bool)
+            for other in widget.logic.structures():
+                if other != name:
+                    others |= segment(other) > 0
+            assert np.array_equal(segment(name) > 0, (mask & ~others) if mask.any() else before_mask), name
+            return mask
+
+        # A lasso on the liver's middle slice, then a 2D box on it, each through the real server.
+        k = int(np.median(liver[:, 2]))
+        on_slice = liver[liver[:, 2] == k]
+        (i0, j0), (i1, j1) = on_slice[:, :2].min(axis=0), on_slice[:, :2].max(axis=0)
+        for i, j in ((i0, j0), (i1, j0), (i1, j1), (i0, j1)):
+            widget.ui.lassoPlaceWidget.currentNode().AddControlPoint(ras([i, j, k]))
+        before = segment("liver") > 0
+        click(env, widget, "promptButton")
+        assert messages == []
+        answered(before, "liver")
+        click(env, widget, "clearPromptsButton")
+        roi.SetCenterWorld(ras([(i0 + i1) / 2, (j0 + j1) / 2, k]))
+        roi.SetSize(np.abs(np.array(ras([i1, j1, k + 3])) - np.array(ras([i0, j0, k - 3]))))
+        click(env, widget, "box2DCheckBox")
+        before = segment("liver") > 0
+        click(env, widget, "promptButton")
+        assert messages == []
+        answered(before, "liver")
+        click(env, widget, "box2DCheckBox")
+        click(env, widget, "clearPromptsButton")
+
+        # Painted scribbles (what Paint leaves in the scribble segments) go as the server's scribble mask.
+        click(env, widget, "paintScribbleButton")
+        scribbles = widget.logic.scribbles_node
+        stroke = np.zeros(image.shape[::-1], bool)  # [k, j, i]
+        stroke[k, on_slice[:, 1], on_slice[:, 0]] = True
+        widget.logic._set_segment("foreground scribbles", stroke, scribbles)
+        before = segment("liver") > 0
+        click(env, widget, "promptButton")
+        assert messages == []
+        answered(before, "liver")
+        click(env, widget, "clearPromptsButton")
+
+        # Undo and redo of the last answer.
+        after = segment("liver").copy()
+        click(env, widget, "undoButton")
+        assert np.array_equal(segment("liver") > 0, before) and raw(env, widget, "redoButton").isEnabled()
+        click(env, widget, "redoButton")
+        assert np.array_equal(segment("liver"), after)
+
+        # Segment any structure: a new segment, a click with no label; the others keep their voxels.
+        spleen = np.argwhere(truth(case_id) == DEFAULT_LABELS["spleen"])
+        click(env, widget, "newStructureButton")
+        assert widget.ui.labelComboBox.currentText == "Structure 1"
+        widget.ui.foregroundPlaceWidget.currentNode().AddControlPoint(ras(spleen[len(spleen) // 2].tolist()))
+        kept = {name: segment(name).copy() for name in DEFAULT_LABELS}
+        click(env, widget, "promptButton")
+        assert messages == []
+        answered(np.zeros(image.shape, bool), "Structure 1")
+        for name in DEFAULT_LABELS:
+            assert np.array_equal(segment(name), kept[name]), name
+        # It has no label on this server: it must be renamed or deleted before submitting.
+        click(env, widget, "submitButton")
+        assert len(messages) == 1 and "Structure 1 is not one of the server's labels" in messages[0][1]
+        messages.clear()
+        segmentation.RemoveSegment(segmentation.GetSegmentIdBySegmentName("Structure 1"))
+        click(env, widget, "clearPromptsButton")
+        choose(env, widget, "labelComboBox", "liver")
+        liver_segment = segment("liver").copy()
+
+        # Save the scene and load it again in the middle of the case: the case goes on where it was.
+        slicer.mrmlScene.save_and_reload()
+        assert widget.logic.case.image_id == case_id and widget.ui.caseLabel.text == f"Case {case_id} (from the loaded scene)"
+        volume, segmentation = widget.logic.volume_node, widget.logic.segmentation_node.GetSegmentation()
+        assert np.array_equal(segment("liver"), liver_segment)
 
         # Segment Editor on this case.
         click(env, widget, "segmentEditorButton")
@@ -1000,6 +1134,19 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         assert np.allclose(label.affine, image.affine, atol=1e-4)
         assert widget.logic.case is None
         assert enabled(env, widget, ["nextCaseButton", *CASE_BUTTONS]) == {"nextCaseButton": True, **dict.fromkeys(CASE_BUTTONS, False)}
+
+        # Re-open the submitted case for review; close the scene in the middle; open it again and submit the review.
+        type_into(env, widget, "openCaseLineEdit", case_id)
+        click(env, widget, "openCaseButton")
+        assert messages == [] and widget.ui.caseLabel.text == f"Case {case_id}: its final label, for review"
+        volume = widget.logic.volume_node
+        assert np.array_equal(np.stack([segment(n) > 0 for n in DEFAULT_LABELS]), np.stack([expected == i for i in DEFAULT_LABELS.values()]))
+        slicer.mrmlScene.Clear(0)  # File > Close Scene
+        assert widget.logic.case is None and enabled(env, widget, CASE_BUTTONS) == dict.fromkeys(CASE_BUTTONS, False)
+        click(env, widget, "openCaseButton")
+        volume, segmentation = widget.logic.volume_node, widget.logic.segmentation_node.GetSegmentation()
+        click(env, widget, "submitButton")
+        assert messages == [] and client.label_info(case_id)["tool"] == "SegLoop Slicer module (review)"
 
         # Training and campaign panels (refreshed by the submission), as the server has them.
         status = client.model_status("segmentation")
@@ -1030,10 +1177,31 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
 
         assert sorted(filter(None, map(annotator, {"case_003", "case_004", "case_005"} - {case_id}))) == ["slicer-test"]
 
+        # A slow server: the panel's poll gives up and says so; a clinician's call waits and succeeds.
+        click(env, widget, "openCaseButton")
+        relay.delay = 1.5
+        widget.logic.status_client.http.timeout = 1  # the panel's poll gives up after STATUS_TIMEOUT_S (10 s): 1 s here
+        click(env, widget, "refreshButton")
+        assert widget.ui.trainingLabel.text == f"server: cannot reach {relay.url}: no answer within 1 s"
+        widget.ui.foregroundPlaceWidget.currentNode().AddControlPoint(ras(inside))
+        click(env, widget, "promptButton")
+        assert messages == []
+        relay.delay = 0
+        # The server goes away in the middle of a call: the reason, the case and its segments as they were.
+        relay.drop = True
+        kept = {name: segment(name).copy() for name in DEFAULT_LABELS}
+        click(env, widget, "promptButton")
+        assert len(messages) == 1 and messages[0][1].startswith(f"Segmenting from your prompts failed:\ncannot reach {relay.url}")
+        assert widget.logic.case.image_id == case_id and all(np.array_equal(segment(n), kept[n]) for n in DEFAULT_LABELS)
+        messages.clear()
+        relay.drop = False
+        click(env, widget, "promptButton")  # back: the same prompt works
+        assert messages == []
+
         # The server goes away: the training panel says so, nothing crashes.
         server.stop()
         click(env, widget, "refreshButton")
-        assert widget.ui.trainingLabel.text.startswith(f"server: cannot reach {server.url}: ")
+        assert widget.ui.trainingLabel.text.startswith(f"server: cannot reach {relay.url}: ")
         assert messages == []
 
 

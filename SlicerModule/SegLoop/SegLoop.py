@@ -30,6 +30,8 @@ from SegLoopLib.campaign import training_text
 from SegLoopLib.geometry import compose_label_map, flatten_box, lasso_on_one_slice, points_to_ijk, roi_to_box
 
 SETTINGS = "SegLoop"
+# SlicerModule/README.md where the repository is published (SEGLOOP_REPOSITORY in CMakeLists.txt)
+DOCUMENTATION_URL = "https://github.com/segloop/segloop/blob/main/SlicerModule/README.md"
 STATUS_TIMEOUT_S = 10  # the panel's 5 s status poll runs on the main thread: never wait long for it
 AUTO_PROMPT_PAUSE_MS = 300  # "segment on every placed point": the pause after the last placed point
 # The module's own prompt nodes: kind -> (markups class, node name, colour)
@@ -63,7 +65,8 @@ class SegLoop(ScriptedLoadableModule):
         self.parent.contributors = ["SegLoop team"]
         self.parent.helpText = (
             "Annotate a SegLoop campaign: get the next case, run the automatic model, correct with "
-            "clicks, a box or a label name and the Segment Editor, submit, and watch the model learn."
+            "clicks, a box, a lasso, scribbles or a label name and the Segment Editor, submit, and watch the model learn. "
+            f'See the <a href="{DOCUMENTATION_URL}">module documentation</a>.'
         )
         self.parent.acknowledgementText = "Built on MONAI Label and MONAI."
 

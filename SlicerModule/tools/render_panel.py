@@ -21,13 +21,12 @@ STAND_INS = {
     "ctkCollapsibleButton": "QGroupBox",
     "qMRMLWidget": "QWidget",
     "qSlicerMarkupsPlaceWidget": "QPushButton",
-    "qMRMLNodeComboBox": "QComboBox",
 }
 EXAMPLE = {
     "serverUrlLineEdit": "http://127.0.0.1:8000", "annotatorLineEdit": "dr_a",
     "strategyComboBox": ["hybrid", "entropy", "epistemic", "diversity", "random", "first"],
     "autoModelComboBox": ["segmentation"], "promptModelComboBox": ["prompt"],
-    "labelComboBox": ["liver", "spleen", "kidney", "tumor"], "boxPlaceWidget": ["(no box)"],
+    "labelComboBox": ["liver", "spleen", "kidney", "tumor"],
     "statusLabel": "Connected to http://127.0.0.1:8000 as dr_a",
     "caseLabel": "Case case_006: proposal of version 3 (liver 0.93, spleen 0.88, kidney 0.90)",
     "versionLabel": "Serving version 3", "trainingProgressBar": 40,
@@ -65,7 +64,8 @@ def main(out: str) -> None:
             widget.setValue(value)
         elif widget is not None:
             widget.setText(value)
-    for name, text in (("foregroundPlaceWidget", "Place foreground points"), ("backgroundPlaceWidget", "Place background points")):
+    for name, text in (("foregroundPlaceWidget", "Place include points (2 placed)"), ("backgroundPlaceWidget", "Place exclude points"),
+                       ("boxPlaceWidget", "Place the box"), ("lassoPlaceWidget", "Draw the lasso")):
         panel.findChild(QPushButton, name).setText(text)
     panel.resize(430, panel.sizeHint().height())
     panel.grab().save(out)

@@ -277,6 +277,9 @@ class vtkSegmentation(_MainThreadOnly):
         self._segments[segment_id] = vtkSegment(segmentName or segment_id, color if color is not None else (0.5, 0.5, 0.5))
         return segment_id
 
+    def RemoveSegment(self, segment_id):
+        self._segments.pop(segment_id, None)
+
     def GetSegmentIdBySegmentName(self, name):
         """As in Slicer: names compare case-insensitively; "" when there is none."""
         return next((i for i, s in self._segments.items() if s.GetName().lower() == name.lower()), "")
