@@ -133,16 +133,13 @@ def test_live_loop(studies, sample_root, tmp_path):
         assert requests.post(f"{url}/segloop/models/segmentation/rollback", json={"version": 99}).status_code == 404
         assert client.info()["segloop"]["segmentation"]["serving_version"] == 2
 
-    # Restart: the promoted (here: rolled-back) version serves again; nothing retrains by itself.
-    with running_server(studies, conf=CONF, log_path=log + ".2") as server:
-        url = server.url
-        assert model_state(url)["serving_version"] == 2
-        assert infer_version(url) == 2
-        # A run cut short by a stop is discarded cleanly at the next start.
+        # A run cut short by the server's stop ...
         requests.post(f"{url}/train/segmentation", json={"max_seconds": 300, "max_epochs": 1000})
         wait_until(lambda: model_state(url)["training_run"], every=0.5, what="manual run to start")
 
-    with running_server(studies, conf=CONF, log_path=log + ".3") as server:
+    # ... is discarded cleanly at the next start; the promoted (here: rolled-back) version serves
+    # again; nothing retrains by itself.
+    with running_server(studies, conf=CONF, log_path=log + ".2") as server:
         state = model_state(server.url)
         assert state["training_run"] is None and state["serving_version"] == 2
         assert state["events"][-1]["event"] == "interrupted"
