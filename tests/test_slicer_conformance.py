@@ -113,7 +113,10 @@ def test_the_module_calls_only_names_that_slicer_qt_vtk_or_segloop_define():
 
 
 @pytest.mark.parametrize("name", ["GetNthControlPointPositionStatus", "GetRASBounds", "GetTransformBetweenNodes",
-                                  "StartCloseEvent", "updateSegmentBinaryLabelmapFromArray", "loadLabelVolume"])
+                                  "StartCloseEvent", "updateSegmentBinaryLabelmapFromArray", "loadLabelVolume",
+                                  "SetParameter", "GetNodeReference", "getParameterNode", "EndImportEvent", "StartSaveEvent",
+                                  "StartModify", "ForcePlaceMultipleMarkups", "setPlaceModeEnabled", "setActiveEffectByName",
+                                  "setCurrentSegmentID", "RemoveSegment", "hasObserver"])
 def test_the_list_holds_what_the_module_relies_on(name):
     assert name in slicer_names()
 

@@ -170,6 +170,9 @@ def test_every_module_action_against_a_real_server(slicer_studies, sample_root, 
         info = client.info()
         assert client.models_of(info, AUTOMATIC) == ["segmentation"] and client.models_of(info, PROMPT) == ["prompt"]
         assert client.labels_of(info) == DEFAULT_LABELS
+        # The prompt model lists the request forms it takes, so the module enables just those tools.
+        assert set(client.prompt_forms_of(info, "prompt")) == {
+            "points", "box", "box_2d", "lasso", "scribbles", "scribbles_mask", "label_map", "text", "no_label"}
         assert {"random", "hybrid", "entropy", "diversity"} <= set(client.strategies_of(info))
         wait_for(lambda: all(client.model_status(m)["serving_version"] for m in ("segmentation", "prompt")),
                  600, 2.0, "both models to serve")

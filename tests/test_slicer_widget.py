@@ -422,6 +422,8 @@ def offline(env, make_widget):
     widget = make_widget()
     widget.logic.client = widget.logic.status_client = server = OfflineServer(env.SegLoopError)
     widget.logic.labels = {"liver": 1, "spleen": 2}
+    widget.logic.info = {"models": {"prompt": {"type": "deepgrow", "prompts": ["points", "box", "box_2d", "lasso", "scribbles_mask", "no_label"]}}}
+    raw(env, widget, "promptModelComboBox").addItem("prompt")
     for name in widget.logic.labels:  # as onConnect fills it
         raw(env, widget, "labelComboBox").addItem(name)
     widget.logic.annotator = "dr_o"
@@ -629,6 +631,16 @@ def test_closing_the_scene_drops_the_case_and_gives_the_place_widgets_new_point_
     points.AddControlPoint([3.0, 3.0, 3.0])
     widget.logic.prompt_segment("prompt", "liver")
     assert server.prompts["foreground"] == [[2, 2, 2]]
+
+
+def test_only_the_prompt_tools_the_servers_model_takes_are_enabled(env, offline):
+    widget, server = offline
+    tools = ("boxPlaceWidget", "box2DCheckBox", "lassoPlaceWidget", "paintScribbleButton", "newStructureButton")
+    assert enabled(env, widget, tools) == dict.fromkeys(tools, True)
+    widget.logic.info = {"models": {"prompt": {"type": "deepgrow"}}}  # a server that lists no forms: MONAI Label's DeepGrow
+    widget.updateButtons()
+    assert enabled(env, widget, tools) == {**dict.fromkeys(tools, False), "boxPlaceWidget": True}
+    assert env.SegLoopClient.prompt_forms_of(widget.logic.info, "prompt") == ["points", "box", "text"]
 
 
 def test_a_new_structure_is_segmented_without_a_label_and_never_takes_another_segments_voxels(env, offline):
@@ -891,8 +903,8 @@ class Relay:
 
 # -- slow: the widget against a real server ------------------------------------------------------
 # Both models serve version 1 from the shared trained campaign (conftest.slicer_template); the
-# submission (1 new label, retrain_every 3) retrains nothing.
-CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "retrain_every": "3", "promotion_tolerance": "1.0"}
+# submissions (a case, its review, SegLoopTest's case: 3 labels, retrain_every 10) retrain nothing.
+CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "retrain_every": "10", "promotion_tolerance": "1.0"}
 
 
 @pytest.mark.slow
@@ -946,6 +958,8 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         names = [segmentation.GetSegment(segmentation.GetNthSegmentID(i)).GetName() for i in range(segmentation.GetNumberOfSegments())]
         assert names == list(DEFAULT_LABELS)
         assert enabled(env, widget, CASE_BUTTONS) == dict.fromkeys(CASE_BUTTONS, True)
+        tools = ("boxPlaceWidget", "box2DCheckBox", "lassoPlaceWidget", "paintScribbleButton", "newStructureButton")
+        assert enabled(env, widget, tools) == dict.fromkeys(tools, True)  # the server's prompt model takes them all
 
         def segment(name):  # [i, j, k] like the files
             segment_id = segmentation.GetSegmentIdBySegmentName(name)
@@ -1042,7 +1056,11 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
                 if other != name:
                     others |= segment(other) > 0
             assert np.array_equal(segment(name) > 0, (mask & ~others) if mask.any() else before_mask), name
+            if mask.any():
+                undone[name] = before_mask  # what Undo brings back
             return mask
+
+        undone = {}
 
         # A lasso on the liver's middle slice, then a 2D box on it, each through the real server.
         k = int(np.median(liver[:, 2]))
@@ -1077,12 +1095,34 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         answered(before, "liver")
         click(env, widget, "clearPromptsButton")
 
-        # Undo and redo of the last answer.
-        after = segment("liver").copy()
-        click(env, widget, "undoButton")
-        assert np.array_equal(segment("liver") > 0, before) and raw(env, widget, "redoButton").isEnabled()
-        click(env, widget, "redoButton")
-        assert np.array_equal(segment("liver"), after)
+        # Exclude points by the toggle; "segment on every placed point" sends one request by itself.
+        click(env, widget, "polarityButton")
+        click(env, widget, "placePointButton")
+        assert widget.ui.backgroundPlaceWidget.placeModeEnabled() and widget.ui.polarityButton.text.startswith("Clicks exclude")
+        click(env, widget, "autoPromptCheckBox")
+        answer_file = os.path.join(widget.logic.folder, "prompt.nii.gz")
+        written = os.path.getmtime(answer_file)
+        before = segment("liver") > 0
+        widget.ui.foregroundPlaceWidget.currentNode().AddControlPoint(ras(inside))
+        widget.ui.backgroundPlaceWidget.currentNode().AddControlPoint(ras([1, 1, k]))
+        deadline = time.time() + 120
+        while os.path.getmtime(answer_file) == written and time.time() < deadline:
+            env.QCoreApplication.processEvents()
+            time.sleep(0.05)
+        assert os.path.getmtime(answer_file) > written and messages == []
+        assert widget.logic._points("background") == [[1, 1, k]]
+        answered(before, "liver")
+        click(env, widget, "autoPromptCheckBox")
+        click(env, widget, "polarityButton")
+        click(env, widget, "clearPromptsButton")
+
+        # Undo and redo of the last answer (the model has trained for seconds: some answers may be empty).
+        if "liver" in undone:
+            after = segment("liver").copy()
+            click(env, widget, "undoButton")
+            assert np.array_equal(segment("liver") > 0, undone["liver"]) and raw(env, widget, "redoButton").isEnabled()
+            click(env, widget, "redoButton")
+            assert np.array_equal(segment("liver"), after)
 
         # Segment any structure: a new segment, a click with no label; the others keep their voxels.
         spleen = np.argwhere(truth(case_id) == DEFAULT_LABELS["spleen"])

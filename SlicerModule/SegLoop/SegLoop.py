@@ -151,6 +151,7 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             check_box.toggled.connect(self.updateParameterNodeFromGUI)
         self.ui.textLineEdit.textChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.labelComboBox.currentTextChanged.connect(self.updateButtons)
+        self.ui.promptModelComboBox.currentTextChanged.connect(self.updateButtons)
 
         # Keys while the module is shown (enter / exit). Slice views use t, b, f, g, r, v; the Segment
         # Editor digits, space, z, y, i: these avoid them. Ctrl+Z / Ctrl+Y are the platform's undo / redo.
@@ -192,7 +193,7 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameter_node is not None:
             self.addObserver(parameter_node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self.updateGUIFromParameterNode()
-        self.updateParameterNodeFromGUI()  # what the node did not have, from the panel
+        self.updateParameterNodeFromGUI(only_missing=True)  # what the node did not have, from the panel
 
     def updateGUIFromParameterNode(self, caller=None, event=None):
         if self._parameterNode is None or self._updatingGUIFromParameterNode:
@@ -213,18 +214,34 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._updatingGUIFromParameterNode = False
 
-    def updateParameterNodeFromGUI(self, *args):
+    def updateParameterNodeFromGUI(self, *args, only_missing=False):
         if self._parameterNode is None or self._updatingGUIFromParameterNode:
             return
-        was_modified = self._parameterNode.StartModify()  # one Modified event for all of them
-        for combo, name in GUI_COMBOS:
-            text = getattr(self.ui, combo).currentText
-            if text:  # an empty combo (not connected yet) keeps the saved choice
-                self._parameterNode.SetParameter(name, text)
-        for check_box, name in GUI_CHECKS:
-            self._parameterNode.SetParameter(name, "true" if getattr(self.ui, check_box).checked else "false")
-        self._parameterNode.SetParameter("Text", self.ui.textLineEdit.text)
-        self._parameterNode.EndModify(was_modified)
+        node = self._parameterNode
+        values = [(name, getattr(self.ui, combo).currentText) for combo, name in GUI_COMBOS]
+        values += [(name, "true" if getattr(self.ui, check_box).checked else "false") for check_box, name in GUI_CHECKS]
+        values.append(("Text", self.ui.textLineEdit.text))
+        was_modified = node.StartModify()  # one Modified event for all of them
+        for name, value in values:
+            # an empty combo (not connected yet) keeps the saved choice; a new scene's node takes the panel's
+            if (value or name == "Text") and not (only_missing and node.GetParameter(name)):
+                node.SetParameter(name, value)
+        node.EndModify(was_modified)
+
+    def fillCombo(self, combo, items, select=None):
+        """Replace ``combo``'s items, selecting ``select`` (else keeping the current choice) where
+        listed. Filling is not a choice: the parameter node keeps what it has."""
+        current = select or combo.currentText
+        self._updatingGUIFromParameterNode = True
+        try:
+            combo.clear()
+            for item in items:
+                combo.addItem(item)
+            index = combo.findText(current) if current else -1
+            if index >= 0:
+                combo.currentIndex = index
+        finally:
+            self._updatingGUIFromParameterNode = False
 
     def bindPromptNodes(self):
         """The place widgets on the module's prompt nodes, observed for "segment on every placed point"."""
@@ -310,23 +327,26 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self, *args):
         connected, has_case = self.logic.client is not None, self.logic.case is not None
         self.ui.nextCaseButton.enabled = self.ui.openCaseButton.enabled = connected
-        for button in (self.ui.autoSegmentButton, self.ui.promptButton, self.ui.submitButton, self.ui.segmentEditorButton,
-                       self.ui.newStructureButton, self.ui.paintScribbleButton):
+        for button in (self.ui.autoSegmentButton, self.ui.promptButton, self.ui.submitButton, self.ui.segmentEditorButton):
             button.enabled = connected and has_case
+        # Only the prompt tools the server's prompt model takes (its /info)
+        forms = set(SegLoopClient.prompt_forms_of(self.logic.info, self.ui.promptModelComboBox.currentText)) if connected else set()
+        for control, form in ((self.ui.boxPlaceWidget, "box"), (self.ui.box2DCheckBox, "box_2d"), (self.ui.lassoPlaceWidget, "lasso"),
+                              (self.ui.paintScribbleButton, "scribbles_mask"), (self.ui.newStructureButton, "no_label")):
+            control.enabled = has_case and form in forms
         label = self.ui.labelComboBox.currentText
         self.ui.undoButton.enabled = has_case and self.logic.can_undo(label)
         self.ui.redoButton.enabled = has_case and self.logic.can_redo(label)
         self.ui.uncertaintyCheckBox.enabled = self.logic.uncertainty_node is not None
 
     def fillStructures(self, select=None):
-        """The structure list: the server's labels, then the case's own added structures."""
-        combo, current = self.ui.labelComboBox, select or self.ui.labelComboBox.currentText
-        combo.clear()
-        for name in self.logic.structures():
-            combo.addItem(name)
-        index = combo.findText(current) if current else -1
-        if index >= 0:
-            combo.currentIndex = index
+        """The structure list: the server's labels, then the case's own added structures; then the
+        choice saved in the parameter node, or ``select`` (a structure just added)."""
+        self.fillCombo(self.ui.labelComboBox, self.logic.structures(), select)
+        if select:
+            self.updateParameterNodeFromGUI()
+        else:
+            self.updateGUIFromParameterNode()
 
     def caseChanged(self, case, how):
         if case:
@@ -360,15 +380,11 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         url = self.logic.client.url
         settings.setValue(f"{SETTINGS}/serverUrl", url)
         settings.setValue(f"{SETTINGS}/annotator", annotator)
-        fill = lambda combo, items: (combo.clear(), [combo.addItem(i) for i in items])  # noqa: E731
-        fill(self.ui.strategyComboBox, SegLoopClient.strategies_of(info))
-        fill(self.ui.autoModelComboBox, SegLoopClient.models_of(info, AUTOMATIC))
-        fill(self.ui.promptModelComboBox, SegLoopClient.models_of(info, PROMPT))
-        self.fillStructures()
-        index = self.ui.strategyComboBox.findText("hybrid")
-        if index >= 0 and not (self._parameterNode and self._parameterNode.GetParameter("Strategy")):
-            self.ui.strategyComboBox.currentIndex = index
-        self.updateGUIFromParameterNode()  # the choices saved with the scene, where the server offers them
+        self.fillCombo(self.ui.strategyComboBox, SegLoopClient.strategies_of(info), select="hybrid")
+        self.fillCombo(self.ui.autoModelComboBox, SegLoopClient.models_of(info, AUTOMATIC))
+        self.fillCombo(self.ui.promptModelComboBox, SegLoopClient.models_of(info, PROMPT))
+        self.fillStructures()  # and the choices saved with the scene, where the server offers them
+        self.updateParameterNodeFromGUI(only_missing=True)
         self.ui.statusLabel.text = f"Connected to {url} as {annotator}" + (" (logged in)" if self.logic.client.http.token else "")
         self.timer.start()
         self.onRefresh()
@@ -516,6 +532,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.client = None
         self.status_client = None
+        self.info = {}  # the server's /info at connect
         self.annotator = ""
         self.labels = {}
         self.case = None
@@ -548,7 +565,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             return client.info()
 
         info = self.server(handshake)
-        self.client, self.annotator, self.labels = client, annotator, SegLoopClient.labels_of(info)
+        self.client, self.annotator, self.labels, self.info = client, annotator, SegLoopClient.labels_of(info), info
         self.status_client = client.with_timeout(STATUS_TIMEOUT_S)
         return info
 

@@ -54,6 +54,14 @@ class SegLoopClient:
         return sorted(name for name, model in info.get("models", {}).items() if model.get("type") == kind)
 
     @staticmethod
+    def prompt_forms_of(info: Dict[str, Any], model: str) -> List[str]:
+        """The request forms prompt model ``model`` takes (its ``/info`` ``prompts``: points, box,
+        box_2d, lasso, scribbles, scribbles_mask, label_map, text, no_label). A server that does
+        not list them gets what MONAI Label's DeepGrow takes: points, a box, a label."""
+        forms = (info.get("models", {}).get(model) or {}).get("prompts")
+        return list(forms) if isinstance(forms, list) else ["points", "box", "text"]
+
+    @staticmethod
     def labels_of(info: Dict[str, Any]) -> Dict[str, int]:
         """The server's labels, name -> storage index, ascending; "background" (index 0) is not a
         segment to draw: it is left out."""

@@ -22,7 +22,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import nibabel as nib
 import numpy as np
@@ -35,7 +35,7 @@ from segloop.errors import bad_request, unprocessable
 from segloop.infers.segmentation import SegmentationInfer
 from segloop.networks.prompt import PromptPreset
 from segloop.prompts.memory import ClickMemory
-from segloop.prompts.request import parse_prompt, scribble_mask_clicks
+from segloop.prompts.request import PROMPT_FORMS, parse_prompt, scribble_mask_clicks
 from segloop.prompts.text import LabelMatcher
 from segloop.prompts.zoom import ZoomOutZoomIn
 from segloop.transforms import DEFAULT_HU_WINDOW
@@ -76,6 +76,10 @@ class PromptInfer(SegmentationInfer):
         self.matcher = matcher
         self.memory = ClickMemory()
         self.amp = amp  # precision of the zoom passes (networks/precision.py)
+
+    def info(self) -> Dict[str, Any]:
+        """MONAI Label's model info plus ``prompts``: the request forms this model takes."""
+        return dict(super().info(), prompts=list(PROMPT_FORMS))
 
     def _not_trained_message(self) -> str:
         return (

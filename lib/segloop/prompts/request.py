@@ -42,6 +42,9 @@ from segloop.errors import bad_request, unprocessable
 from segloop.prompts.encoding import Point, Prompt
 from segloop.prompts.text import LabelMatcher
 
+# The forms above, as the prompt model's ``/info`` lists them (``prompts``), so that a client enables
+# only the tools this server takes; ``no_label``: clicks alone segment whatever they point at.
+PROMPT_FORMS = ("points", "box", "box_2d", "lasso", "scribbles", "scribbles_mask", "label_map", "text", "no_label")
 MAX_POINTS = 100  # per list; more is a client bug, not an annotation
 MAX_SCRIBBLE_CLICKS = 48  # clicks a scribble list becomes, after sampling its lines
 MAX_LASSO_VERTICES = 2000  # a hand-traced outline, a vertex per mouse event
