@@ -1,7 +1,14 @@
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 
 import pytest
+
+import pretrain
 
 from segloop.data.sample import write_sample_data
 
@@ -48,23 +55,63 @@ def slicer_studies(slicer_template, tmp_path_factory):
     return path
 
 
-LEARNING_EPOCHS = 48  # 8 cases an epoch: 384 iterations of the unetr_cpu preset
 LEARNING_HELD_OUT = ("case_008", "case_009", "case_010", "case_011")
+
+# fixture name -> the model it waits for (tests/pretrain.py)
+PRETRAINED = {"trained_segmentation": "segmentation", "trained": "prompt"}
+_background = {}  # kind -> (process, root)
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: only what the selected tests need
+def pytest_collection_modifyitems(session, config, items):
+    """Start the background training runs the selected tests need, and run those tests last."""
+    needed = {kind for item in items for name, kind in PRETRAINED.items() if name in item.fixturenames}
+    if not needed or config.getoption("collectonly"):
+        return
+    items.sort(key=lambda item: any(name in item.fixturenames for name in PRETRAINED))  # stable: file order otherwise
+    for kind in sorted(needed):
+        root = tempfile.mkdtemp(prefix=f"segloop-pretrain-{kind}-")
+        log = open(os.path.join(root, "pretrain.log"), "w")
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(os.path.dirname(__file__), "pretrain.py"), kind, root],
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(19),
+        )
+        _background[kind] = (process, root)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for process, root in _background.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pretrained(kind, tmp_path_factory):
+    """``{"root", "run"}`` of model ``kind`` (tests/pretrain.py): the background run's, waited for
+    (the tests that do not need it have run: it has the CPU to itself), else trained here."""
+    if kind in _background:
+        process, root = _background[kind]
+        others = [p for k, (p, _) in _background.items() if k != kind and p.poll() is None]
+        for other in others:  # paused while this one is awaited: it gets both cores
+            other.send_signal(signal.SIGSTOP)
+        try:
+            status = process.wait()
+        finally:
+            for other in others:
+                other.send_signal(signal.SIGCONT)
+        if status == 0 and os.path.isfile(os.path.join(root, pretrain.RESULT)):
+            with open(os.path.join(root, pretrain.RESULT)) as f:
+                return {"root": root, "run": json.load(f)}
+        with open(os.path.join(root, "pretrain.log")) as f:
+            print(f"background {kind} training failed (exit {process.returncode}), training here:\n{f.read()[-2000:]}")
+    root = str(tmp_path_factory.mktemp(f"pretrain_{kind}"))
+    return {"root": root, "run": pretrain.KINDS[kind](root)}
 
 
 @pytest.fixture(scope="session")
 def trained_segmentation(tmp_path_factory):
-    """The default automatic model trained in-process for LEARNING_EPOCHS on 8 labelled cases
-    (seed 7, case_000..case_007); case_008..case_011 are held out (ground truth only).
-    Shared by the learning test and the promotion test; tests that change it work on a copy."""
-    from monai.utils import set_determinism
-
-    from segloop_bench.training import train
-
-    root = str(tmp_path_factory.mktemp("learning"))
-    write_sample_data(root, cases=12, seed=7, labelled=8, progress=None)
-    # The run's seed covers training, not the initial weights, which the config draws when it builds
-    # the network: without this they depend on every test that ran before.
-    set_determinism(seed=0)
-    run = train(f"{root}/studies", {"max_epochs": LEARNING_EPOCHS, "val_split": 0.0, "seed": 0})
-    return {"root": root, "run": run}
+    """The default automatic model trained for LEARNING_EPOCHS on 8 labelled cases (seed 7,
+    case_000..case_007); case_008..case_011 are held out (ground truth only). Shared by the
+    learning, promotion, crash-safety and adversarial tests; tests that change it work on a copy."""
+    return pretrained("segmentation", tmp_path_factory)

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from conftest import LEARNING_EPOCHS, LEARNING_HELD_OUT
+from conftest import LEARNING_HELD_OUT
+from pretrain import LEARNING_EPOCHS
 from segloop.data.sample import write_sample_data
 from segloop.labels import DEFAULT_LABELS
 from segloop_bench.baselines import hu_ranges, hu_threshold_dice, mean_label_dice

@@ -14,7 +14,6 @@ import pytest
 import requests
 
 from segloop.data.phantom import NOVEL_STRUCTURES
-from segloop.data.sample import write_sample_data
 from segloop.labels import DEFAULT_LABELS
 from segloop.metrics.dice import dice
 from segloop.prompts.click_protocol import class_indices, click_session, load_case
@@ -24,9 +23,10 @@ from segloop.prompts.simulation import largest_component, next_click, region_cen
 from segloop_bench.interactive import build_pipeline, run as evaluate_interactive, write_report
 from segloop_bench.server import running_server, wait_for
 
+from conftest import pretrained
+
 pytestmark = pytest.mark.slow
 
-TRAIN_STEPS = 296  # the one training run the tests below share: about 180 s with bfloat16 on 2 threads
 HELD_OUT = ["case_008", "case_009"]
 
 
@@ -42,19 +42,11 @@ def upstream_slicer_client():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from monai.utils import set_determinism
-
-    from segloop_bench.training import train
-
-    root = str(tmp_path_factory.mktemp("prompt"))
-    write_sample_data(root, cases=10, seed=7, labelled=8, progress=None)
-    # A step budget and seeded initial weights, not a time budget: the same model on every run of a
-    # CPU type. Under a 180 s budget, four runs gave three-click Dice 0.64-0.75 and failed the bars.
-    set_determinism(seed=0)
-    request = {"max_epochs": 100000, "max_iterations": TRAIN_STEPS, "max_seconds": 1200, "val_split": 0.0, "seed": 0}
-    run = train(f"{root}/studies", request, name="prompt")
-    print(f"\nprompt model: {run['stats']['current_iteration']} iterations in {run['seconds']} s")
-    return root
+    """The prompt model trained for PROMPT_TRAIN_STEPS on 8 labelled cases (tests/pretrain.py; a
+    background run started at collection); case_008 and case_009 are held out."""
+    trained = pretrained("prompt", tmp_path_factory)
+    print(f"\nprompt model: {trained['run']['stats']['current_iteration']} iterations in {trained['run']['seconds']} s")
+    return trained["root"]
 
 
 def truth_of(root, case_id):
@@ -93,7 +85,7 @@ def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained, capsys,
         print(f"\nmean organ Dice on {HELD_OUT}: " + ", ".join(f"{k} {v:.3f}" for k, v in arms.items())
               + f"; baselines {json.dumps(baselines)}; label only per organ "
               + json.dumps({o: rows[o]["label_only_dice"] for o in ORGANS}))
-    # The tests train the prompt model for TRAIN_STEPS (the benchmark trains 30 minutes). At that
+    # The tests train the prompt model for PROMPT_TRAIN_STEPS (the benchmark trains 30 minutes). At that
     # budget three clicks with the label beat a ball at the first click, and a box beats the box.
     assert arms["label_and_clicks@3"] > baselines["ball"] + MARGIN, (arms, baselines)
     assert arms["box_only"] > baselines["box_fill"] + BOX_MARGIN, (arms, baselines)
@@ -113,7 +105,7 @@ def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained, capsys,
         # (per case: each placed phrase's Dice is the label prompt's on that case)
         mean_placed = float(np.mean([t["dice"] for t in placed]))
         assert mean_placed == pytest.approx(rows[organ]["label_only_dice"], abs=1e-3), (organ, phrases)
-    # The label prompt alone is not asserted against the mean label: at TRAIN_STEPS it does not beat
+    # The label prompt alone is not asserted against the mean label: at PROMPT_TRAIN_STEPS it does not beat
     # it (label only 0.36-0.54 mean organ Dice in four runs against 0.51); the benchmark's 30-minute
     # model does (README, "The prompt model").
     paths = write_report(report, str(tmp_path))  # what `segloop-bench eval interactive` writes
@@ -122,7 +114,7 @@ def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained, capsys,
     assert written["labels"]["liver"]["clicks_only"] == json.loads(json.dumps(rows["liver"]["clicks_only"]))
     assert written["provenance"]["commit"] and written["provenance"]["baseline"].startswith("baseline_ball")
     # Structures nobody labelled (the generator's novel ground truth): clicks only, beside a ball of
-    # each structure's own volume. Reported, not asserted at TRAIN_STEPS (README, "The prompt model").
+    # each structure's own volume. Reported, not asserted at PROMPT_TRAIN_STEPS (README, "The prompt model").
     # SegFM3D's protocol (the box, then corrections; one here, five in the benchmark): Dice and NSD per step.
     segfm = written["labels"]["liver"]["box_then_clicks"]
     assert len(segfm["dice_after_box_and_clicks"]) == len(segfm["nsd_after_box_and_clicks"]) == 2
