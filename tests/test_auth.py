@@ -88,13 +88,27 @@ class Realm:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         der = self.key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         body = json.dumps({"realm": "segloop", "public_key": base64.b64encode(der).decode()}).encode()
+        realm = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200 if self.path == "/realms/segloop" else 404)
+            def answer(self, status, payload):
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(body if self.path == "/realms/segloop" else b"{}")
+                self.wfile.write(payload)
+
+            def do_GET(self):
+                if self.path == "/realms/segloop/.well-known/openid-configuration":
+                    token_endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/realms/segloop/token"
+                    return self.answer(200, json.dumps({"token_endpoint": token_endpoint}).encode())
+                self.answer(200 if self.path == "/realms/segloop" else 404, body if self.path == "/realms/segloop" else b"{}")
+
+            def do_POST(self):  # the password grant MONAI Label's /auth/token forwards: one user, dr_k / s3cret
+                form = dict(p.split("=", 1) for p in self.rfile.read(int(self.headers["Content-Length"])).decode().split("&"))
+                if self.path != "/realms/segloop/token" or (form.get("username"), form.get("password")) != ("dr_k", "s3cret"):
+                    return self.answer(401, b'{"error": "invalid_grant"}')
+                token = realm.token([ANNOTATOR], username="dr_k")
+                self.answer(200, json.dumps({"access_token": token, "token_type": "bearer"}).encode())
 
             def log_message(self, *args):
                 pass
@@ -196,3 +210,25 @@ def test_the_annotator_is_the_token_not_the_client_id(server, realm, sample_root
     assert r.status_code == 200, r.text
     info = call(server, "GET", "/datastore/label/info", token, params={"label": case, "tag": "final"}).json()
     assert info["user"] == "dr_a"
+
+
+def test_the_slicer_modules_client_logs_in_through_the_server(server, realm):
+    """SegLoopLib's login (the Slicer module's): the password goes to MONAI Label's /auth/token,
+    which asks the realm; the token that comes back opens the server; a wrong password opens nothing."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "SlicerModule", "SegLoop"))
+    from SegLoopLib import SegLoopClient, SegLoopError
+
+    client = SegLoopClient(server.url)
+    assert client.auth_enabled()
+    with pytest.raises(SegLoopError):
+        client.info()  # no token yet
+    client.login("dr_k", "s3cret")
+    assert client.http.token and client.info()["labels"]
+    assert jwt.decode(client.http.token, options={"verify_signature": False})["preferred_username"] == "dr_k"
+    other = SegLoopClient(server.url)
+    with pytest.raises(SegLoopError):
+        other.login("dr_k", "wrong")
+    assert other.http.token is None
+

@@ -42,8 +42,8 @@ def upstream_slicer_client():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The prompt model trained for PROMPT_TRAIN_STEPS on 8 labelled cases (tests/pretrain.py; a
-    background run started at collection); case_008 and case_009 are held out."""
+    """The prompt model trained for PROMPT_TRAIN_STEPS on 8 labelled cases (tests/pretrain.py), in
+    this process; case_008 and case_009 are held out."""
     trained = pretrained("prompt", tmp_path_factory)
     print(f"\nprompt model: {trained['run']['stats']['current_iteration']} iterations in {trained['run']['seconds']} s")
     return trained["root"]

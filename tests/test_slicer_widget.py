@@ -1135,7 +1135,12 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         answered(np.zeros(image.shape, bool), "Structure 1")
         for name in DEFAULT_LABELS:
             assert np.array_equal(segment(name), kept[name]), name
-        # It has no label on this server: it must be renamed or deleted before submitting.
+        # It has no label on this server: once it has voxels (the answer's, or a stroke of the
+        # Segment Editor's when the answer was empty), it must be renamed or deleted before submitting.
+        if not segment("Structure 1").any():
+            stroke = np.zeros(image.shape[::-1], bool)  # [k, j, i]: a voxel in the air in a corner, no segment's
+            stroke[k, 1, 1] = True
+            widget.logic._set_segment("Structure 1", stroke)
         click(env, widget, "submitButton")
         assert len(messages) == 1 and "Structure 1 is not one of the server's labels" in messages[0][1]
         messages.clear()
