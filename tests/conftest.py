@@ -77,6 +77,7 @@ def pytest_collection_modifyitems(session, config, items):
         process = subprocess.Popen(
             [sys.executable, os.path.join(os.path.dirname(__file__), "pretrain.py"), kind, root],
             stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(19),
+            env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"),  # idle threads sleep, as in SegLoop's own runs: no spinning beside the tests
         )
         _background[kind] = (process, root)
 

@@ -775,6 +775,8 @@ def test_a_login_token_is_kept_in_settings_never_the_password_and_a_refused_one_
             issued["count"] += 1
 
         def info(self):
+            if issued.get("down"):
+                raise env.SegLoopError(0, "cannot reach http://pacs.example:8000: no answer within 600 s")
             if self.http.token not in issued["valid"]:
                 raise env.SegLoopError(401, "Could not validate credentials")
             return {"labels": {"liver": 1}, "models": {}, "strategies": {"random": {}}}
@@ -796,6 +798,11 @@ def test_a_login_token_is_kept_in_settings_never_the_password_and_a_refused_one_
     second = make_widget()
     click(env, second, "connectButton")
     assert slicer.standin.messages == [] and second.logic.client.http.token == "token-0"
+    # The server unreachable: the reason, and the token kept (it was not refused).
+    issued["down"] = True
+    click(env, make_widget(), "connectButton")
+    assert "cannot reach" in slicer.standin.messages[-1][1] and env.QSettings().value(key) == "token-0"
+    issued["down"] = False
     # Revoked on the server: the reason, the token forgotten; the password works again.
     issued["valid"].clear()
     third = make_widget()

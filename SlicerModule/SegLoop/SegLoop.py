@@ -166,7 +166,7 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(5000)
         self.timer.timeout.connect(self.onRefresh)
-        self.busy = False
+        self.busy, self.lastError = False, None  # lastError: the last call's failure (its status for onConnect)
         # File > Close Scene removes every node, the case's and the prompt nodes the place widgets hold;
         # loading a scene brings back the case its parameter node names.
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -307,15 +307,17 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         thread behind a busy dialog called ``title``; the server's message in an error box on failure."""
         if self.busy:  # a second click while the busy dialog is not shown yet (its first 300 ms)
             return None
-        self.busy = True
+        self.busy, self.lastError = True, None
         polling = self.timer.isActive()
         self.timer.stop()  # the status poll would block the main thread beside the call
         self.logic.server = lambda f, *a, **k: run_with_progress(title, f, *a, **k)
         try:
             return function(*args, **kwargs)
         except (SegLoopError, ValueError) as e:
+            self.lastError = e
             slicer.util.errorDisplay(f"{title} failed:\n{e}")
         except Exception as e:
+            self.lastError = e
             logging.exception(title)
             slicer.util.errorDisplay(f"{title} failed unexpectedly:\n{e}")
         finally:
@@ -371,8 +373,8 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         token = settings.value(token_key, "") if not password else ""
         info = self.call("Connecting", self.logic.connect, url, annotator, password, token)
         if info is None:
-            if token:
-                settings.remove(token_key)  # refused: the next connect asks for the password
+            if token and getattr(self.lastError, "status", None) == 401:
+                settings.remove(token_key)  # refused (not merely unreachable): the next connect needs the password
             return
         self.ui.passwordLineEdit.text = ""  # the password is never kept; the server's token is
         if self.logic.client.http.token:
