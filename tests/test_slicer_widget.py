@@ -1069,24 +1069,25 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
 
         undone = {}
 
+        def prompt_and_check(name):
+            """Segment from the placed prompts through the panel; the answer must be what ``name`` shows."""
+            before = segment(name) > 0
+            click(env, widget, "promptButton")
+            assert messages == []
+            return answered(before, name)
+
         # A lasso on the liver's middle slice, then a 2D box on it, each through the real server.
         k = int(np.median(liver[:, 2]))
         on_slice = liver[liver[:, 2] == k]
         (i0, j0), (i1, j1) = on_slice[:, :2].min(axis=0), on_slice[:, :2].max(axis=0)
         for i, j in ((i0, j0), (i1, j0), (i1, j1), (i0, j1)):
             widget.ui.lassoPlaceWidget.currentNode().AddControlPoint(ras([i, j, k]))
-        before = segment("liver") > 0
-        click(env, widget, "promptButton")
-        assert messages == []
-        answered(before, "liver")
+        prompt_and_check("liver")
         click(env, widget, "clearPromptsButton")
         roi.SetCenterWorld(ras([(i0 + i1) / 2, (j0 + j1) / 2, k]))
         roi.SetSize(np.abs(np.array(ras([i1, j1, k + 3])) - np.array(ras([i0, j0, k - 3]))))
         click(env, widget, "box2DCheckBox")
-        before = segment("liver") > 0
-        click(env, widget, "promptButton")
-        assert messages == []
-        answered(before, "liver")
+        prompt_and_check("liver")
         click(env, widget, "box2DCheckBox")
         click(env, widget, "clearPromptsButton")
 
@@ -1096,10 +1097,7 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         stroke = np.zeros(image.shape[::-1], bool)  # [k, j, i]
         stroke[k, on_slice[:, 1], on_slice[:, 0]] = True
         widget.logic._set_segment("foreground scribbles", stroke, scribbles)
-        before = segment("liver") > 0
-        click(env, widget, "promptButton")
-        assert messages == []
-        answered(before, "liver")
+        prompt_and_check("liver")
         click(env, widget, "clearPromptsButton")
 
         # Exclude points by the toggle; "segment on every placed point" sends one request by itself.

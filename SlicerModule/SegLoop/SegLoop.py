@@ -630,8 +630,12 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         (structures the clinician added, which the server has no label for)."""
         names = list(self.labels)
         if self.segmentation_node is not None:
-            names += [name for name in self._segment_masks() if name not in self.labels]
+            names += [name for name in self._segment_names() if name not in self.labels]
         return names
+
+    def _segment_names(self, node=None):
+        segmentation = (node or self.segmentation_node).GetSegmentation()
+        return [segmentation.GetSegment(segmentation.GetNthSegmentID(i)).GetName() for i in range(segmentation.GetNumberOfSegments())]
 
     # -- the module's own prompt nodes -------------------------------------------------------------
     def prompt_node(self, kind):
@@ -752,7 +756,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
     def new_structure(self):
         """An empty segment for a structure the server has no label for ("Structure 1", "Structure 2",
         ...): prompts for it go without a label, and the model segments whatever they point at."""
-        taken, n = set(self._segment_masks()), 1
+        taken, n = set(self._segment_names()), 1
         while f"Structure {n}" in taken:
             n += 1
         name = f"Structure {n}"
