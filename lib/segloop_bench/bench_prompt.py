@@ -14,11 +14,16 @@ the training run) and ``interactive.png`` into ``--out``.
 """
 
 import argparse
+import json
 import os
 import tempfile
 
+from segloop.io import atomic_write_json, json_safe
+
 from segloop.data.sample import write_sample_data
 from segloop_bench.bench_latency import http_latency
+from segloop_bench.errors import HarnessError
+from segloop_bench.provenance import provenance
 from segloop_bench.prompt_seeds import main as summarize_seeds
 from segloop_bench.interactive import build_pipeline, held_out_cases, print_novel_summary, print_summary, run as evaluate, write_report
 from segloop_bench.training import train
@@ -40,23 +45,33 @@ def main(args) -> int:
                                     "work": os.path.join(args.work, f"seed{seed}") if args.work else ""})
         run_seed(one)
         folders.append(one.out)
+    if args.train_only:
+        return 0
     return summarize_seeds(argparse.Namespace(runs=folders, out=args.out))
+
+
+TRAINING_RECORD = "training.json"  # in the work folder: the training run, for a later evaluation
 
 
 def run_seed(args) -> int:
     work = args.work or tempfile.mkdtemp(prefix="segloop-bench-prompt-")
     studies, truth = os.path.join(work, "studies"), os.path.join(work, "ground_truth")
-    print(f"Generating {args.train_cases} labelled + {args.held_out} held-out cases in {work} ...", flush=True)
-    write_sample_data(work, cases=args.train_cases, seed=303, labelled=args.train_cases, progress=None)
-    write_sample_data(
-        work, cases=args.held_out, seed=304, progress=None, shape=HELD_OUT_SHAPE, spacing=HELD_OUT_SPACING,
-        first_index=args.train_cases,
-    )
-    print(f"Training the prompt model for {args.train_minutes:g} min ...", flush=True)
     conf = dict(kv.split("=", 1) for kv in args.conf)
-    request = {"max_epochs": args.train_epochs or 100000, "max_seconds": args.train_minutes * 60, "val_split": 0.0}
-    request.update({"seed": args.seed, **dict(kv.split("=", 1) for kv in args.request)})
-    run = train(studies, request, conf, name="prompt")
+    record_path = os.path.join(work, TRAINING_RECORD)
+    if args.reuse_training:
+        # The model trained by an earlier `--train-only` run (its own commit and date in the record),
+        # evaluated by this code: for changes that touch inference only.
+        if not os.path.isfile(record_path):
+            raise HarnessError(f"--reuse-training: {record_path} not found; train first with --train-only --work {work}")
+        with open(record_path) as f:
+            training = json.load(f)
+        print(f"Reusing the model trained at {training['provenance']['commit']} in {work}", flush=True)
+    else:
+        training = train_model(args, work, studies, conf)
+        atomic_write_json(record_path, json_safe({**training, "provenance": provenance("none: a training run")}))
+        if args.train_only:
+            print(f"trained; wrote {record_path} (evaluate with --reuse-training --work {work})", flush=True)
+            return 0
     print(f"Evaluating the held-out cases, {args.clicks} clicks per structure ...", flush=True)
     report = evaluate(
         studies, truth, clicks=args.clicks, conf=conf, progress=lambda n, total: print(f"progress: {n}/{total} cases", flush=True)
@@ -65,15 +80,7 @@ def run_seed(args) -> int:
     _, _, labels = build_pipeline(studies, conf)
     report["latency_http"] = http_latency(studies, held_out_cases(studies, truth, labels), labels, HTTP_CLICKS)
     report["held_out_volume"] = {"shape": HELD_OUT_SHAPE, "spacing_mm": HELD_OUT_SPACING}
-    report["training"] = {
-        "budget_min": args.train_minutes,
-        "wall_s": run["seconds"],
-        "iterations": run["stats"].get("current_iteration"),
-        "max_epochs": args.train_epochs or None,
-        "train_cases": args.train_cases,
-        "conf": conf,
-        "request": {k: v for k, v in request.items() if k not in ("max_epochs", "max_seconds")},
-    }
+    report["training"] = training
     report["targets"] = {
         "clicks_only_organ_dice_after_1_click": 0.85, "clicks_only_margin_over_ball": 0.2, "novel_dice_after_3_clicks": 0.8,
         "clicks_only_organ_noc@90": 5, "gain_click_1_to_5": 0.05, "text_organ_dice": 0.85, "latency_http_p95_s": 1.0,
@@ -86,3 +93,26 @@ def run_seed(args) -> int:
           f"p95 {h['latency_s_p95']} s; server task p50 {h['server_task_s_median']} s, p95 {h['server_task_s_p95']} s")
     print(f"wrote {paths['json']} and {paths['png']}")
     return 0
+
+
+def train_model(args, work: str, studies: str, conf) -> dict:
+    """Generate the cases and train the prompt model; the training run's record."""
+    print(f"Generating {args.train_cases} labelled + {args.held_out} held-out cases in {work} ...", flush=True)
+    write_sample_data(work, cases=args.train_cases, seed=303, labelled=args.train_cases, progress=None)
+    write_sample_data(
+        work, cases=args.held_out, seed=304, progress=None, shape=HELD_OUT_SHAPE, spacing=HELD_OUT_SPACING,
+        first_index=args.train_cases,
+    )
+    print(f"Training the prompt model for {args.train_minutes:g} min ...", flush=True)
+    request = {"max_epochs": args.train_epochs or 100000, "max_seconds": args.train_minutes * 60, "val_split": 0.0}
+    request.update({"seed": args.seed, **dict(kv.split("=", 1) for kv in args.request)})
+    run = train(studies, request, conf, name="prompt")
+    return {
+        "budget_min": args.train_minutes,
+        "wall_s": run["seconds"],
+        "iterations": run["stats"].get("current_iteration"),
+        "max_epochs": args.train_epochs or None,
+        "train_cases": args.train_cases,
+        "conf": conf,
+        "request": {k: v for k, v in request.items() if k not in ("max_epochs", "max_seconds")},
+    }

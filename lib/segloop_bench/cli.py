@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request", action="append", default=[], metavar="KEY=VALUE", help="training request options, e.g. lr=1e-3")
     p.add_argument("--seed", type=int, default=0, help="training seed (data generation is fixed)")
     p.add_argument("--seeds", default="", help="several training seeds, e.g. 0,1,2: a run each in <out>/seed<k>, and their summary.json in <out>")
+    p.add_argument("--train-only", action="store_true", help="train into --work (its training.json records the run) and stop")
+    p.add_argument(
+        "--reuse-training", action="store_true",
+        help="evaluate the model an earlier --train-only run left in --work (for changes to inference only; "
+        "the result keeps that training's commit)",
+    )
     p.set_defaults(func=_runs("bench_prompt"))
 
     p = bench.add_parser("latency", help="prompt model click latency on the CPU: float32 (native / oneDNN) and bfloat16")
