@@ -27,7 +27,7 @@ from segloop.prompts.memory import ClickMemory
 from segloop.prompts.refine import local_update
 from segloop.prompts.request import MAX_SCRIBBLE_CLICKS, parse_prompt
 from segloop.prompts.simulation import jittered_box, next_click, region_centre
-from segloop.prompts.text import LabelMatcher, parse_vocabulary
+from segloop.prompts.text import LabelMatcher, clauses, laterality, parse_vocabulary
 from segloop.prompts.zoom import Grid, ZoomOutZoomIn, merge_overlapping, ras_grid, resample, sub_grid, world_bounds
 
 LABELS = dict(DEFAULT_LABELS)
@@ -182,6 +182,22 @@ def test_vocabulary_from_conf():
     assert vocabulary["tumor"]["description"] == ["a cyst"] and len(vocabulary["spleen"]["description"]) == 3
     matcher = LabelMatcher(parse_vocabulary('{"spleen": {"description": ["the organ that loves jazz", "x"]}}', list(LABELS)))
     assert ("spleen", "the organ that loves jazz") in matcher.phrases and ("spleen", "x") in matcher.phrases
+
+
+def test_phrases_are_matched_to_description_clauses_and_the_named_side():
+    """A description sentence of several facts is also matched clause by clause, and a phrase that
+    names one side of the body never matches a description of the other side."""
+    sentence = "the largest gland of the body, which makes bile, stores glycogen and detoxifies the blood"
+    assert {"the largest gland of the body", "makes bile", "stores glycogen", "detoxifies the blood"} <= set(clauses([sentence]))
+    assert laterality("soft organ under the LEFT ribs") == "left" and laterality("right-sided organ") == "right"
+    assert laterality("left and right kidneys") is None and laterality("the leftover rightsizing") is None
+    sides = {"liver": {"description": "the solid organ in the right upper abdomen", "synonyms": []},
+             "spleen": {"description": "the solid organ in the left upper abdomen", "synonyms": []}}
+    matcher = LabelMatcher(parse_vocabulary(sides, ["liver", "spleen"]))
+    assert matcher.resolve("a solid organ of the left upper abdomen") == "spleen"
+    assert matcher.resolve("a solid organ of the right upper abdomen") == "liver"
+    with pytest.raises(ClientError, match="ambiguous"):
+        matcher.resolve("a solid organ of the upper abdomen")  # no side named: the two are as close
 
 
 def test_held_out_text_phrases_resolve_through_the_descriptions():
@@ -484,16 +500,103 @@ def test_pipeline_click_blob_sits_on_the_click():
     assert np.linalg.norm((centroid - np.asarray(click)) * spacing) < 4.0  # mm
 
 
-def rule_infer_task(tmp_path):
-    """A PromptInfer over ChannelRule(0) (the mask is the click blobs) and a phantom saved as NIfTI:
-    the task, the image path, the phantom (image, label, affine)."""
+class HalfSpaces(torch.nn.Module):
+    """A stand-in for a trained prompt model that knows two structures: class 1 is the first half
+    of the grid's first axis, class 2 the second half, classes 3 and 4 nowhere; class 0 (clicks
+    alone) is the click blobs, as ChannelRule(0). Records each pass's class queries."""
+
+    num_classes = 5
+
+    def __init__(self):
+        super().__init__()
+        self.queries = []
+
+    def forward(self, x, label):
+        queries = [int(c) for c in torch.as_tensor(label).reshape(-1)]
+        self.queries.append(queries)
+        first = (torch.arange(x.shape[2]) < x.shape[2] // 2).float().reshape(1, 1, -1, 1, 1).expand_as(x[:, :1])
+        masks = {0: (x[:, 1:2] > 0.5).float(), 1: first, 2: 1 - first}
+        return torch.cat([20 * masks.get(c, torch.zeros_like(first)) - 10 for c in queries], dim=1)
+
+
+def half_of(click, affine, shape) -> int:
+    """HalfSpaces' class at ``click`` (IJK of the image), read on the zoom-out grid."""
+    lo, hi = world_bounds(affine, shape)
+    coarse = ras_grid(lo, hi, PRESET.coarse_spacing)
+    mapped = to_grid(Prompt(positive=[click]), affine, coarse.affine).positive[0]
+    return 1 if round(mapped[0]) < coarse.shape[0] // 2 else 2
+
+
+def test_a_click_without_a_label_takes_the_label_of_the_structure_under_it():
+    """Step 0 of the zoom-out-zoom-in: one label-only zoom-out pass asks for every candidate, and
+    the structure under the first positive click becomes the label prompt; a click on none of them,
+    a named label, no positive click, or the step switched off leave the prompt as it was."""
+    image, label, affine, spec = case(1)
+    click = region_centre(label == LABELS["liver"])
+    expected = half_of(click, affine, label.shape)
+    other_half = next(tuple(int(v) for v in p) for p in np.argwhere(label > 0)[::97] if half_of(tuple(p), affine, label.shape) != expected)
+    net = HalfSpaces()
+    pipeline = ZoomOutZoomIn(net, PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
+    mask, details = pipeline(image, Prompt(positive=[click]))
+    assert details["label_from_click"] == expected and net.queries[0] == [1, 2, 3, 4]
+    assert details["label_probability_at_click"][expected] > 0.99 and details["label_probability_at_click"][3] < 0.01
+    assert all(q == [expected] for q in net.queries[1:])  # zoom out and zoom in, with the label
+    assert mask.sum() > 10 * pipeline(image, Prompt(positive=[click]), candidates=())[0].sum()  # a half, not a blob
+    # The first positive click decides: a later click elsewhere, or a negative one, changes nothing.
+    _, details = pipeline(image, Prompt(positive=[click, other_half], negative=[other_half]))
+    assert details["label_from_click"] == expected
+    net.queries.clear()
+    _, details = pipeline(image, Prompt(positive=[click]), candidates=[3 - expected, 3, 4])  # not among the candidates
+    assert details["label_from_click"] is None and net.queries[0] == [3 - expected, 3, 4] and net.queries[1] == [0]
+    for prompt, options in (
+        (Prompt(positive=[click], label=3), {}),  # named
+        (Prompt(negative=[click]), {}),  # no positive click
+        (Prompt(box=(click, tuple(v + 5 for v in click))), {}),
+        (Prompt(positive=[click]), {"candidates": ()}),
+    ):
+        net.queries.clear()
+        _, details = pipeline(image, prompt, **options)
+        assert "label_from_click" not in details and len(net.queries[0]) == 1, prompt
+    net.queries.clear()
+    off = ZoomOutZoomIn(net, PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing, label_from_click=False)
+    assert "label_from_click" not in off(image, Prompt(positive=[click]))[1] and net.queries[0] == [0]
+
+
+def test_the_infer_task_names_the_structure_a_click_was_given(tmp_path):
+    """Through the infer task: the answer is named after the label the click was given; a label map
+    upload takes its segments out of the candidates; ``label_from_click`` false keeps clicks alone."""
+    task, path, (image, label, affine) = rule_infer_task(tmp_path, HalfSpaces())
+    click = [int(v) for v in region_centre(label == LABELS["liver"])]
+    names = sorted(LABELS, key=LABELS.get)  # class index k is the k-th label by storage index
+    expected = names[half_of(tuple(click), affine, label.shape) - 1]
+    _, result = task({"image": path, "foreground": [click], "reset_state": True})
+    assert result["label_from_click"] == expected and result["label_names"] == {expected: 1}
+    assert set(result["label_probability_at_click"]) == set(LABELS)
+    _, result = task({"image": path, "foreground": [click], "label": "Segment_1", "reset_state": True})
+    assert result["label_from_click"] == expected and result["label_names"] == {"Segment_1": 1}  # the client's segment name
+    _, result = task({"image": path, "foreground": [click], "label_from_click": False, "reset_state": True})
+    assert "label_from_click" not in result and result["label_names"] == {"structure": 1}
+    label_map = np.zeros(image.shape, np.uint8)
+    label_map[0, 0, 0] = LABELS[expected]  # the client already has that segment
+    upload = upload_tempfile()
+    try:
+        save_nifti(label_map, affine, upload)
+        _, result = task({"image": path, "label": upload, "label_map": True, "foreground": [click], "reset_state": True})
+        assert result["label_from_click"] is None and expected not in result["label_probability_at_click"]
+    finally:
+        os.unlink(upload)
+
+
+def rule_infer_task(tmp_path, network=None):
+    """A PromptInfer over ``network`` (default ChannelRule(0): the mask is the click blobs) and a
+    phantom saved as NIfTI: the task, the image path, the phantom (image, label, affine)."""
     image, label, affine, spec = generate_case("p", seed=5, index=1)
     path = str(tmp_path / "img.nii.gz")
     save_nifti(image, affine, path)
     checkpoint = tmp_path / "rule.pt"
     torch.save({"model": {}}, checkpoint)
     task = PromptInfer(
-        path=[str(checkpoint)], network=ChannelRule(0), labels=LABELS, preset=PRESET, matcher=MATCHER, device="cpu"
+        path=[str(checkpoint)], network=network or ChannelRule(0), labels=LABELS, preset=PRESET, matcher=MATCHER, device="cpu"
     )
     return task, path, (image, label, affine)
 

@@ -42,6 +42,8 @@ def test_infer_params_of_the_prompt_model():
         assert "names a segment" in refused(check_infer_params, {"label": path}, True, LABELS, "prompt")
     assert "text" in refused(check_infer_params, {"text": "x" * 500}, True, LABELS, "prompt")
     assert "'session'" in refused(check_infer_params, {"session": {}}, True, LABELS, "prompt")
+    assert check_infer_params({"label_from_click": "false"}, True, LABELS, "prompt")[0] == {"label_from_click": False}
+    assert "label_from_click" in refused(check_infer_params, {"label_from_click": "maybe"}, True, LABELS, "prompt")
 
 
 def test_train_params_follow_the_trainer_config():

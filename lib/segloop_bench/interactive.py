@@ -5,7 +5,10 @@ own arm, per held-out case and label, on the image's own grid:
 
 * ``label_and_clicks``: the label prompt sent with every click, as the Slicer plugin does (the
   segment's name); Dice after each of 1..N clicks, NoC@85 / NoC@90;
-* ``clicks_only``: the same clicks without the label prompt: what the clicks alone get;
+* ``clicks_only``: the same clicks without the label prompt, as the server answers them: the first
+  click takes the label of the known structure under it, if any (:mod:`segloop.prompts.zoom`,
+  step 0); ``clicks_only_label_from_click`` counts which label each first click was given;
+* ``clicks_only_agnostic``: the same clicks with that step off: the model's class-agnostic answer;
 * ``label_only``: the label prompt alone, no click;
 * ``box_only``: the structure's bounding box alone, no label;
 * ``text``: free phrases that are neither a label name nor a synonym (:data:`TEXT_PHRASES`), so
@@ -37,6 +40,7 @@ through HTTP is measured by ``segloop-bench bench latency``. Writes ``interactiv
 
 import itertools
 import os
+from collections import Counter
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -70,25 +74,38 @@ from segloop_bench.baselines import (
 from segloop_bench.errors import HarnessError
 from segloop_bench.provenance import write_result
 
-CLICK_ARMS = ("label_and_clicks", "clicks_only")
+CLICK_ARMS = ("label_and_clicks", "clicks_only", "clicks_only_agnostic")
+ARM_OPTIONS = {  # click_session's options per arm
+    "label_and_clicks": {"with_label": True},
+    "clicks_only": {"with_label": False},
+    "clicks_only_agnostic": {"with_label": False, "label_from_click": False},
+}
 SEGFM_CLICKS = 5  # corrections after the box, as SegFM3D
 NSD_TOLERANCE_MM = 2.0  # NSD boundary tolerance (SegFM3D's)
 # Free text for the sample labels: none of these is a label name or synonym (checked at run time).
 # The first two phrases per label were written with the first one-sentence descriptions and were
 # seen failing (spleen) before the descriptions grew to several sentences; the others were
-# written before the new descriptions were tried, and are the held-out ones.
+# written before the new descriptions were tried, and were held out until the matcher began to
+# compare clauses (December 2026), a change made after seeing two of them refused. The last three
+# per label were written before that change was first run, and are held out from it.
 TEXT_PHRASES: Dict[str, List[str]] = {
     "liver": ["large organ in the right upper abdomen", "the organ that makes bile",
               "the biggest gland in the body", "the organ that detoxifies the blood",
-              "right-sided upper abdominal organ where the portal vein goes"],
+              "right-sided upper abdominal organ where the portal vein goes",
+              "the solid organ beneath the right hemidiaphragm", "the organ that cirrhosis scars",
+              "the organ that stores glycogen"],
     "spleen": ["organ in the left upper quadrant behind the stomach", "the organ that filters old blood cells",
                "the organ that stores platelets and fights infection", "soft organ under the left ribs",
-               "left-sided upper abdominal organ next to the stomach"],
+               "left-sided upper abdominal organ next to the stomach",
+               "the organ in the left hypochondrium", "the organ that removes worn-out red cells",
+               "the organ that enlarges in mononucleosis"],
     "kidney": ["bean-shaped organs beside the spine", "the organs that make urine",
                "the organs that filter blood to produce urine", "retroperitoneal organs on both sides of the spine",
-               "paired organs connected to the ureters"],
+               "paired organs connected to the ureters",
+               "the organs that produce urine", "the paired organs in the retroperitoneum",
+               "the organs that regulate blood pressure and fluid balance"],
     "tumor": ["a dark lump inside an organ", "hypodense focal abnormality", "an abnormal growth in the kidney",
-              "a suspicious nodule"],
+              "a suspicious nodule", "a malignant mass", "a cancerous growth in an organ", "a low-density lesion"],
 }
 
 
@@ -130,15 +147,18 @@ def evaluate_interactive(
     """Every arm over ``cases`` (each ``{"id", "image", "label"}``); ``radius_mm``: per label, the
     ball baseline's radius (:func:`segloop_bench.baselines.typical_radius_mm` of the training labels)."""
     classes = class_indices(labels)
-    kinds = (*CLICK_ARMS, "label_only", "box_only", "box_then_clicks", "text", "ball", "box_fill", "latency_s",
+    names = {c: name for name, c in classes.items()}
+    kinds = (*CLICK_ARMS, "resolved", "label_only", "box_only", "box_then_clicks", "text", "ball", "box_fill", "latency_s",
              "box_2d", "lasso", "extruded")
     rows: Dict[str, Dict[str, list]] = {name: {kind: [] for kind in kinds} for name in labels}
     for image, name, c, target in case_structures(cases, labels, progress):
         row = rows[name]
         for arm in CLICK_ARMS:
-            session = click_session(pipeline, image, target, c, clicks, with_label=arm == "label_and_clicks")
+            session = click_session(pipeline, image, target, c, clicks, **ARM_OPTIONS[arm])
             row[arm].append(session["dice"])
             row["latency_s"].extend(session["latency_s"])
+            if arm == "clicks_only":
+                row["resolved"].append(names.get(session["label_from_click"], "none"))
         label_only, _ = pipeline(image, Prompt(label=c))
         row["label_only"].append(dice(label_only, target))
         lo, hi = bounding_box(target)
@@ -153,7 +173,7 @@ def evaluate_interactive(
         radius = radius_mm.get(name)
         row["ball"].append(ball_dice(target, spacing, first_click(target), radius) if radius else float("nan"))
     report: Dict = {"cases": [c["id"] for c in cases], "clicks": clicks, "labels": {}}
-    novel = novel_structures_arm(pipeline, cases, clicks)
+    novel = novel_structures_arm(pipeline, cases, clicks, labels)
     if novel:
         report["novel_structures"] = novel
     for name, row in rows.items():
@@ -161,6 +181,7 @@ def evaluate_interactive(
             continue
         report["labels"][name] = {
             **{arm: _curve_summary(row[arm], clicks) for arm in CLICK_ARMS},
+            "clicks_only_label_from_click": dict(Counter(row["resolved"])),
             "label_only_dice": round(float(np.mean(row["label_only"])), 4),
             "box_only_dice": round(float(np.mean(row["box_only"])), 4),
             "box_then_clicks": _segfm_summary(row["box_then_clicks"]),
@@ -240,9 +261,11 @@ def _segfm_summary(sessions: List[Dict[str, List[float]]]) -> Dict:
     }
 
 
-def novel_structures_arm(pipeline, cases: Sequence[Dict[str, str]], clicks: int) -> Dict:
+def novel_structures_arm(pipeline, cases: Sequence[Dict[str, str]], clicks: int, labels: Mapping[str, int]) -> Dict:
     """Clicks only on the structures of each case's ``novel`` ground truth (cases without one are
-    skipped), per structure name: the click curve and the oracle-size ball at the first click."""
+    skipped), per structure name: the click curve, the oracle-size ball at the first click, and
+    which known label the first clicks were given (``none`` is right: these were never labelled)."""
+    names = {c: name for name, c in class_indices(labels).items()}
     rows: Dict[str, Dict[str, list]] = {}
     for case in cases:
         if not case.get("novel"):
@@ -253,15 +276,17 @@ def novel_structures_arm(pipeline, cases: Sequence[Dict[str, str]], clicks: int)
             target = truth == value
             if not target.any():
                 continue
-            row = rows.setdefault(name, {"curves": [], "ball": [], "latency_s": []})
+            row = rows.setdefault(name, {"curves": [], "ball": [], "latency_s": [], "resolved": []})
             session = click_session(pipeline, image, target, 0, clicks, with_label=False)
             row["curves"].append(session["dice"])
+            row["resolved"].append(names.get(session["label_from_click"], "none"))
             row["latency_s"].extend(session["latency_s"])
             row["ball"].append(ball_dice(target, spacing, first_click(target), equivalent_radius_mm(target, spacing)))
     return {
         name: {
             "clicks_only": _curve_summary(row["curves"], clicks),
             "cases": len(row["curves"]),
+            "label_from_click": dict(Counter(row["resolved"])),
             "baseline_ball_oracle_dice": round(float(np.mean(row["ball"])), 4),
             "latency_s_median": round(float(np.median(row["latency_s"])), 3),
         }
@@ -280,7 +305,7 @@ BASELINE = (
     "(for the label-only and text arms); baseline_extruded_slice_oracle: the drawn cross-section copied over the "
     "structure's true extent (box_2d, lasso); baseline_ball_oracle: a ball of the novel structure's own volume at "
     "the first click (novel_clicks_only); "
-    "each arm (label_and_clicks, clicks_only, label_only, box_only, box_2d, lasso, box_then_clicks, text, "
+    "each arm (label_and_clicks, clicks_only, clicks_only_agnostic, label_only, box_only, box_2d, lasso, box_then_clicks, text, "
     "novel_structures) is reported on its own"
 )
 
@@ -296,7 +321,7 @@ def write_report(report: Dict, out_dir: str, argv: Optional[list] = None) -> Dic
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for (name, row), marker, colour in zip(report["labels"].items(), itertools.cycle("osD^v"), colours):
-        for arm, style in zip(CLICK_ARMS, ("-", "--")):
+        for arm, style in zip(CLICK_ARMS, ("-", "--", ":")):
             curve = row[arm]["dice_after_clicks"]
             reached = [v for v in row[arm]["noc@90_per_case"] if v is not None]
             noc = f"{row[arm]['noc@90']:.2f}" if reached else "not reached"

@@ -34,6 +34,7 @@ from monailabel.utils.others.generic import strtobool
 from segloop.errors import bad_request, unprocessable
 from segloop.infers.segmentation import SegmentationInfer
 from segloop.networks.prompt import PromptPreset
+from segloop.prompts.click_protocol import class_indices
 from segloop.prompts.memory import ClickMemory
 from segloop.prompts.request import PROMPT_FORMS, parse_prompt, scribble_mask_clicks
 from segloop.prompts.text import LabelMatcher
@@ -155,13 +156,21 @@ class PromptInfer(SegmentationInfer):
         shape = tuple(image.shape[1:])
         uploaded = self._uploaded_label(request, shape)
         scribbles = self._scribbles(request, uploaded)
+        taken = set()  # storage indices of the segments the client already has: no click resolves to them
         if scribbles is not None:
             request, scribbled, uploaded, excluded = scribbles
             prompt, notes = parse_prompt(request, shape, self.labels, self.matcher, scribbled)
             notes["scribble_clicks"] = [len(scribbled[0]), len(scribbled[1])]
+            taken = {self.labels[e.get("name")] for e in request.get("label_info") or [] if e.get("name") in self.labels}
         else:
             prompt, notes = parse_prompt(request, shape, self.labels, self.matcher)
+            if uploaded is not None and strtobool(str(request.get("label_map", False))):
+                taken = set(np.unique(uploaded).tolist())
             uploaded, excluded = self._previous_and_excluded(request, uploaded, notes.get("target"))
+        classes = class_indices(self.labels)
+        candidates = [c for name, c in classes.items() if self.labels[name] not in taken]
+        if not strtobool(str(request.get("label_from_click", True))):
+            candidates = []
         previous, source = uploaded, "uploaded" if uploaded is not None else None
         if strtobool(str(request.get("reset_state", False))):
             self.memory.forget(image_path)
@@ -178,7 +187,13 @@ class PromptInfer(SegmentationInfer):
             network, self.preset.roi_size, self.preset.coarse_spacing, self.preset.fine_spacing, self.hu_window, device,
             amp=self.amp,
         )
-        mask, details = pipeline(image, prompt, previous)
+        mask, details = pipeline(image, prompt, previous, candidates=candidates)
+        if details.get("label_from_click"):
+            details["label_from_click"] = next(n for n, c in classes.items() if c == details["label_from_click"])
+        if "label_probability_at_click" in details:
+            details["label_probability_at_click"] = {
+                n: round(details["label_probability_at_click"][c], 3) for n, c in classes.items() if c in candidates
+            }
         if excluded is not None:  # other segments' voxels are never claimed
             mask &= ~excluded
             details["excluded_voxels"] = int(excluded.sum())
@@ -191,7 +206,11 @@ class PromptInfer(SegmentationInfer):
         result_file = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         nib.save(out, result_file)
         segment = request.get("label")  # the plugin's segment name, unless it is an uploaded file
-        name = notes.get("target") or (segment if isinstance(segment, str) and not is_upload_tempfile(segment) else None)
+        name = (
+            notes.get("target")
+            or (segment if isinstance(segment, str) and not is_upload_tempfile(segment) else None)
+            or details.get("label_from_click")
+        )
         result_json = {
             "model": self.model_name,
             "checkpoint": os.path.basename(checkpoint),

@@ -55,15 +55,20 @@ def first_click(target: np.ndarray) -> Tuple[int, int, int]:
 
 
 def click_session(
-    pipeline, image, target: np.ndarray, class_index: int, clicks: int, with_label: bool = True
-) -> Dict[str, List[float]]:
-    """Dice and seconds after each of ``clicks`` simulated clicks on one structure.
+    pipeline, image, target: np.ndarray, class_index: int, clicks: int, with_label: bool = True,
+    label_from_click: bool = True,
+) -> Dict[str, list]:
+    """Dice and seconds after each of ``clicks`` simulated clicks on one structure, and the label the
+    first click was given (``label_from_click``: a class index, or None).
 
     ``pipeline(image, prompt, previous_mask) -> (mask, info)`` is a
     :class:`~segloop.prompts.zoom.ZoomOutZoomIn`. ``with_label`` sends the structure's label
     prompt with the clicks, as the Slicer plugin does (the segment's name); without it the model
-    sees the clicks alone.
+    sees the clicks alone, and (unless ``label_from_click`` is off: the class-agnostic answer)
+    the pipeline gives them the label of the known structure under the first click, as the server does.
     """
+    options = {} if label_from_click else {"candidates": ()}
+    resolved = None
     prompt = Prompt(label=class_index if with_label else 0)
     prediction = np.zeros(target.shape, bool)
     previous: Optional[np.ndarray] = None
@@ -76,11 +81,12 @@ def click_session(
             continue
         (prompt.positive if click[1] else prompt.negative).append(click[0])
         start = time.perf_counter()
-        prediction, _ = pipeline(image, prompt, previous)
+        prediction, details = pipeline(image, prompt, previous, **options)
         latencies.append(time.perf_counter() - start)
+        resolved = details.get("label_from_click") if k == 0 else resolved
         previous = prediction.astype(np.float32)
         scores.append(dice(prediction, target))
-    return {"dice": scores, "latency_s": latencies}
+    return {"dice": scores, "latency_s": latencies, "label_from_click": resolved}
 
 
 def number_of_clicks(curve: Sequence[float], level: float) -> Optional[int]:

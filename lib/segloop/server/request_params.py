@@ -133,6 +133,7 @@ def prompt_infer_checks(label_names: Iterable[str]) -> Dict[str, Any]:
         "label_map": _flag,
         "lasso": _points,
         "scribbles_mask": _flag,
+        "label_from_click": _flag,
         "selected_label_name": _path_free_label,  # the upstream plugin's scribbles panel
     }
     checks.update({name: _points for name in label_names})  # DeepEdit: one point list per label name
