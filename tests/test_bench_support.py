@@ -87,8 +87,9 @@ def _seed_report(seed, liver_curve, noc_per_case, p95):
         labels[organ] = {"clicks_only": clicks_only, "label_and_clicks": curve(0.95), "baseline_ball_dice": 0.6,
                          "text_dice": 0.9, "label_only_dice": 0.95}
     return {"labels": labels, "novel_structures": {"aorta": {"clicks_only": curve(0.2), "baseline_ball_oracle_dice": 0.2}},
-            "training": {"request": {"seed": seed}}, "latency_http": {"latency_s_p95": p95, "latency_s_median": 0.2,
-                                                                     "server_task_s_p95": p95 - 0.01}}
+            "training": {"request": {"seed": seed}}, "latency_http": {
+                "latency_s_p95": p95, "latency_s_median": 0.2, "server_task_s_p95": p95 - 0.01,
+                "clicks_only": {"latency_s_p95": p95 + 0.5, "latency_s_median": 0.3, "server_task_s_p95": p95 + 0.49}}}
 
 
 def test_the_seed_summary_gives_mean_and_sd_and_never_calls_an_unreached_noc_met():
@@ -102,6 +103,9 @@ def test_the_seed_summary_gives_mean_and_sd_and_never_calls_an_unreached_noc_met
     assert not measures["clicks_only@1"]["target"]["met"]  # spleen and kidney at 0.5
     assert measures["clicks_only_noc@90"]["liver"]["mean"] == 2.0
     assert measures["clicks_only_noc@90"]["spleen"]["mean"] is None and not measures["clicks_only_noc@90"]["target"]["met"]
-    assert measures["latency_http_p95_s"]["all"]["mean"] == 0.5 and measures["latency_http_p95_s"]["target"]["met"]
+    assert measures["latency_http_p95_s"]["label_and_clicks"]["mean"] == 0.5
+    assert measures["latency_http_p95_s"]["clicks_only"]["mean"] == 1.0 and measures["latency_http_p95_s"]["target"]["met"]
+    report = _seed_report(2, [0.8] * 5, [1, 1], 0.7)  # clicks alone over 1 s at p95: the target is not met
+    assert not summarize([report])["measures"]["latency_http_p95_s"]["target"]["met"]
     # The gain counts only structures below 0.9 after one click: the liver (0.9 / 0.8 first) only in seed 1's arm.
     assert measures["gain_1_to_5"]["clicks_only"]["mean"] > 0.05

@@ -72,6 +72,8 @@ def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained, capsys,
         "label_and_clicks@3": mean(lambda r: r["label_and_clicks"]["dice_after_clicks"][2]),
         "clicks_only@1": mean(lambda r: r["clicks_only"]["dice_after_clicks"][0]),
         "clicks_only@3": mean(lambda r: r["clicks_only"]["dice_after_clicks"][2]),
+        "clicks_only_agnostic@1": mean(lambda r: r["clicks_only_agnostic"]["dice_after_clicks"][0]),
+        "clicks_only_agnostic@3": mean(lambda r: r["clicks_only_agnostic"]["dice_after_clicks"][2]),
         "label_only": mean(lambda r: r["label_only_dice"]),
         "box_only": mean(lambda r: r["box_only_dice"]),
         "text": mean(lambda r: r["text_dice"]),
@@ -90,7 +92,7 @@ def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained, capsys,
     assert arms["label_and_clicks@3"] > baselines["ball"] + MARGIN, (arms, baselines)
     assert arms["box_only"] > baselines["box_fill"] + BOX_MARGIN, (arms, baselines)
     # Correction clicks help, with and without the label: they take away at least a tenth of the error.
-    for arm in ("label_and_clicks", "clicks_only"):
+    for arm in ("label_and_clicks", "clicks_only", "clicks_only_agnostic"):
         first, third = arms[f"{arm}@1"], arms[f"{arm}@3"]
         assert 1 - third < 0.9 * (1 - first), (arm, first, third)
     # Free text goes through the sentence embeddings (no phrase is a name or synonym). A phrase is

@@ -80,8 +80,9 @@ def measure(pipeline, cases, labels, clicks: int, paths: List[str], progress=Non
     return report
 
 
-def http_sessions(url: str, cases, labels, clicks: int, tmpdir: str, progress=None) -> Dict:
-    """Per label: the client's round trip and the server task's time per click, and Dice after each click."""
+def http_sessions(url: str, cases, labels, clicks: int, tmpdir: str, progress=None, with_label: bool = True) -> Dict:
+    """Per label: the client's round trip and the server task's time per click, and Dice after each
+    click. ``with_label`` False: the clicks alone (the server gives the first click the label under it)."""
     from monailabel.client import MONAILabelClient
 
     client = MONAILabelClient(url, tmpdir=tmpdir)
@@ -92,7 +93,9 @@ def http_sessions(url: str, cases, labels, clicks: int, tmpdir: str, progress=No
             target = truth == index
             if not target.any():
                 continue
-            request = {"label": name, "foreground": [[int(v) for v in first_click(target)]], "background": [], "reset_state": True}
+            request = {"foreground": [[int(v) for v in first_click(target)]], "background": [], "reset_state": True}
+            if with_label:
+                request["label"] = name
             prediction, curve = None, []
             for k in range(clicks):
                 if k:
@@ -136,15 +139,18 @@ def http_sessions(url: str, cases, labels, clicks: int, tmpdir: str, progress=No
     return out
 
 
-def http_latency(studies: str, cases, labels, clicks: int, progress=None) -> Dict:
+def http_latency(studies: str, cases, labels, clicks: int, progress=None, clicks_only: bool = False) -> Dict:
     """:func:`http_sessions` against a real server on ``studies`` (its serving prompt model, no
-    training), after one warm-up click that loads the model."""
+    training), after one warm-up click that loads the model; with ``clicks_only`` also the same
+    sessions without the label (``clicks_only``: that arm's own figures)."""
     conf = {"models": "prompt", "auto_train": "false"}
     with tempfile.TemporaryDirectory() as tmpdir, running_server(
         studies, conf=conf, log_path=os.path.join(tmpdir, "server.log")
     ) as server:
         http_sessions(server.url, cases[:1], labels, 1, tmpdir)  # warm-up: the server loads the model
         report = http_sessions(server.url, cases, labels, clicks, tmpdir, progress=progress)
+        if clicks_only:
+            report["clicks_only"] = http_sessions(server.url, cases, labels, clicks, tmpdir, with_label=False)
     report["server_precision"] = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32_onednn"
     return report
 

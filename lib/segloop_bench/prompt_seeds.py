@@ -12,7 +12,10 @@ they bound. Measures (held-out cases, per structure type; ``@k``: Dice after k c
 * ``gain_1_to_5``: Dice after 5 clicks minus after 1, averaged over the structure types not
   already at 0.9 after one click, for each click arm on its own;
 * ``text``: free phrases through the sentence embeddings, organs;
-* ``latency_http_p95``: the label + click protocol through the real server and client.
+* ``latency_http_p95``: the click protocol through the real server and client, with the label
+  and (where the run timed it) without it;
+* ``clicks_only_agnostic@1``: beside ``clicks_only@1``, the model's answer when the server does not
+  give the first click the label under it.
 """
 
 import json
@@ -57,7 +60,10 @@ def figures(report: Dict) -> Dict[str, Dict[str, float]]:
     for optional in ("box_2d_dice", "lasso_dice", "baseline_extruded_slice_oracle_dice"):
         if all(optional in rows[o] for o in ORGANS):
             out[optional.replace("_dice", "")] = {o: rows[o][optional] for o in ORGANS}
-    curves = {f"{arm}:{o}": rows[o][arm]["dice_after_clicks"] for arm in ("clicks_only", "label_and_clicks") for o in ORGANS}
+    if all("clicks_only_agnostic" in rows[o] for o in ORGANS):  # the model's class-agnostic answer
+        out["clicks_only_agnostic@1"] = {o: at(rows[o]["clicks_only_agnostic"]["dice_after_clicks"], 1) for o in ORGANS}
+    arms = [a for a in ("clicks_only", "clicks_only_agnostic", "label_and_clicks") if all(a in rows[o] for o in ORGANS)]
+    curves = {f"{arm}:{o}": rows[o][arm]["dice_after_clicks"] for arm in arms for o in ORGANS}
     curves.update({f"clicks_only:{n}": r["clicks_only"]["dice_after_clicks"] for n, r in novel.items()})
     gains: Dict[str, List[float]] = {}
     for key, curve in curves.items():
@@ -65,9 +71,12 @@ def figures(report: Dict) -> Dict[str, Dict[str, float]]:
             gains.setdefault(key.split(":")[0], []).append(curve[4] - curve[0])
     out["gain_1_to_5"] = {arm: float(np.mean(values)) for arm, values in gains.items()}
     if "latency_http" in report:
-        out["latency_http_p95_s"] = {"all": report["latency_http"]["latency_s_p95"]}
-        out["latency_http_median_s"] = {"all": report["latency_http"]["latency_s_median"]}
-        out["server_task_p95_s"] = {"all": report["latency_http"]["server_task_s_p95"]}
+        http = {"label_and_clicks": report["latency_http"]}
+        if "clicks_only" in report["latency_http"]:
+            http["clicks_only"] = report["latency_http"]["clicks_only"]
+        out["latency_http_p95_s"] = {arm: h["latency_s_p95"] for arm, h in http.items()}
+        out["latency_http_median_s"] = {arm: h["latency_s_median"] for arm, h in http.items()}
+        out["server_task_p95_s"] = {arm: h["server_task_s_p95"] for arm, h in http.items()}
     return out
 
 
@@ -102,6 +111,7 @@ def main(args) -> int:
             reports.append(json.load(f))
     summary = summarize(reports)
     summary["runs"] = [{"folder": folder, "commit": r["provenance"]["commit"], "dirty": r["provenance"]["dirty"],
+                        "training_commit": r["training"].get("provenance", {}).get("commit", r["provenance"]["commit"]),
                         "iterations": r["training"]["iterations"]} for folder, r in zip(args.runs, reports)]
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "summary.json")
