@@ -124,6 +124,13 @@ def test_kill_during_training_keeps_the_serving_version(studies, trained_segment
         wait_for(lambda: requests.get(f"{server.url}/segloop/models/segmentation", timeout=60).json()["training_run"], 120, 1, "the run to start")
         children = training_children(server.proc.pid)
         assert children
+        # Another run while one trains: refused (MONAI Label's 429) unless queued with enqueue=true.
+        r = requests.post(f"{server.url}/train/segmentation", json={"max_epochs": 1}, timeout=60)
+        assert r.status_code == 429 and "Already Running" in r.text, r.text
+        r = requests.post(f"{server.url}/train/segmentation", params={"enqueue": "true"}, json={"max_epochs": 1}, timeout=60)
+        assert r.status_code == 200 and r.json()["status"] == "SUBMITTED", r.text
+        tasks = requests.get(f"{server.url}/train/", params={"all": "true"}, timeout=60).json()
+        assert [t["status"] for t in tasks][-2:] == ["RUNNING", "SUBMITTED"], tasks
         time.sleep(5)  # inside the run: data loading and the first iterations
         # The server alone: its training subprocess must end by itself (killing the group would hide that).
         os.kill(server.proc.pid, signal.SIGKILL)

@@ -28,7 +28,7 @@ from segloop.prompts.refine import local_update
 from segloop.prompts.request import MAX_SCRIBBLE_CLICKS, parse_prompt
 from segloop.prompts.simulation import jittered_box, next_click, region_centre
 from segloop.prompts.text import LabelMatcher, clauses, laterality, parse_vocabulary
-from segloop.prompts.zoom import Grid, ZoomOutZoomIn, merge_overlapping, ras_grid, resample, sub_grid, world_bounds
+from segloop.prompts.zoom import Grid, ZoomOutZoomIn, click_tissue_hu, merge_overlapping, ras_grid, resample, sub_grid, world_bounds
 
 LABELS = dict(DEFAULT_LABELS)
 MATCHER = LabelMatcher(parse_vocabulary(None, list(LABELS)))
@@ -501,9 +501,10 @@ def test_pipeline_click_blob_sits_on_the_click():
 
 
 class HalfSpaces(torch.nn.Module):
-    """A stand-in for a trained prompt model that knows two structures: class 1 is the first half
-    of the grid's first axis, class 2 the second half, classes 3 and 4 nowhere; class 0 (clicks
-    alone) is the click blobs, as ChannelRule(0). Records each pass's class queries."""
+    """A stand-in for a trained prompt model that knows two structures: class 1 is the organ-bright
+    voxels of the first half of the grid's first axis, class 2 those of the second half, classes 3
+    and 4 nowhere; class 0 (clicks alone) is the click blobs, as ChannelRule(0). Records each
+    pass's class queries."""
 
     num_classes = 5
 
@@ -515,7 +516,8 @@ class HalfSpaces(torch.nn.Module):
         queries = [int(c) for c in torch.as_tensor(label).reshape(-1)]
         self.queries.append(queries)
         first = (torch.arange(x.shape[2]) < x.shape[2] // 2).float().reshape(1, 1, -1, 1, 1).expand_as(x[:, :1])
-        masks = {0: (x[:, 1:2] > 0.5).float(), 1: first, 2: 1 - first}
+        organs = ((x[:, :1] > 0.5) & (x[:, :1] < 0.6)).float()  # about 50-90 HU in the default window: liver, spleen
+        masks = {0: (x[:, 1:2] > 0.5).float(), 1: first * organs, 2: (1 - first) * organs}
         return torch.cat([20 * masks.get(c, torch.zeros_like(first)) - 10 for c in queries], dim=1)
 
 
@@ -560,6 +562,28 @@ def test_a_click_without_a_label_takes_the_label_of_the_structure_under_it():
     net.queries.clear()
     off = ZoomOutZoomIn(net, PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing, label_from_click=False)
     assert "label_from_click" not in off(image, Prompt(positive=[click]))[1] and net.queries[0] == [0]
+
+
+def test_a_click_on_other_tissue_inside_a_structure_is_not_given_its_label():
+    """A click on a lesion inside an organ's mask is on the mask but not on the organ's tissue: its
+    HU (the median around it) is far from the median under the mask, so the organ is not its label."""
+
+    class Block(torch.nn.Module):  # class 1: the block 4..11 of every axis of whatever grid it sees
+        num_classes = 2
+
+        def forward(self, x, label):
+            mask = torch.zeros_like(x[:, :1])
+            mask[:, :, 4:12, 4:12, 4:12] = 1
+            return torch.cat([20 * mask - 10 for _ in torch.as_tensor(label).reshape(-1)], dim=1)
+
+    rng = np.random.default_rng(0)
+    hu = torch.as_tensor(60 + 10 * rng.standard_normal((1, 16, 16, 16)), dtype=torch.float32)  # an organ, 10 HU noise
+    hu[0, 7:10, 7:10, 7:10] = 10.0  # a hypodense lesion inside it
+    pipeline = ZoomOutZoomIn(Block(), PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
+    assert pipeline._label_under_click(hu, (5, 5, 5), [1], click_tissue_hu(hu, (5, 5, 5)))[0] == 1
+    label, evidence = pipeline._label_under_click(hu, (8, 8, 8), [1], click_tissue_hu(hu, (8, 8, 8)))
+    assert label == 0 and evidence["probability"][1] > 0.99 and evidence["tissue_z"][1] > 3
+    assert click_tissue_hu(hu, (8, 8, 8)) == 10.0 and abs(click_tissue_hu(hu, (5, 5, 5)) - 60) < 10
 
 
 def test_the_infer_task_names_the_structure_a_click_was_given(tmp_path):

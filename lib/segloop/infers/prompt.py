@@ -190,10 +190,9 @@ class PromptInfer(SegmentationInfer):
         mask, details = pipeline(image, prompt, previous, candidates=candidates)
         if details.get("label_from_click"):
             details["label_from_click"] = next(n for n, c in classes.items() if c == details["label_from_click"])
-        if "label_probability_at_click" in details:
-            details["label_probability_at_click"] = {
-                n: round(details["label_probability_at_click"][c], 3) for n, c in classes.items() if c in candidates
-            }
+        for key in ("label_probability_at_click", "label_tissue_z_at_click"):
+            if key in details:
+                details[key] = {n: round(details[key][c], 3) for n, c in classes.items() if c in details[key]}
         if excluded is not None:  # other segments' voxels are never claimed
             mask &= ~excluded
             details["excluded_voxels"] = int(excluded.sum())

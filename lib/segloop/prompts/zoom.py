@@ -3,7 +3,9 @@
 0. **A click without a label** is first given the label of the campaign structure under it, if
    any: one zoom-out pass asks for each candidate label by name alone (training's "all labels"
    mode), and the label most probable at the first positive click (at least 0.5) becomes the
-   label prompt, as if the user had named the structure. A click on no known structure stays
+   label prompt, as if the user had named the structure, if the clicked tissue looks like that
+   structure's (its HU near the median under the label's zoom-out mask: a click on a lesion
+   inside an organ is not a click on the organ). A click on no known structure stays
    class-agnostic ("the structure under the clicks"). The first positive click decides, so the
    answer's structure does not change while corrections are added. Why: the class-agnostic mode
    alone returns a blob around a click on an organ it knows (benchmarks/prompt_model_trials.md).
@@ -59,7 +61,14 @@ from segloop.prompts.encoding import Prompt, encode_prompts, to_grid
 from segloop.prompts.refine import DEFAULT_RADIUS_MM, local_update
 from segloop.transforms import DEFAULT_HU_WINDOW
 
-CLICK_LABEL_PROBABILITY = 0.5  # step 0: how sure the zoom-out pass must be that the click is on a known structure
+# Step 0 (a click without a label): how sure the zoom-out pass must be that the click is on a known
+# structure, and how close the clicked tissue must be to that structure's (robust z-score of the
+# click's HU). 1.25 was set from the 16 training cases of `segloop-bench bench prompt` (seed 0):
+# first clicks on their organs scored up to 1.01, on tumours inside them from 0.77 (one), then
+# 1.16 and up (benchmarks/prompt_model_trials.md).
+CLICK_LABEL_PROBABILITY = 0.5
+CLICK_TISSUE_Z = 1.25
+MIN_TISSUE_SPREAD_HU = 5.0  # a spread below this (a noiseless or constant image) counts as this
 
 
 @dataclass
@@ -104,6 +113,13 @@ def inside(grid: Grid, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     tolerance = np.abs(np.diag(grid.affine)[:3]) / 2
     masks = [(a >= lo[d] - tolerance[d]) & (a <= hi[d] + tolerance[d]) for d, a in enumerate(axes)]
     return masks[0][:, None, None] & masks[1][None, :, None] & masks[2][None, None, :]
+
+
+def click_tissue_hu(hu: torch.Tensor, click: Sequence[float]) -> float:
+    """The HU of the tissue under a click: the median of the 3 x 3 x 3 voxels around it (``hu``
+    [1, X, Y, Z] on the image's grid, ``click`` its IJK), so that noise does not decide."""
+    idx = [int(np.clip(round(v), 0, s - 1)) for v, s in zip(click, hu.shape[1:])]
+    return float(torch.median(hu[0][tuple(slice(max(0, i - 1), i + 2) for i in idx)]))
 
 
 def merge_overlapping(boxes: Sequence[Tuple[np.ndarray, np.ndarray]]) -> List[Tuple[np.ndarray, np.ndarray]]:
@@ -189,17 +205,33 @@ class ZoomOutZoomIn:
         return logits[0].float() if classes is not None else logits[0, 0].float()
 
     def _label_under_click(
-        self, coarse_image: torch.Tensor, click: Sequence[float], candidates: Sequence[int]
-    ) -> Tuple[int, Dict[str, float]]:
-        """(class index of the campaign structure under ``click``, or 0 for none; each candidate's
-        probability there). One zoom-out pass asks for every candidate by its label alone (no
-        spatial prompt: training's "all labels" mode); the candidate most probable at the click's
-        coarse voxel wins if that probability is at least 0.5."""
+        self, coarse_image: torch.Tensor, click: Sequence[float], candidates: Sequence[int], click_hu: float
+    ) -> Tuple[int, Dict[str, Dict[int, float]]]:
+        """(class index of the campaign structure under ``click``, or 0 for none; per candidate its
+        probability at the click and, where asked, how far the click's tissue is from it). One
+        zoom-out pass asks for every candidate by its label alone (no spatial prompt: training's
+        "all labels" mode). The most probable candidate at the click's coarse voxel wins if that
+        probability is at least ``CLICK_LABEL_PROBABILITY`` and the clicked tissue looks like it:
+        ``click_hu`` (HU around the click) within ``CLICK_TISSUE_Z`` robust standard deviations of
+        the median HU under the candidate's zoom-out mask. A click on a lesion inside an organ is
+        on the organ's mask but not on its tissue; the next candidate is then tried, and with none
+        left the click stays class-agnostic."""
         probabilities = torch.sigmoid(self._segment(coarse_image, Prompt(), classes=candidates)).cpu().numpy()
         idx = tuple(int(np.clip(round(v), 0, s - 1)) for v, s in zip(click, probabilities.shape[1:]))
         at_click = {int(c): float(p[idx]) for c, p in zip(candidates, probabilities)}
-        best = max(at_click, key=at_click.get)
-        return (best if at_click[best] >= CLICK_LABEL_PROBABILITY else 0), at_click
+        tissue_z: Dict[int, float] = {}
+        hu = coarse_image[0].cpu().numpy()
+        for rank in np.argsort([-at_click[int(c)] for c in candidates]):
+            c = int(candidates[rank])
+            if at_click[c] < CLICK_LABEL_PROBABILITY:
+                break
+            values = hu[probabilities[rank] >= CLICK_LABEL_PROBABILITY]
+            centre = float(np.median(values))
+            spread = max(1.4826 * float(np.median(np.abs(values - centre))), MIN_TISSUE_SPREAD_HU)
+            tissue_z[c] = abs(click_hu - centre) / spread
+            if tissue_z[c] <= CLICK_TISSUE_Z:
+                return c, {"probability": at_click, "tissue_z": tissue_z}
+        return 0, {"probability": at_click, "tissue_z": tissue_z}
 
     def _region(self, coarse_mask: np.ndarray, prompt: Prompt) -> np.ndarray:
         """The coarse components the prompts point at (see module docstring, step 2): an int array
@@ -270,8 +302,14 @@ class ZoomOutZoomIn:
             candidates = range(1, getattr(self.network, "num_classes", 1)) if self.label_from_click else ()
         resolved: Dict = {}
         if prompt.label == 0 and coarse_prompt.positive and len(candidates):
-            label, at_click = self._label_under_click(coarse_image, coarse_prompt.positive[0], list(candidates))
-            resolved = {"label_from_click": label or None, "label_probability_at_click": at_click}
+            label, evidence = self._label_under_click(
+                coarse_image, coarse_prompt.positive[0], list(candidates), click_tissue_hu(hu, prompt.positive[0])
+            )
+            resolved = {
+                "label_from_click": label or None,
+                "label_probability_at_click": evidence["probability"],
+                "label_tissue_z_at_click": evidence["tissue_z"],
+            }
             if label:
                 prompt, coarse_prompt = replace(prompt, label=label), replace(coarse_prompt, label=label)
         coarse_logits = self._segment(coarse_image, coarse_prompt).cpu()
