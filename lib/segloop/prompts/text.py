@@ -107,10 +107,10 @@ _CLAUSE_BREAK = re.compile(r"\s*(?:[,;:]|\bwhich\b|\bthat\b|\band\b)\s*")
 
 def clauses(sentences: Sequence[str]) -> List[str]:
     """The clauses of description sentences (split at commas, semicolons, colons, "which", "that",
-    "and"), each of at least two words: a user's phrase usually names one fact, and compared with a
+    "and"), each of at least two words besides articles: a user's phrase usually names one fact, and compared with a
     whole sentence of several facts its similarity is diluted by the others."""
     parts = (p.strip() for sentence in sentences for p in _CLAUSE_BREAK.split(sentence))
-    return [p for p in parts if len(p.split()) >= 2 and p not in sentences]
+    return [p for p in parts if len(normalise(p).split()) >= 2 and p not in sentences]  # "the organs" says nothing
 
 
 _SIDES = {"left": "left", "sinistral": "left", "right": "right", "dextral": "right"}

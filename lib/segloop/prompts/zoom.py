@@ -298,12 +298,14 @@ class ZoomOutZoomIn:
         coarse = ras_grid(lo, hi, self.coarse_spacing, self.size_multiple)
         coarse_image = resample(hu, affine, coarse)
         coarse_prompt = to_grid(prompt, affine, coarse.affine)
+        classes = getattr(self.network, "num_classes", 1)  # the label prompts the network knows
         if candidates is None:
-            candidates = range(1, getattr(self.network, "num_classes", 1)) if self.label_from_click else ()
+            candidates = range(1, classes) if self.label_from_click else ()
+        candidates = [c for c in candidates if 0 < c < classes]
         resolved: Dict = {}
-        if prompt.label == 0 and coarse_prompt.positive and len(candidates):
+        if prompt.label == 0 and coarse_prompt.positive and candidates:
             label, evidence = self._label_under_click(
-                coarse_image, coarse_prompt.positive[0], list(candidates), click_tissue_hu(hu, prompt.positive[0])
+                coarse_image, coarse_prompt.positive[0], candidates, click_tissue_hu(hu, prompt.positive[0])
             )
             resolved = {
                 "label_from_click": label or None,
