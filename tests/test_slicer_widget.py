@@ -404,7 +404,7 @@ class OfflineServer:
             nib.save(nib.Nifti1Image(np.zeros(self.image.shape, np.uint8), self.affine), dest)
             return dest, {"target": "liver", "voxels": 0, "message": "found no liver from these prompts"}
         nib.save(nib.Nifti1Image(answer.astype(np.uint8), self.affine), dest)
-        return dest, {"target": "liver", "voxels": int(answer.sum())}
+        return dest, {"target": "liver", "voxels": int(answer.sum()), **getattr(self, "result_extra", {})}
 
     def submit(self, *args, **kwargs):
         self.submitted.append(args)
@@ -670,6 +670,31 @@ def test_a_new_structure_is_segmented_without_a_label_and_never_takes_another_se
     assert server.submitted == []
     widget.onNewStructure()
     assert widget.ui.labelComboBox.currentText == "Structure 2"
+
+
+def test_a_new_structures_click_on_a_labelled_structure_goes_to_that_structures_segment(env, offline):
+    """The server gives a click without a label the label of the structure under it: the answer is
+    that segment's, the panel says so and selects it (the next prompts, undo and redo are its)."""
+    widget, server = offline
+    logic = widget.logic
+    logic.auto_segment("segmentation", uncertainty=False)
+    click(env, widget, "newStructureButton")
+    logic.prompt_node("foreground").AddControlPoint([9.0, 9.0, 3.0])
+    server.answer = np.zeros(server.image.shape, bool)
+    server.answer[8:11, 6:9, 1:4] = True
+    server.result_extra = {"label_from_click": "spleen", "target": None}
+    click(env, widget, "promptButton")
+    assert server.prompts["text"] == ""  # sent without a label
+    assert np.array_equal(logic._segment_mask("spleen"), server.answer.transpose(2, 1, 0) & ~logic._segment_mask("liver"))
+    assert not logic._segment_mask("Structure 1").any()
+    assert widget.ui.labelComboBox.currentText == "spleen"
+    assert widget.ui.caseLabel.text == "Case case_x: the click is on the spleen: spleen updated from prompts"
+    click(env, widget, "undoButton")
+    assert not np.array_equal(logic._segment_mask("spleen"), server.answer.transpose(2, 1, 0))
+    server.result_extra = {"label_from_click": "pancreas"}  # a label this module does not know: the new structure's
+    choose(env, widget, "labelComboBox", "Structure 1")
+    click(env, widget, "promptButton")
+    assert logic._segment_mask("Structure 1").any() and widget.ui.labelComboBox.currentText == "Structure 1"
 
 
 def test_the_polarity_toggle_and_the_keys_place_each_kind_of_prompt(env, offline):
@@ -1137,9 +1162,13 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         kept = {name: segment(name).copy() for name in DEFAULT_LABELS}
         click(env, widget, "promptButton")
         assert messages == []
-        answered(np.zeros(image.shape, bool), "Structure 1")
+        # The server may give the click the label of a structure under it that the case has no
+        # voxels of yet (the segments the case has are not candidates): that segment gets the answer.
+        given = widget.ui.labelComboBox.currentText
+        assert given == "Structure 1" or (given in DEFAULT_LABELS and not kept[given].any()), given
+        answered(np.zeros(image.shape, bool), given)
         for name in DEFAULT_LABELS:
-            assert np.array_equal(segment(name), kept[name]), name
+            assert name == given or np.array_equal(segment(name), kept[name]), name
         # It has no label on this server: once it has voxels (the answer's, or a stroke of the
         # Segment Editor's when the answer was empty), it must be renamed or deleted before submitting.
         if not segment("Structure 1").any():

@@ -453,7 +453,11 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.labelComboBox.currentText, self.ui.textLineEdit.text.strip(), self.ui.box2DCheckBox.checked,
         )
         if result:
-            self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: " + (result.get("message") or f"{result['target']} updated from prompts")
+            target, asked = result["target"], self.ui.labelComboBox.currentText
+            given = f"the click is on the {target}: " if target != asked else ""  # the server named what was clicked
+            if given:
+                self.ui.labelComboBox.setCurrentText(target)  # the next prompts, undo and redo are that segment's
+            self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: {given}" + (result.get("message") or f"{target} updated from prompts")
         self.updateButtons()
 
     def onClearPrompts(self):
@@ -947,7 +951,9 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         through its centre), the lasso, painted scribbles, ``text``.
 
         A structure the server has a label for goes with its name; any other (``new_structure``)
-        goes without one, so the model segments what the prompts point at. The case's labelled
+        goes without one, so the model segments what the prompts point at; when the server says the
+        click was on one of its labelled structures (``label_from_click``), that structure's segment
+        gets the answer (the returned ``target``). The case's labelled
         segments go along as a label map (the structure's own is refined, the others are never
         claimed by the server); with scribbles the upload is the scribble mask instead. Either way the
         answer never takes another segment's voxels here: Slicer would overwrite them."""
@@ -963,7 +969,12 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         )
         self.last_prompted = (self.case.image_id, structure)
         mask = self._load_answer(path) > 0
-        target = (result.get("target") or structure) if known else structure
+        if known:
+            target = result.get("target") or structure
+        elif result.get("label_from_click") in self.labels:  # the click was on a structure the server knows
+            target = result["label_from_click"]
+        else:
+            target = structure
         for name, other in self._segment_masks().items():
             if name != target:
                 mask &= ~other
