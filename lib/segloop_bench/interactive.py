@@ -109,8 +109,15 @@ TEXT_PHRASES: Dict[str, List[str]] = {
 }
 
 
-def text_arm(pipeline, matcher: LabelMatcher, image, target: np.ndarray, name: str, classes: Mapping[str, int]) -> List[Dict]:
+def text_arm(
+    pipeline, matcher: LabelMatcher, image, target: np.ndarray, name: str, classes: Mapping[str, int],
+    answers: Optional[Dict[str, np.ndarray]] = None,
+) -> List[Dict]:
+    """Each of ``name``'s phrases: the label it resolves to and the Dice of that label prompt's answer
+    (the answer to a label is computed once, or taken from ``answers``: phrases resolving alike get
+    the same mask, as the pipeline is deterministic)."""
     rows = []
+    answers = dict(answers or {})
     for phrase in TEXT_PHRASES.get(name, []):
         if matcher.lookup(phrase) is not None:
             raise HarnessError(f"text phrase {phrase!r} is an exact name or synonym: it would not test the embeddings")
@@ -119,8 +126,9 @@ def text_arm(pipeline, matcher: LabelMatcher, image, target: np.ndarray, name: s
         except ClientError as e:  # unknown or ambiguous: the user gets a 422 and no mask
             rows.append({"phrase": phrase, "resolved": None, "error": e.message, "dice": 0.0})
             continue
-        mask, _ = pipeline(image, Prompt(label=classes[resolved]))
-        rows.append({"phrase": phrase, "resolved": resolved, "dice": dice(mask, target)})
+        if resolved not in answers:
+            answers[resolved] = pipeline(image, Prompt(label=classes[resolved]))[0]
+        rows.append({"phrase": phrase, "resolved": resolved, "dice": dice(answers[resolved], target)})
     return rows
 
 
@@ -166,7 +174,7 @@ def evaluate_interactive(
         row["box_only"].append(dice(boxed, target))
         row["box_fill"].append(box_fill_dice(target, lo, hi))
         row["box_then_clicks"].append(box_then_clicks(pipeline, image, target, [float(v) for v in image.pixdim[:3]], segfm_clicks))
-        row["text"].extend(text_arm(pipeline, matcher, image, target, name, classes))
+        row["text"].extend(text_arm(pipeline, matcher, image, target, name, classes, {name: label_only}))
         for kind, value in drawn_slice_arms(pipeline, image, target).items():
             row[kind].append(value)
         spacing = [float(s) for s in image.pixdim[:3]]
