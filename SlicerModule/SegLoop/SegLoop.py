@@ -453,8 +453,9 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.labelComboBox.currentText, self.ui.textLineEdit.text.strip(), self.ui.box2DCheckBox.checked,
         )
         if result:
-            target, asked = result["target"], self.ui.labelComboBox.currentText
-            given = f"the click is on the {target}: " if target != asked else ""  # the server named what was clicked
+            target = result["target"]
+            named = result.get("label_from_click") == target != self.ui.labelComboBox.currentText  # the server named what was clicked
+            given = f"the click is on the {target}: " if named else ""
             if given:
                 self.ui.labelComboBox.setCurrentText(target)  # the next prompts, undo and redo are that segment's
             self.ui.caseLabel.text = f"Case {self.logic.case.image_id}: {given}" + (result.get("message") or f"{target} updated from prompts")

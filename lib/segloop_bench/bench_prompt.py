@@ -67,8 +67,9 @@ def run_seed(args) -> int:
             training = json.load(f)
         print(f"Reusing the model trained at {training['provenance']['commit']} in {work}", flush=True)
     else:
+        started = provenance("none: a training run")  # the code that trains is the code at the start
         training = train_model(args, work, studies, conf)
-        atomic_write_json(record_path, json_safe({**training, "provenance": provenance("none: a training run")}))
+        atomic_write_json(record_path, json_safe({**training, "provenance": started}))
         if args.train_only:
             print(f"trained; wrote {record_path} (evaluate with --reuse-training --work {work})", flush=True)
             return 0
