@@ -161,7 +161,8 @@ class PromptInfer(SegmentationInfer):
             request, scribbled, uploaded, excluded = scribbles
             prompt, notes = parse_prompt(request, shape, self.labels, self.matcher, scribbled)
             notes["scribble_clicks"] = [len(scribbled[0]), len(scribbled[1])]
-            taken = {self.labels[e.get("name")] for e in request.get("label_info") or [] if e.get("name") in self.labels}
+            if self.type == InferType.SCRIBBLES:  # the plugin's segments (label_info checked by _scribbles)
+                taken = {self.labels[e["name"]] for e in request["label_info"] if e.get("name") in self.labels}
         else:
             prompt, notes = parse_prompt(request, shape, self.labels, self.matcher)
             if uploaded is not None and strtobool(str(request.get("label_map", False))):
