@@ -49,7 +49,7 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/segloop-bench bench infer
+	$(BIN)/segloop-bench bench auto
 
 clean:
 	rm -rf $(SAMPLE)/studies $(SAMPLE)/ground_truth MONAILabelApp/logs MONAILabelApp/model .pytest_cache

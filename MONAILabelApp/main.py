@@ -62,7 +62,7 @@ class SegLoopApp(MONAILabelApp):
         self.models: Dict[str, TaskConfig] = {}
         for name in self.options.models:
             self.models[name] = TASK_CONFIGS[name]()
-            self.models[name].init(name, self.model_dir, conf, None)
+            self.models[name].init(name, self.model_dir, conf, None, studies=studies)
 
         self.model_trainers = {name: config.trainer() for name, config in self.models.items()}
         # Which annotator holds which case (no case handed to two annotators within the lock window).

@@ -37,7 +37,7 @@ def slicer_template(sample_root, tmp_path_factory):
     os.makedirs(os.path.join(path, "labels", "final"))
     for case in ("case_000", "case_001", "case_002"):
         shutil.copy(os.path.join(sample_root, "ground_truth", f"{case}.nii.gz"), os.path.join(path, "labels", "final"))
-    conf = {"models": "segmentation,prompt", "retrain_max_seconds": "4"}
+    conf = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "first_run_max_seconds": "4"}
     log = os.path.join(os.path.dirname(path), "server.log")
     with running_server(path, conf=conf, log_path=log, env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}) as server:
         state = lambda m: requests.get(f"{server.url}/segloop/models/{m}", timeout=30).json()  # noqa: E731

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 CONF = {
     "models": "segmentation",
-    "retrain_max_seconds": "4",
+    "retrain_max_seconds": "4", "first_run_max_seconds": "4",
     "mc_samples": "2",
     "tta_samples": "2",
     "promotion_tolerance": "1.0",

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 CONF = {
     "models": "segmentation",  # the automatic model's loop; the prompt model's is in test_prompt_e2e
-    "retrain_max_seconds": "4",
+    "retrain_max_seconds": "4", "first_run_max_seconds": "4",
     "retrain_debounce_s": "1",
     "promotion_tolerance": "1.0",  # promotion itself is unit-tested; here every finished run serves
 }

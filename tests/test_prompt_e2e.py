@@ -164,7 +164,7 @@ def test_latency_bench_times_http_and_each_cpu_path_on_the_trained_model(trained
 def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
     Client = upstream_slicer_client()
     studies = f"{trained}/studies"
-    conf = {"models": "prompt", "auto_train": "true", "retrain_max_seconds": "5", "retrain_debounce_s": "0"}
+    conf = {"models": "prompt", "auto_train": "true", "retrain_max_seconds": "5", "first_run_max_seconds": "5", "retrain_debounce_s": "0"}
     with running_server(studies, conf=conf, log_path=str(tmp_path / "server.log")) as server:
         client = Client(server.url, tmpdir=str(tmp_path))
         info = client.info()

@@ -14,7 +14,7 @@ from segloop.labels import DEFAULT_LABELS
 from segloop.trainers.quarantine import Quarantine, decode_error
 from segloop.trainers.segmentation import SegmentationTrainer
 
-OPTIONS = SimpleNamespace(labels=DEFAULT_LABELS, retrain_every=1, auto_train=False, retrain_debounce_s=0, retrain_max_seconds=0)
+OPTIONS = SimpleNamespace(labels=DEFAULT_LABELS, retrain_every=1, auto_train=False, retrain_debounce_s=0, retrain_max_seconds=0, first_run_max_seconds=0)
 
 
 def write_nifti(path, seed=0):

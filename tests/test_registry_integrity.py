@@ -140,7 +140,7 @@ def test_the_infer_checks_each_reload_loads_the_restored_version_and_hashes_once
 
 
 def test_the_campaign_summary_shows_the_latest_mismatch(reg):
-    options = SimpleNamespace(labels=DEFAULT_LABELS, retrain_every=1, auto_train=False, retrain_debounce_s=0, retrain_max_seconds=0)
+    options = SimpleNamespace(labels=DEFAULT_LABELS, retrain_every=1, auto_train=False, retrain_debounce_s=0, retrain_max_seconds=0, first_run_max_seconds=0)
     no_labels = SimpleNamespace(get_labeled_images=lambda: [])
     loop = CampaignLoop("seg", reg, options, datastore_fn=lambda: no_labels, train_config_fn=dict)
     assert loop.summary()["checkpoint_warning"] is None

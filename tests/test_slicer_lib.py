@@ -157,7 +157,7 @@ def test_status_polls_get_a_short_limit_and_keep_the_login():
     assert client.http.timeout == 600  # the original keeps the long inference limit
 
 
-CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "promotion_tolerance": "1.0", "mc_samples": "2",
+CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "first_run_max_seconds": "4", "promotion_tolerance": "1.0", "mc_samples": "2",
         "tta_samples": "2"}
 
 

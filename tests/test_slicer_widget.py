@@ -936,7 +936,7 @@ class Relay:
 # -- slow: the widget against a real server ------------------------------------------------------
 # Both models serve version 1 from the shared trained campaign (conftest.slicer_template); the
 # submissions (a case, its review, SegLoopTest's case: 3 labels, retrain_every 10) retrain nothing.
-CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "retrain_every": "10", "promotion_tolerance": "1.0"}
+CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "first_run_max_seconds": "4", "retrain_every": "10", "promotion_tolerance": "1.0"}
 
 
 @pytest.mark.slow

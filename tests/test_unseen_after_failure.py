@@ -23,7 +23,7 @@ class FinalLabels:
         return {"ts": self.ts[image_id]}
 
 
-OPTIONS = SimpleNamespace(labels=DEFAULT_LABELS, retrain_every=1, auto_train=False, retrain_debounce_s=0, retrain_max_seconds=0)
+OPTIONS = SimpleNamespace(labels=DEFAULT_LABELS, retrain_every=1, auto_train=False, retrain_debounce_s=0, retrain_max_seconds=0, first_run_max_seconds=0)
 
 
 def weights(value):

@@ -375,6 +375,7 @@ def server_conf(auto_train: bool, retrain_every: int, retrain_seconds: float) ->
         "auto_train": "true" if auto_train else "false",
         "retrain_every": str(retrain_every),
         "retrain_max_seconds": str(retrain_seconds),
+        "first_run_max_seconds": str(retrain_seconds),
     }
 
 

@@ -64,7 +64,7 @@ def timed_infer(url: str, model: str, image: str, n: int) -> List[float]:
 def segloop_phase(work: str, pool: List[str], held: List[str], truth: str, budget_s: float, requests_n: int) -> Dict:
     studies = os.path.join(work, "segloop_studies")
     shutil.copytree(os.path.join(work, "data", "studies"), studies)
-    conf = {"models": "segmentation", "retrain_max_seconds": str(budget_s), "retrain_debounce_s": "0"}
+    conf = {"models": "segmentation", "retrain_max_seconds": str(budget_s), "first_run_max_seconds": str(budget_s), "retrain_debounce_s": "0"}
     curve, loop_times = [], []
     with running_server(studies, conf=conf, log_path=os.path.join(work, "segloop_server.log")) as server:
         url = server.url

@@ -61,13 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_runs("prompt_seeds"))
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
-    p = bench.add_parser("infer", help="SegLoop vs the radiology app's segmentation model: same cases and CPU budget; held-out Dice, /infer latency")
-    p.add_argument("--out", default="benchmarks/results/bench_infer/infer.json")
+    p = bench.add_parser("auto", help="the automatic model's configurations vs the radiology app's segmentation model: same cases and CPU budget; held-out Dice, /infer latency, memory")
+    p.add_argument("--out", default="benchmarks/results/bench_auto", help="folder for auto.json / auto.png")
     p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")
-    p.add_argument("--train-minutes", type=float, default=10.0, help="training budget of each model (wall-clock minutes)")
-    p.add_argument("--train-cases", type=int, default=24)
+    p.add_argument("--train-minutes", type=float, default=30.0, help="training budget of each model (wall-clock minutes)")
+    p.add_argument("--train-cases", type=int, default=16)
     p.add_argument("--held-out", type=int, default=4)
-    p.set_defaults(func=_runs("bench_infer"))
+    p.add_argument("--arms", default="unetr_cpu,unetr_cpu+plan,dynunet_cpu+plan,swinunetr_cpu",
+                   help="SegLoop configurations: network or network+plan (planned geometry), comma-separated")
+    p.add_argument("--skip-upstream", action="store_true")
+    p.set_defaults(func=_runs("bench_auto"))
+
+    p = bench.add_parser("first-session", help="the README's first session, scripted: held-out Dice of the proposal after it")
+    p.add_argument("--out", default="benchmarks/results/bench_first_session", help="folder for first_session.json")
+    p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="app --conf options, e.g. amp=off plan=auto")
+    p.add_argument("--request", default="", help="JSON body of the README's training request (default: the README's)")
+    p.set_defaults(func=_runs("bench_first_session"))
 
     p = bench.add_parser("loop", help="label-to-serving time, learning curve, /infer latency during training")
     p.add_argument("--out", default="benchmarks/results/bench_loop/loop.json")

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 def build_task_config(studies: str, conf: Optional[Mapping[str, str]] = None, name: str = "segmentation"):
     config = TASK_CONFIGS[name]()
-    config.init(name, os.path.join(studies, ".segloop", "model"), dict(conf or {}), None)
+    config.init(name, os.path.join(studies, ".segloop", "model"), dict(conf or {}), None, studies=studies)
     return config
 
 

@@ -61,11 +61,18 @@ class CampaignLoop:
             {
                 "model": self.name,
                 "incremental": True,
-                "max_seconds": self.options.retrain_max_seconds,
+                "max_seconds": self.run_budget_seconds(),
                 "max_epochs": 100000,  # bounded by max_seconds
             }
         )
         return run_background_task(request, "train", callback=on_finished)
+
+    def run_budget_seconds(self) -> float:
+        """An automatic run's time budget: ``first_run_max_seconds`` while no version serves (the
+        first proposal a user sees should show something), ``retrain_max_seconds`` after."""
+        if self.registry.serving() is None:
+            return float(self.options.first_run_max_seconds)
+        return float(self.options.retrain_max_seconds)
 
     def on_server_start(self) -> None:
         interrupted = self.registry.discard_interrupted_run()

@@ -20,9 +20,10 @@ from segloop.validation import DEFAULT_MAX_VOXELS
 OPTIONS: Dict[str, Tuple[str, str]] = {
     "models": ("segmentation,prompt", "comma-separated task names to serve: segmentation, prompt"),
     "labels": ("", 'JSON name->index map, e.g. {"liver":1,"spleen":2}; default: the sample labels'),
-    "network": (DEFAULT_NETWORK, "unetr_cpu (CPU-sized UNETR), unetr (full size, GPU) or segresnet"),
+    "network": (DEFAULT_NETWORK, "unetr_cpu (CPU-sized UNETR), unetr (full size, GPU), dynunet_cpu / dynunet (nnU-Net topology, deep supervision), swinunetr_cpu or segresnet"),
     "prompt_network": (DEFAULT_PROMPT_NETWORK, "prompt model size: prompt_cpu (CPU default) or prompt (GPU)"),
     "label_vocabulary": ("", 'JSON (or a JSON file) {label: {"description": text or [texts], "synonyms": [...]}} for text prompts'),
+    "plan": ("off", "auto: plan the automatic model's spacing, window and HU range from the labelled cases' fingerprint before its first training (frozen in plan.json); off: the network preset's"),
     "target_spacing": ("", "JSON [x,y,z] mm the model works at; default: the network preset's"),
     "roi_size": ("", "JSON [x,y,z] voxels of the network input; default: the network preset's"),
     "hu_window": (json.dumps(list(DEFAULT_HU_WINDOW)), "JSON [low,high] HU mapped to [0,1]"),
@@ -33,6 +34,7 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "auto_train": ("true", "retrain automatically when final labels are submitted"),
     "retrain_every": ("1", "new final labels that start an automatic run"),
     "retrain_max_seconds": ("60", "time budget of an automatic (incremental) run"),
+    "first_run_max_seconds": ("300", "time budget of a model's first automatic run (no version serving yet)"),
     "retrain_debounce_s": ("2", "wait this long after a label so a burst lands in one run"),
     "replay_ratio": ("1.0", "earlier labels replayed per new label in incremental runs"),
     "promotion_tolerance": ("0.02", "a new version serves unless its validation mean Dice is lower by more"),
@@ -50,6 +52,7 @@ class SegLoopOptions:
     models: List[str]
     labels: Dict[str, int]
     network: str
+    plan: str
     prompt_network: str
     target_spacing: Tuple[float, float, float]
     roi_size: Tuple[int, int, int]
@@ -61,6 +64,7 @@ class SegLoopOptions:
     auto_train: bool
     retrain_every: int
     retrain_max_seconds: float
+    first_run_max_seconds: float
     retrain_debounce_s: float
     replay_ratio: float
     promotion_tolerance: float
@@ -100,6 +104,9 @@ def _number(conf: Mapping[str, str], key: str, cast, minimum: float):
 def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
     """Validate every option up front so a typo stops the server with a clear message."""
     network = conf.get("network") or OPTIONS["network"][0]
+    plan = (conf.get("plan") or OPTIONS["plan"][0]).lower()
+    if plan not in ("auto", "off"):
+        raise ValueError(f"--conf plan must be auto or off, got {plan!r}")
     prompt_network = conf.get("prompt_network") or OPTIONS["prompt_network"][0]
     get_prompt_preset(prompt_network)
     preset = get_preset(network)
@@ -134,6 +141,7 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         models=models,
         labels=labels,
         network=network,
+        plan=plan,
         prompt_network=prompt_network,
         target_spacing=spacing,  # type: ignore[arg-type]
         roi_size=roi,
@@ -145,6 +153,7 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         auto_train=auto_train == "true",
         retrain_every=_number(conf, "retrain_every", int, minimum=1),
         retrain_max_seconds=_number(conf, "retrain_max_seconds", float, minimum=1),
+        first_run_max_seconds=_number(conf, "first_run_max_seconds", float, minimum=1),
         retrain_debounce_s=_number(conf, "retrain_debounce_s", float, minimum=0),
         replay_ratio=_number(conf, "replay_ratio", float, minimum=0),
         promotion_tolerance=_number(conf, "promotion_tolerance", float, minimum=0),

@@ -11,7 +11,8 @@ from segloop.configs.options import parse_options, resolve_device
 from segloop.infers import SegmentationInfer
 from segloop.activelearning import build_strategies
 from segloop.infers.uncertainty import UncertaintyMaps
-from segloop.networks import build_network
+from segloop.networks import build_network, get_preset
+from segloop.planning import labelled_pairs, load_or_make_plan
 from segloop.scoring import SCORING_METHOD, ScoreStore, UncertaintyScoring
 from segloop.trainers import SegmentationTrainer
 
@@ -31,14 +32,31 @@ class Segmentation(TaskConfig):
         self.registry = ModelRegistry(model_dir, name)
         self.published_path = self.registry.serving_path  # the serving version
         self.path = [p for p in (self.options.checkpoint, self.published_path) if p]
+        self.plan = self._plan(conf, kwargs.get("studies"))
+        self.target_spacing = tuple(self.plan["target_spacing"]) if self.plan else self.options.target_spacing
+        self.roi_size = tuple(self.plan["roi_size"]) if self.plan else self.options.roi_size
+        self.hu_window = tuple(self.plan["hu_window"]) if self.plan and self.plan["hu_window"] else self.options.hu_window
         self.network = build_network(
-            self.options.network, len(self.labels) + 1, self.options.roi_size, dropout=self.options.dropout
+            self.options.network, len(self.labels) + 1, self.roi_size, dropout=self.options.dropout,
+            target_spacing=self.target_spacing,
         )
         self.scores = ScoreStore(self.registry.folder)
         self.uncertainty_maps = UncertaintyMaps(os.path.join(self.registry.folder, "uncertainty"))
         logger.info(
-            f"{name}: network={self.options.network} roi={self.options.roi_size} "
-            f"spacing={self.options.target_spacing} labels={self.labels} device={self.device}"
+            f"{name}: network={self.options.network} roi={self.roi_size} spacing={self.target_spacing} "
+            f"hu_window={self.hu_window} planned={self.plan is not None} labels={self.labels} device={self.device}"
+        )
+
+    def _plan(self, conf: Dict[str, str], studies: Any):
+        """The planned geometry (``segloop.planning``) unless planning is off, the geometry is set
+        by hand, a checkpoint is given, or the datastore is not a local folder."""
+        if self.options.plan != "auto" or self.options.checkpoint or conf.get("target_spacing") or conf.get("roi_size"):
+            return None
+        local = isinstance(studies, str) and os.path.isdir(studies)
+        trained = self.registry.serving() is not None or os.path.exists(self.published_path)
+        return load_or_make_plan(
+            self.registry.folder, get_preset(self.options.network), labelled_pairs(studies) if local else [],
+            self.labels, trained,
         )
 
     def infer(self):
@@ -46,9 +64,9 @@ class Segmentation(TaskConfig):
             path=self.path,
             network=self.network,
             labels=self.labels,
-            target_spacing=self.options.target_spacing,
-            roi_size=self.options.roi_size,
-            hu_window=self.options.hu_window,
+            target_spacing=self.target_spacing,
+            roi_size=self.roi_size,
+            hu_window=self.hu_window,
             model_name=self.name,
             device=self.device,
             registry=self.registry,
@@ -60,11 +78,12 @@ class Segmentation(TaskConfig):
             model_dir=os.path.join(self.model_dir, self.name),
             network=self.network,
             labels=self.labels,
-            target_spacing=self.options.target_spacing,
-            roi_size=self.options.roi_size,
+            target_spacing=self.target_spacing,
+            roi_size=self.roi_size,
             registry=self.registry,
             pretrained_path=self.options.checkpoint,
-            hu_window=self.options.hu_window,
+            hu_window=self.hu_window,
+            plan=self.plan,
             device=self.device,
             amp=self.options.amp,
             max_epochs=self.options.max_epochs,
@@ -82,7 +101,7 @@ class Segmentation(TaskConfig):
             SCORING_METHOD: UncertaintyScoring(
                 self.infer(),
                 self.scores,
-                roi_size=self.options.roi_size,
+                roi_size=self.roi_size,
                 device=self.device,
                 mc_samples=self.options.mc_samples,
                 tta_samples=self.options.tta_samples,

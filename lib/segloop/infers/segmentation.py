@@ -8,7 +8,6 @@ shape and affine, and a JSON result naming the model, its version and checkpoint
 Probabilities are softmax(logits / T) with the serving version's fitted temperature T.
 """
 
-import copy
 import logging
 import os
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -26,6 +25,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from segloop.campaign.registry import VERSION_KEY, ModelRegistry
 from segloop.infers.uncertainty import UncertaintyMaps, label_confidence
 from segloop.labels import channel_map
+from segloop.networks import copy_network
 from segloop.networks.onednn import register_onednn_convolutions
 from segloop.errors import bad_request, conflict
 from segloop.validation import read_header
@@ -119,7 +119,7 @@ class SegmentationInfer(BasicInferTask):
             path = self._verified_path()
             key = _file_key(path)
             checkpoint = torch.load(path, map_location=torch.device(device), weights_only=True)
-            network = copy.deepcopy(self.network).to(torch.device(device))
+            network = copy_network(self.network).to(torch.device(device))
             network.load_state_dict(checkpoint.get("model", checkpoint))
             network.eval()
             if torch.device(device).type == "cpu":

@@ -2,14 +2,15 @@
 
 The whole preprocessed volume (``[1, H, W, D]``, RAS, ``target_spacing``, HU window in [0, 1]) is
 resized to the network's ``roi_size`` so the encoder sees the full field of view once; its deepest
-features are averaged over space (UNETR: the ViT tokens; SegResNet: the last encoder stage) and
+features are averaged over space (UNETR: the ViT tokens; SegResNet: the last encoder stage;
+DynUNet: the bottleneck; SwinUNETR: the last Swin stage) and
 scaled to unit length, so Euclidean distances between embeddings lie in [0, 2].
 """
 
 from typing import List, Sequence
 
 import torch
-from monai.networks.nets import UNETR, SegResNet
+from monai.networks.nets import UNETR, DynUNet, SegResNet, SwinUNETR
 from monai.transforms import Resize
 
 
@@ -21,6 +22,16 @@ def encoder_features(network: torch.nn.Module, batch: torch.Tensor) -> torch.Ten
     if isinstance(network, SegResNet):
         deepest, _ = network.encode(batch)  # [B, F, h, w, d]
         return deepest.mean(dim=(2, 3, 4))
+    if isinstance(network, SwinUNETR):
+        return network.swinViT(batch, network.normalize)[-1].mean(dim=(2, 3, 4))
+    if isinstance(network, DynUNet):
+        captured = []
+        hook = network.bottleneck.register_forward_hook(lambda module, args, out: captured.append(out))
+        try:
+            network(batch)
+        finally:
+            hook.remove()
+        return captured[0].mean(dim=(2, 3, 4))
     raise TypeError(f"no encoder embedding for {type(network).__name__}")
 
 

@@ -8,7 +8,6 @@ figures are comparable even as the validation set grows (:mod:`segloop.campaign.
   simulated click with the label prompt, and the label prompt alone.
 """
 
-import copy
 from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
@@ -20,6 +19,7 @@ from monai.networks.utils import one_hot
 from monai.transforms import Compose
 
 from segloop.metrics.dice import dice
+from segloop.networks import copy_network
 from segloop.prompts.click_protocol import case_structures, click_session
 from segloop.prompts.encoding import Prompt
 from segloop.prompts.zoom import ZoomOutZoomIn
@@ -38,7 +38,7 @@ def segmentation_dice(
     """Mean Dice per label name over ``datalist`` (labels absent everywhere are left out), plus ``mean``.
 
     ``on_logits(logits [C, H, W, D], label [1, H, W, D])`` sees each case's raw output (calibration)."""
-    net = copy.deepcopy(network).to(device)
+    net = copy_network(network).to(device)
     net.load_state_dict(state_dict)
     net.eval()
     channels = len(labels) + 1

@@ -36,10 +36,11 @@ from ignite.handlers import TerminateOnNan
 from monai.handlers import from_engine
 from monai.data import PersistentDataset
 from monai.inferers import SlidingWindowInferer
-from monai.losses import DiceCELoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.transforms import (
     AsDiscreted,
     Compose,
+    Lambdad,
     RandCropByLabelClassesd,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -54,6 +55,7 @@ from segloop.campaign.promotion import decide_promotion
 from segloop.campaign.registry import ModelRegistry
 from segloop.cpu_sharing import lower_priority
 from segloop.metrics.calibration import CalibrationAccumulator
+from segloop.networks import has_deep_supervision
 from segloop.networks.precision import AutocastInferer, native_bfloat16
 from segloop.trainers.candidate_eval import segmentation_dice
 from segloop.trainers.handlers import (
@@ -72,6 +74,27 @@ logger = logging.getLogger(__name__)
 VALIDATE_EVERY = 20  # training iterations between validation rounds during a run
 LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_LR = 3e-3  # AdamW; chosen over 1e-3 and 3e-4 for the small UNETR on a short CPU time budget
+
+
+class StackedDeepSupervisionLoss(torch.nn.Module):
+    """``loss`` over every head of a deep-supervised network's training output (heads stacked on
+    dim 1, as DynUNet returns them), weighted by MONAI's ``DeepSupervisionLoss`` (halved per level);
+    a plain output is passed through."""
+
+    def __init__(self, loss: torch.nn.Module):
+        super().__init__()
+        self.deep = DeepSupervisionLoss(loss)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.dim() == target.dim() + 1:
+            return self.deep(list(torch.unbind(pred, dim=1)), target)
+        return self.deep(pred, target)
+
+
+def main_head(pred: torch.Tensor) -> torch.Tensor:
+    """The full-resolution output of one decollated 3D item: a deep-supervised network's training
+    output is [heads, C, X, Y, Z], its evaluation output (and any other network's) [C, X, Y, Z]."""
+    return pred[0] if pred.dim() == 5 else pred
 
 
 class SegmentationTrainer(BasicTrainTask):
@@ -93,6 +116,7 @@ class SegmentationTrainer(BasicTrainTask):
         max_epochs: int = 50,
         promotion_tolerance: float = 0.02,
         replay_ratio: float = 1.0,
+        plan: Optional[Mapping] = None,
         description: str = "Train the automatic segmentation model on the final labels",
         **kwargs,
     ):
@@ -103,6 +127,7 @@ class SegmentationTrainer(BasicTrainTask):
         self.label_map = dict(labels)
         self.registry = registry
         self.pretrained_path = pretrained_path
+        self.plan = plan  # segloop.planning: the geometry this model was planned at (None: the preset's)
         config = {
             "device": device,
             "max_epochs": max_epochs,
@@ -162,7 +187,8 @@ class SegmentationTrainer(BasicTrainTask):
         return super().train_inferer(context)
 
     def loss_function(self, context: Context):
-        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        return StackedDeepSupervisionLoss(loss) if has_deep_supervision(self._network) else loss
 
     def lr_scheduler_handler(self, context: Context):
         return None  # constant learning rate: runs are short and resume from the serving model
@@ -196,7 +222,8 @@ class SegmentationTrainer(BasicTrainTask):
         ]
 
     def train_post_transforms(self, context: Context):
-        return [
+        heads = [Lambdad(keys="pred", func=main_head)] if has_deep_supervision(self._network) else []
+        return heads + [
             AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=(self.num_channels, self.num_channels))
         ]
 
@@ -349,6 +376,13 @@ class SegmentationTrainer(BasicTrainTask):
             "iterations": state.iteration if state else 0,
             "request": {
                 k: self._run["request"].get(k) for k in ("incremental", "from_scratch", "max_seconds", "lr", "lr_schedule")
+            },
+            "geometry": {
+                "planned": self.plan is not None,
+                "target_spacing": list(self.target_spacing),
+                "roi_size": list(self.roi_size),
+                "hu_window": list(self.hu_window),
+                "network": type(self._network).__name__,
             },
             **fields,
         }
