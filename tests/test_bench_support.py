@@ -4,6 +4,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from segloop_bench.baselines import ball_at, box_fill_dice, equivalent_radius_mm, mean_label_dice
 from segloop_bench.provenance import write_result
@@ -109,3 +110,22 @@ def test_the_seed_summary_gives_mean_and_sd_and_never_calls_an_unreached_noc_met
     assert not summarize([report])["measures"]["latency_http_p95_s"]["target"]["met"]
     # The gain counts only structures below 0.9 after one click: the liver (0.9 / 0.8 first) only in seed 1's arm.
     assert measures["gain_1_to_5"]["clicks_only"]["mean"] > 0.05
+
+
+def test_bench_auto_arms_and_picture(tmp_path):
+    from segloop_bench.bench_auto import parse_arm, plot
+
+    assert parse_arm("unetr_cpu") == {"name": "unetr_cpu", "conf": {"network": "unetr_cpu", "plan": "off"}}
+    assert parse_arm("dynunet_cpu+plan")["conf"] == {"network": "dynunet_cpu", "plan": "auto"}
+    with pytest.raises(ValueError):
+        parse_arm("unetr_cpu+fast")
+    dice = {"liver": 0.9, "spleen": 0.8, "kidney": 0.85, "tumor": 0.1}
+    report = {
+        "budget_min": 1, "train_cases": ["a"], "held_out_cases": ["b"],
+        "arms": {"unetr_cpu": {"held_out_dice_mean": dice}},
+        "upstream": {"held_out_dice_mean": {k: 0.0 for k in dice}},
+        "baselines": {"mean_label": {k: 0.5 for k in dice}, "hu_threshold": {k: 0.3 for k in dice}},
+    }
+    path = tmp_path / "auto.png"
+    plot(report, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,6 +17,10 @@ CONF = {
     "retrain_max_seconds": "4", "first_run_max_seconds": "4",
     "retrain_debounce_s": "1",
     "promotion_tolerance": "1.0",  # promotion itself is unit-tested; here every finished run serves
+    # The scoring job after each version is test_activelearning_e2e's subject: one pass per case
+    # here (no MC-dropout / TTA passes), so it does not take the cores the runs under test need.
+    "mc_samples": "0",
+    "tta_samples": "0",
 }
 
 

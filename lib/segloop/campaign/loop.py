@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 class CampaignLoop:
     """``options``: the app's parsed ``--conf`` options (``labels``, ``retrain_every``, ``auto_train``,
-    ``retrain_debounce_s``, ``retrain_max_seconds`` are read)."""
+    ``retrain_debounce_s``, ``retrain_max_seconds``, ``first_run_max_seconds`` are read)."""
 
     def __init__(self, name: str, registry: ModelRegistry, options, datastore_fn, train_config_fn):
         self.name = name

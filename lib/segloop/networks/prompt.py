@@ -56,7 +56,7 @@ PROMPT_PRESETS: Dict[str, PromptPreset] = {
     # at full resolution, so coarse = 2 x fine spacing.
     "prompt_cpu": PromptPreset("prompt_cpu", (48, 48, 48), (6.0, 6.0, 6.0), (3.0, 3.0, 3.0), 8, (1, 2, 2, 4), 16, 3e-3),
     # GPU: VISTA3D-sized encoder (48 filters, five levels) on 128^3 windows, zoom-in at 1.5 mm.
-    # 3e-4: at 3e-3 its loss diverges (benchmarks/prompt_model_trials.md, section "Earlier result
+    # 3e-4: at 3e-3 its loss diverges (benchmarks/trials.md, section "Earlier result
     # files", bench_prompt_gpu_h200).
     "prompt": PromptPreset("prompt", (128, 128, 128), (3.0, 3.0, 3.0), (1.5, 1.5, 1.5), 48, (1, 2, 2, 4, 4), 48, 3e-4),
 }

@@ -9,7 +9,7 @@ not move where nobody clicked.
 
 Why: a single negative click on a trained-from-scratch model can shrink the whole organ, the
 global proposal being worse than the previous mask away from the click; the local update keeps the
-mask there (the global proposal against the local update: benchmarks/prompt_model_trials.md).
+mask there (the global proposal against the local update: benchmarks/trials.md).
 
 Masks are boolean [X, Y, Z] on the image grid; clicks are IJK voxel indices; ``spacing_mm`` the
 voxel size along I, J, K (mm).

@@ -23,7 +23,7 @@ model reads in every mode it is trained in: a lasso, positives spread over its i
 positive at its centre (its corners may be background); both, negatives spread over a ring
 ``DRAWN_RING_VOXELS`` outside the outline, saying where the structure ends on that slice. (A
 slice-prompt training mode on the box channel was tried and cost the 3D box its margin:
-benchmarks/prompt_model_trials.md.)
+benchmarks/trials.md.)
 
 An uploaded **scribble mask** (the ``label`` file with ``scribbles_mask``, or the upstream plugin's
 scribbles request) becomes clicks the same way (:func:`scribble_mask_clicks`).

@@ -8,7 +8,7 @@
    inside an organ is not a click on the organ). A click on no known structure stays
    class-agnostic ("the structure under the clicks"). The first positive click decides, so the
    answer's structure does not change while corrections are added. Why: the class-agnostic mode
-   alone returns a blob around a click on an organ it knows (benchmarks/prompt_model_trials.md).
+   alone returns a blob around a click on an organ it knows (benchmarks/trials.md).
    Off with ``label_from_click=False``; the ``candidates`` argument narrows the labels (the server
    leaves out the segments a client already has).
 1. **Zoom out**: the whole volume is resampled to a RAS grid at ``coarse_spacing`` mm (6 mm on
@@ -24,7 +24,7 @@
    segmented again from the prompts alone, with an empty mask channel, as training's first pass
    and half its corrections see it. The coarse result only places the regions: given as the mask
    prompt, its 6 mm probability, wider than the organ, is copied into the answer (see
-   benchmarks/prompt_model_trials.md). The fine grid is centred on the region and at least one
+   benchmarks/trials.md). The fine grid is centred on the region and at least one
    training window (``roi_size``) a side: the encoder's instance norms make its answer depend on
    the field of view, and a grid as small as a kidney's own 32 x 32 x 40 voxels marks only part of
    the kidney. The fine result is final inside the regions; outside them the structure is absent.
@@ -36,7 +36,7 @@
 
 A user's previous mask reaches the network only through the region and the clicks accumulated on
 it, not as the mask channel: a sent binary mask in that channel makes positive clicks *shrink* the
-result (see benchmarks/prompt_model_trials.md, section "Earlier result files",
+result (see benchmarks/trials.md, section "Earlier result files",
 bench_prompt_gpu_h200_recipe).
 
 Every resampling is MONAI's ``SpatialResample`` between affines, so LPS- or RAS-stored inputs and
@@ -65,7 +65,7 @@ from segloop.transforms import DEFAULT_HU_WINDOW
 # structure, and how close the clicked tissue must be to that structure's (robust z-score of the
 # click's HU). 1.25 was set from the 16 training cases of `segloop-bench bench prompt` (seed 0):
 # first clicks on their organs scored up to 1.01, on tumours inside them from 0.77 (one), then
-# 1.16 and up (benchmarks/prompt_model_trials.md).
+# 1.16 and up (benchmarks/trials.md).
 CLICK_LABEL_PROBABILITY = 0.5
 CLICK_TISSUE_Z = 1.25
 MIN_TISSUE_SPREAD_HU = 5.0  # a spread below this (a noiseless or constant image) counts as this

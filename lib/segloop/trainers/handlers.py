@@ -167,7 +167,7 @@ def configure_autocast(trainer, mode: str) -> None:
 
     MONAI's default is float16 with a loss scaler; float16 overflows above 65504, which can end a run
     with a NaN loss, while bfloat16 has float32's range (see
-    benchmarks/prompt_model_trials.md, section "Earlier result files", bench_prompt_gpu_h200). So
+    benchmarks/trials.md, section "Earlier result files", bench_prompt_gpu_h200). So
     ``auto`` uses bfloat16 where the GPU supports it, with the scaler disabled (bfloat16 needs no
     loss scaling); the engine's own AMP step then runs unchanged.
     """

@@ -63,7 +63,7 @@ def first_query(output):
 class PromptTrainer(SegmentationTrainer):
     def __init__(self, *args, coarse_spacing: Sequence[float], fine_spacing: Sequence[float], **kwargs):
         # Warm-up, cosine decay and gradient clipping: at a constant 3e-3 a run can collapse (every
-        # label query all-foreground or all-empty); see benchmarks/prompt_model_trials.md, section
+        # label query all-foreground or all-empty); see benchmarks/trials.md, section
         # "Earlier result files" (bench_prompt_gpu_h200_recipe).
         kwargs.setdefault("lr_schedule", "cosine")
         kwargs.setdefault("grad_clip", 1.0)

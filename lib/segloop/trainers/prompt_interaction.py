@@ -17,7 +17,7 @@ multi-label map (network channels: 0 background, 1..N labels). For each item:
      the self-supervision SAM-style models draw from the image itself, to teach clicks alone to
      segment a structure nobody labelled: a vessel, a bone, a gas pocket. Not the default: at the
      tests' 296 steps each share tried cost the label + click or the box arm its margin over its
-     baseline (benchmarks/prompt_model_trials.md);
+     baseline (benchmarks/trials.md);
    * **all labels**: no spatial prompt, and the network is asked for every label at once from
      the same features, each against its own mask (empty where the label is absent from the
      view). One forward pass then teaches what every label looks like, and where it is not,
@@ -29,7 +29,7 @@ multi-label map (network channels: 0 background, 1..N labels). For each item:
    becomes the previous-mask prompt (DeepEdit / SAM-Med3D). The other half accumulate their clicks
    with the mask channel empty, which is what inference sends (see ``segloop.prompts.zoom``), so
    that a second or third click without a mask is an input training shows (see
-   benchmarks/prompt_model_trials.md, "Changes that were kept").
+   benchmarks/trials.md, "Changes that were kept").
 
 The returned batch is ``image`` [B, 5, X, Y, Z] (CT + prompt channels; X, Y, Z the batch's view
 size), ``class_index`` [B, N] (the label queries: one-structure items use slot 0 and pad the rest
