@@ -162,3 +162,21 @@ def test_every_network_gives_a_unit_embedding_for_diversity_scoring(name):
     a = image_embedding(net, torch.rand(1, 70, 70, 40), roi, "cpu")
     b = image_embedding(net, torch.rand(1, 70, 70, 40) ** 3, roi, "cpu")
     assert np.linalg.norm(a) == pytest.approx(1.0, abs=1e-4) and a != b
+
+
+def test_a_process_the_server_started_reads_the_plan_but_never_makes_one(tmp_path, monkeypatch):
+    from segloop.server.lifecycle import SERVER_PID_ENV, in_server_subprocess
+
+    monkeypatch.delenv(SERVER_PID_ENV, raising=False)
+    assert not in_server_subprocess()
+    monkeypatch.setenv(SERVER_PID_ENV, str(os.getpid()))
+    assert not in_server_subprocess()  # the server itself
+    monkeypatch.setenv(SERVER_PID_ENV, str(os.getpid() + 1))
+    assert in_server_subprocess()
+    monkeypatch.setattr("segloop.planning.plan.dataset_fingerprint", lambda sample, labels: summarize_cases(CASES, labels))
+    folder = str(tmp_path / "segmentation")
+    pairs = [("a.nii.gz", "a_label.nii.gz")]
+    preset = PRESETS["unetr_cpu"]
+    assert load_or_make_plan(folder, preset, pairs, DEFAULT_LABELS, trained=False, may_create=False) is None
+    made = load_or_make_plan(folder, preset, pairs, DEFAULT_LABELS, trained=False)
+    assert load_or_make_plan(folder, preset, pairs, DEFAULT_LABELS, trained=False, may_create=False) == made

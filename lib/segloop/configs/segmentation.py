@@ -13,6 +13,7 @@ from segloop.activelearning import build_strategies
 from segloop.infers.uncertainty import UncertaintyMaps
 from segloop.networks import build_network, get_preset
 from segloop.planning import labelled_pairs, load_or_make_plan
+from segloop.server.lifecycle import in_server_subprocess
 from segloop.scoring import SCORING_METHOD, ScoreStore, UncertaintyScoring
 from segloop.trainers import SegmentationTrainer
 
@@ -49,14 +50,16 @@ class Segmentation(TaskConfig):
 
     def _plan(self, conf: Dict[str, str], studies: Any):
         """The planned geometry (``segloop.planning``) unless planning is off, the geometry is set
-        by hand, a checkpoint is given, or the datastore is not a local folder."""
+        by hand, a checkpoint is given, or the datastore is not a local folder. The plan is made
+        where the server starts, from the labels it finds then; a server started without labels
+        keeps the preset's geometry for this model (its first run trains at it)."""
         if self.options.plan != "auto" or self.options.checkpoint or conf.get("target_spacing") or conf.get("roi_size"):
             return None
         local = isinstance(studies, str) and os.path.isdir(studies)
         trained = self.registry.serving() is not None or os.path.exists(self.published_path)
         return load_or_make_plan(
             self.registry.folder, get_preset(self.options.network), labelled_pairs(studies) if local else [],
-            self.labels, trained,
+            self.labels, trained, may_create=not in_server_subprocess(),
         )
 
     def infer(self):

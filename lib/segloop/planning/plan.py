@@ -120,11 +120,18 @@ def even_sample(items: Sequence, count: int) -> List:
 
 
 def load_or_make_plan(
-    folder: str, preset: NetworkPreset, pairs: Sequence[Tuple[str, str]], labels: Mapping[str, int], trained: bool
+    folder: str,
+    preset: NetworkPreset,
+    pairs: Sequence[Tuple[str, str]],
+    labels: Mapping[str, int],
+    trained: bool,
+    may_create: bool = True,
 ) -> Optional[Dict]:
     """The model's plan: the one written in ``folder`` if any (a plan is frozen with the model it
-    shaped); else, for a model not trained yet, one made now from ``pairs`` and written; else None
-    (no labels yet, or weights trained before planning: the preset's geometry stays)."""
+    shaped); else, for a model not trained yet and where ``may_create``, one made now from
+    ``pairs`` and written; else None (no labels yet, weights trained before planning, or a process
+    that must not plan: the preset's geometry stays). Only the server plans: a training process it
+    starts reads the plan, so the server's own network and its runs' always share one geometry."""
     path = os.path.join(folder, PLAN_FILE)
     if os.path.exists(path):
         with open(path) as f:
@@ -133,7 +140,7 @@ def load_or_make_plan(
             return plan
         logger.warning(f"{path} plans {plan.get('network')!r}, not {preset.name!r}: the preset's geometry is used")
         return None
-    if trained or not pairs:
+    if trained or not pairs or not may_create:
         return None
     sample = even_sample(list(pairs), MAX_FINGERPRINT_CASES)
     logger.info(f"Planning {preset.name} from the fingerprint of {len(sample)} labelled case(s)")

@@ -29,6 +29,13 @@ def mark_server_process() -> None:
     os.environ[SERVER_PID_ENV] = str(os.getpid())
 
 
+def in_server_subprocess() -> bool:
+    """True in a training or scoring process the server started (not in the server, nor in a
+    process without a server, such as the benchmarks' in-process training)."""
+    server = os.environ.get(SERVER_PID_ENV)
+    return bool(server) and server != str(os.getpid())
+
+
 def die_with_server() -> None:
     """Called in a subprocess of the server (no-op in the server itself or off Linux)."""
     server = os.environ.get(SERVER_PID_ENV)
