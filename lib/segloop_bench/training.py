@@ -1,7 +1,7 @@
 """Train the served model in-process on a studies folder and score it on held-out ground truth.
 
 Uses the very ``TaskConfig``, trainer and infer task the server builds, so a figure measured
-here is the figure the app gets. Used by the learning test and ``segloop-bench bench infer``.
+here is the figure the app gets. Used by the learning test and ``segloop-bench bench auto``.
 """
 
 import logging

@@ -383,6 +383,7 @@ class SegmentationTrainer(BasicTrainTask):
                 "roi_size": list(self.roi_size),
                 "hu_window": list(self.hu_window),
                 "network": type(self._network).__name__,
+                "why": self.plan["why"] if self.plan else None,  # the fingerprint figures the plan followed
             },
             **fields,
         }
