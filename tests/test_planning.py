@@ -180,3 +180,25 @@ def test_a_process_the_server_started_reads_the_plan_but_never_makes_one(tmp_pat
     assert load_or_make_plan(folder, preset, pairs, DEFAULT_LABELS, trained=False, may_create=False) is None
     made = load_or_make_plan(folder, preset, pairs, DEFAULT_LABELS, trained=False)
     assert load_or_make_plan(folder, preset, pairs, DEFAULT_LABELS, trained=False, may_create=False) == made
+
+
+def test_the_app_config_plans_from_the_datastore_and_serves_and_trains_at_the_plan(tmp_path):
+    """Through the app's own TaskConfig on generated cases: MONAI's DataAnalyzer fingerprint, the
+    plan file, and the infer task, the trainer and the network all at the planned geometry."""
+    from segloop.data.sample import write_sample_data
+    from segloop_bench.training import build_task_config
+
+    root = str(tmp_path)
+    write_sample_data(root, cases=3, seed=3, labelled=2, progress=None, shape=(96, 96, 48), spacing=(3.0, 3.0, 4.0))
+    studies = f"{root}/studies"
+    config = build_task_config(studies, {"plan": "auto"})
+    plan = config.plan
+    assert plan is not None and plan["fingerprint"]["cases"] == 2
+    assert plan["fingerprint"]["spacing_mm"] == [3.0, 3.0, 4.0]
+    assert plan["target_spacing"] == [3.0, 3.0, 4.0]  # never finer than the data
+    infer, trainer = config.infer(), config.trainer()
+    assert tuple(infer.roi_size) == tuple(trainer.roi_size) == tuple(plan["roi_size"])
+    assert config.network.feat_size == tuple(v // 16 for v in plan["roi_size"])  # the UNETR was built for the window
+    assert trainer.hu_window == tuple(plan["hu_window"])
+    assert os.path.exists(os.path.join(studies, ".segloop", "model", "segmentation", PLAN_FILE))
+    assert build_task_config(studies, {"plan": "auto", "roi_size": "[64,64,64]"}).plan is None  # set by hand
