@@ -55,7 +55,10 @@ def infer_version(url, image="case_004"):
 
 
 class InferenceHammer(threading.Thread):
-    """Keeps /infer busy while versions are trained and promoted."""
+    """Keeps /infer busy while versions are trained and promoted: a request, then a short pause
+    (``PAUSE_S``) so the runs under test keep some of the two cores."""
+
+    PAUSE_S = 0.3
 
     def __init__(self, url):
         super().__init__(daemon=True)
@@ -65,6 +68,7 @@ class InferenceHammer(threading.Thread):
         while not self.stop.is_set():
             r = requests.post(f"{self.url}/infer/segmentation", params={"image": "case_004", "output": "json"}, timeout=300)
             self.results.append((r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text))
+            self.stop.wait(self.PAUSE_S)
 
 
 @pytest.fixture(scope="module")
