@@ -12,8 +12,8 @@ can afford) and the fingerprint of the labelled cases (``segloop.planning.finger
 * **intensity window**: the 0.5 and 99.5 percentiles of the labelled voxels (nnU-Net's CT
   normalisation), mapped to [0, 1].
 
-A plan is a plain dict, written next to the model and into every version record, so a served
-version says which geometry it was trained at.
+A plan is a plain dict written next to the model (``plan.json``); every version record carries
+its geometry and reasons (``geometry``), so a served version says what it was trained at.
 """
 
 import json
