@@ -153,3 +153,23 @@ def test_distance_and_rank_helpers():
     candidates = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert np.allclose(min_distances(candidates, np.array([[1.0, 0.0]])), [0.0, np.sqrt(2)])
     assert np.allclose(rank_scores([0.3, 0.1, 0.2]), [1.0, 1 / 3, 2 / 3])
+
+
+def test_foreground_random_draws_a_class_then_a_case_predicted_to_hold_it(tmp_path):
+    """Channels: background, liver, spleen, kidney, tumour. Only t1 and t2 are predicted to hold a
+    tumour, so over many seeds the tumour draws (a quarter of them) land on t1/t2 alone, and the
+    two tumour cases are picked far more often than the plain-random 2/8."""
+    store = ScoreStore(str(tmp_path))
+    images = [f"n{i}" for i in range(6)] + ["t1", "t2"]
+    for image in images:
+        tumour = 50 if image.startswith("t") else 0
+        store.put(image, {"version": 1, "components": ["entropy"], "entropy": 0.1,
+                          "class_voxels": [1000, 300, 80, 60, tumour]})
+    strategy = build_strategies(store)["foreground_random"]
+    picks = [pick(strategy, FakeDatastore(images), seed=s) for s in range(400)]
+    assert all("fallback" not in p for p in picks)
+    tumour_share = np.mean([p["id"].startswith("t") for p in picks])
+    # a tumour draw (1/4) always gives t1/t2; an organ draw gives them 2/8 of the time
+    assert abs(tumour_share - (0.25 + 0.75 * 2 / 8)) < 0.08
+    assert {p["id"] for p in picks} == set(images)  # organ draws still reach every case
+    assert pick(strategy, FakeDatastore(images), seed=7) == pick(strategy, FakeDatastore(images), seed=7)

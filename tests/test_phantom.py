@@ -10,6 +10,8 @@ from segloop.data.phantom import NOVEL_STRUCTURES, draw_spec, generate_case, ren
 from segloop.data.sample import write_sample_data
 from segloop.labels import DEFAULT_LABELS
 
+TUMOR, KIDNEY, LIVER = DEFAULT_LABELS["tumor"], DEFAULT_LABELS["kidney"], DEFAULT_LABELS["liver"]
+
 
 def world_centroid(label, affine, value):
     ijk = np.argwhere(label == value).mean(axis=0)
@@ -96,3 +98,30 @@ def test_novel_structures_are_visible_and_apart_from_the_labels(index):
 def test_write_sample_data_rejects_bad_counts(tmp_path):
     with pytest.raises(ValueError):
         write_sample_data(str(tmp_path), cases=2, labelled=3, progress=None)
+
+
+def test_mixed_populations_change_the_anatomy_and_leave_default_cases_alone():
+    plain, plain_spec = render_drawn_case("c", 0, 3, shape=(48, 48, 24), spacing=(8.0, 8.0, 10.0))
+    again, _ = render_drawn_case("c", 0, 3, shape=(48, 48, 24), spacing=(8.0, 8.0, 10.0), mixed=False)
+    assert plain_spec["population"] == "typical" and np.array_equal(plain.image, again.image)
+    specs = {}
+    for index in range(60):
+        case, spec = render_drawn_case("c", 0, index, shape=(48, 48, 24), spacing=(8.0, 8.0, 10.0), mixed=True)
+        specs[index] = (case, spec)
+    phases = {s["phase"] for _, s in specs.values()}
+    assert phases == {"portal", "arterial", "native"}
+    assert {s["burden"] for _, s in specs.values()} == {"none", "typical", "many"}
+    for case, spec in specs.values():
+        if spec["burden"] == "none":
+            assert not (case.label == TUMOR).any(), spec
+        kidney_hu = np.median(case.image[ndimage.binary_erosion(case.label == KIDNEY)])
+        if spec["phase"] == "native":
+            assert kidney_hu < 80, spec  # unenhanced kidneys: soft-tissue density
+        if spec["phase"] == "arterial":
+            assert kidney_hu > 180, spec
+    inversus = [(c, s) for c, s in specs.values() if s["situs"] == "inversus"]
+    assert inversus, "10% situs inversus: expected some in 60 cases"
+    for case, spec in inversus:  # the liver's centre lies on the patient's left (world x < 0)
+        centre = np.argwhere(case.label == LIVER).mean(axis=0)
+        assert (case.affine @ np.append(centre, 1))[0] < 0, spec
+    assert any("small" in s["population"] for _, s in specs.values())

@@ -10,7 +10,10 @@ import sys
 def _sample_data(args) -> int:
     from segloop.data.sample import write_sample_data
 
-    write_sample_data(args.out, cases=args.cases, seed=args.seed, labelled=args.labelled)
+    write_sample_data(
+        args.out, cases=args.cases, seed=args.seed, labelled=args.labelled, mixed=args.mixed,
+        shape=args.shape, spacing=args.spacing,
+    )
     print(f"Images in {args.out}/studies, ground truth in {args.out}/ground_truth")
     return 0
 
@@ -23,6 +26,19 @@ def _conf(args) -> int:
     return 0
 
 
+def _triple(kind):
+    def parse(text: str):
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3 or min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"expected three positive numbers like 96,96,48, got {text!r}")
+        return values
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labelled", type=int, default=0, help="seed the datastore with the first k labels")
+    p.add_argument("--mixed", action="store_true",
+                   help="draw subpopulations: contrast phase, body size, tumour burden, situs inversus")
+    p.add_argument("--shape", type=_triple(int), default=None, help="fixed grid for every case, voxels: I,J,K")
+    p.add_argument("--spacing", type=_triple(float), default=None, help="fixed spacing for every case, mm: I,J,K")
     p.set_defaults(func=_sample_data)
 
     p = sub.add_parser("conf", help="list the app's --conf options and defaults")

@@ -4,6 +4,10 @@ Each picks one unlabelled image from the datastore it is given (the app passes a
 cases booked by other annotators, see ``segloop.campaign.assignments``) using the scores of the
 automatic model in the ``ScoreStore``:
 
+* ``foreground_random`` -- nnActive's foreground-aware random baseline for whole images: each pick
+  draws a foreground class uniformly (so a tumour is as likely as the liver), then a random image
+  the served model predicts to contain that class (any image when none does); the baseline an
+  active strategy has to beat;
 * ``entropy``   -- highest predictive entropy of the served prediction;
 * ``epistemic`` -- highest MC-dropout mutual information (the test-time-augmentation variance for
   a network without dropout; ``source: "mc" | "tta"`` in the request chooses);
@@ -109,6 +113,24 @@ class UncertaintyStrategy(ScoredStrategy):
         return image, float(score)
 
 
+class ForegroundRandomStrategy(ScoredStrategy):
+    name = "foreground_random"
+
+    def __init__(self, store: ScoreStore):
+        super().__init__(store, "Foreground-aware random: a random case predicted to hold a class drawn uniformly")
+
+    def choose(self, images, records, request, datastore):
+        counts = {i: records[i]["class_voxels"] for i in images if records.get(i, {}).get("class_voxels")}
+        if not counts:
+            return None
+        rng = random.Random(request.get("seed"))
+        classes = len(next(iter(counts.values())))
+        wanted = rng.randrange(1, classes) if classes > 1 else 0
+        holding = sorted(i for i, c in counts.items() if len(c) > wanted and c[wanted] > 0)
+        image = rng.choice(holding or sorted(counts))
+        return image, float(counts[image][wanted])  # the drawn class's predicted voxels in that image
+
+
 def reference_embeddings(records: Dict[str, Dict], datastore, booked: Sequence[str]) -> np.ndarray:
     """Embeddings of the labelled images and of the images booked by annotators now."""
     ids = set(datastore.get_labeled_images()) | set(booked)
@@ -144,6 +166,7 @@ class DiversityStrategy(ScoredStrategy):
 def build_strategies(store: ScoreStore) -> Dict[str, Strategy]:
     """SegLoop's scored strategies by name (random and first come from MONAI Label)."""
     return {
+        "foreground_random": ForegroundRandomStrategy(store),
         "entropy": UncertaintyStrategy(store, "entropy", "entropy", "Highest predictive entropy of the automatic model"),
         "epistemic": UncertaintyStrategy(
             store, "epistemic", "epistemic", "Highest epistemic uncertainty: MC-dropout mutual information (else TTA variance)"
@@ -159,6 +182,7 @@ def build_strategies(store: ScoreStore) -> Dict[str, Strategy]:
 STRATEGY_COMPONENTS: Dict[str, Sequence[str]] = {
     "random": (),
     "first": (),
+    "foreground_random": ("entropy",),  # the class voxel counts come with the served prediction
     "entropy": ("entropy",),
     "epistemic": ("mc",),
     "diversity": ("embedding",),

@@ -19,6 +19,14 @@ pipeline shows up as a mirrored segmentation.
 Intensities (HU) follow a portal-venous abdominal CT: fat about -100, muscle/soft tissue 30-50,
 liver 50-80, spleen a little brighter or darker than liver, kidneys enhanced (130-190), bone 300+,
 hypodense tumours 25-60 HU below their host organ, air in the bowel, Gaussian noise 8-20 HU.
+
+**Mixed populations** (``draw_population``, asked for explicitly): active learning can only help
+where cases differ, so a campaign pool can mix subpopulations a model trained on the common case
+gets wrong: contrast phase (portal-venous, arterial: bright kidney cortex and aorta, liver less
+enhanced; native: kidneys and aorta at soft-tissue density, organs close to each other and
+tumours barely darker), body size (small patients in the same field of view), tumour burden
+(none, 1-3, 5-9) and rare anatomy (situs inversus: liver on the left, spleen on the right). The
+population is drawn from its own random stream, so the default cases of a seed never change.
 """
 
 from dataclasses import asdict, dataclass, replace
@@ -46,6 +54,19 @@ class CaseSpec:
     noise_hu: float
     liver_hu: float
     tumors: int
+    # Subpopulation (defaults: the typical portal-venous adult with normal anatomy).
+    phase: str = "portal"  # "portal", "arterial" or "native" (no contrast)
+    situs: str = "solitus"  # "solitus" or "inversus" (mirrored left-right)
+    burden: str = "typical"  # tumour burden: "none", "typical" (1-3) or "many" (5-9)
+    population: str = "typical"  # the subpopulation's name, for reports
+
+
+# HU per contrast phase other than portal-venous (what ``render_case`` draws by default): kidney
+# parenchyma range, aorta, liver range and how much darker than its host organ a tumour is.
+PHASE_HU = {
+    "arterial": {"kidney": (210.0, 260.0), "aorta": 300.0, "liver": (45.0, 60.0), "tumor_contrast": (15.0, 40.0)},
+    "native": {"kidney": (28.0, 38.0), "aorta": 42.0, "liver": (50.0, 62.0), "tumor_contrast": (8.0, 20.0)},
+}
 
 
 def _grid(shape, spacing, orientation, rng) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -108,6 +129,25 @@ def draw_spec(case_id: str, rng: np.random.Generator) -> CaseSpec:
     )
 
 
+def draw_population(spec: CaseSpec, rng: np.random.Generator) -> CaseSpec:
+    """``spec`` moved into a randomly drawn subpopulation: contrast phase (60% portal, 20% arterial,
+    20% native), body size (25% small: 0.72-0.85 of the largest patient that fits), tumour burden
+    (25% none, 50% 1-3, 25% 5-9) and anatomy (10% situs inversus)."""
+    phase = str(rng.choice(["portal", "arterial", "native"], p=[0.6, 0.2, 0.2]))
+    small = bool(rng.uniform() < 0.25)
+    burden = str(rng.choice(["none", "typical", "many"], p=[0.25, 0.5, 0.25]))
+    situs = "inversus" if rng.uniform() < 0.1 else "solitus"
+    tumors = {"none": 0, "typical": int(rng.integers(1, 4)), "many": int(rng.integers(5, 10))}[burden]
+    liver_hu = spec.liver_hu if phase == "portal" else round(float(rng.uniform(*PHASE_HU[phase]["liver"])), 2)
+    scale = spec.body_scale * float(rng.uniform(0.72, 0.85)) if small else spec.body_scale
+    parts = [p for p in (phase if phase != "portal" else "", "small" if small else "",
+                         f"burden-{burden}" if burden != "typical" else "", situs if situs != "solitus" else "") if p]
+    return replace(
+        spec, phase=phase, situs=situs, burden=burden, tumors=tumors, liver_hu=liver_hu,
+        body_scale=round(scale, 4), population="+".join(parts) or "typical",
+    )
+
+
 class RenderedCase(NamedTuple):
     image: np.ndarray  # HU, int16 (I, J, K)
     label: np.ndarray  # uint8 (I, J, K), DEFAULT_LABELS
@@ -118,6 +158,9 @@ class RenderedCase(NamedTuple):
 def render_case(spec: CaseSpec, rng: np.random.Generator) -> RenderedCase:
     """Render one case: the image, its label map, the novel structures' map and the affine."""
     x, y, z, affine = _grid(spec.shape, spec.spacing, spec.orientation, rng)
+    if spec.situs == "inversus":
+        x = -x  # the anatomy is drawn mirrored: liver on the patient's left
+    phase = PHASE_HU.get(spec.phase)
     shape = spec.shape
     s = spec.body_scale
     jitter = lambda mm: rng.uniform(-mm, mm) * s  # noqa: E731  (small random organ displacement)
@@ -149,7 +192,7 @@ def render_case(spec: CaseSpec, rng: np.random.Generator) -> RenderedCase:
     spine = ((x / (20 * s)) ** 2 + ((y + 70 * s) / (20 * s)) ** 2 <= 1.0) & np.ones_like(z, dtype=bool)
     image[spine] = 450
     aorta = (((x + 10 * s) / (11 * s)) ** 2 + ((y + 35 * s) / (11 * s)) ** 2 <= 1.0) & np.ones_like(z, dtype=bool)
-    image[aorta] = 170
+    image[aorta] = phase["aorta"] if phase else 170
 
     wobble = _smooth_field(rng, shape, sigma_vox=20, amplitude=0.12)
 
@@ -172,6 +215,8 @@ def render_case(spec: CaseSpec, rng: np.random.Generator) -> RenderedCase:
 
     # Kidneys: both sides, posterior, lower; enhanced parenchyma.
     kidney_hu = rng.uniform(130, 190)
+    if phase:
+        kidney_hu = rng.uniform(*phase["kidney"])
     for side in (1, -1):
         c = np.array([side * 62 * s + jitter(5), -55 * s + jitter(5), -15 * s + jitter(8)])
         kidney = _ellipsoid(x, y, z, c, np.array([25, 28, 52]) * s * rng.uniform(0.88, 1.12, 3), wobble)
@@ -181,14 +226,17 @@ def render_case(spec: CaseSpec, rng: np.random.Generator) -> RenderedCase:
 
     # Tumours: hypodense spheres inside the liver (and sometimes one in a kidney).
     hosts = [(LIVER, liver_c, liver_r * 0.55)] * spec.tumors
-    if rng.uniform() < 0.3:
+    if rng.uniform() < 0.3 and spec.burden != "none":
         hosts.append((KIDNEY, np.array([62 * s, -55 * s, -15 * s]), np.array([10, 10, 25]) * s))
     for host, centre, spread in hosts:
         c = centre + rng.uniform(-1, 1, 3) * spread
         radius = rng.uniform(7, 18) * s
         tumor = _ellipsoid(x, y, z, c, np.array([radius, radius, radius]) * rng.uniform(0.8, 1.2, 3))
         tumor &= label == host
-        image[tumor] = (spec.liver_hu if host == LIVER else kidney_hu) - rng.uniform(25, 60)
+        contrast = rng.uniform(25, 60)
+        if phase:
+            contrast = rng.uniform(*phase["tumor_contrast"])
+        image[tumor] = (spec.liver_hu if host == LIVER else kidney_hu) - contrast
         label[tumor] = TUMOR
 
     # Acquisition: partial-volume blur in-plane/through-plane, then noise.
@@ -220,10 +268,12 @@ def render_drawn_case(
     index: int,
     shape: Optional[Tuple[int, int, int]] = None,
     spacing: Optional[Tuple[float, float, float]] = None,
+    mixed: bool = False,
 ) -> Tuple[RenderedCase, Dict]:
     """Deterministic case ``index`` for ``seed``, whole: the rendered case and its spec dict.
 
     ``shape`` (voxels) and ``spacing`` (mm) fix the grid instead of drawing it, e.g. for benchmarks.
+    ``mixed`` draws the case's subpopulation (``draw_population``) from a stream of its own.
     """
     rng = np.random.default_rng([seed, index])
     spec = draw_spec(case_id, rng)
@@ -231,6 +281,8 @@ def render_drawn_case(
         shape = tuple(shape or spec.shape)
         spacing = tuple(spacing or spec.spacing)
         spec = replace(spec, shape=shape, spacing=spacing, body_scale=fitting_body_scale(shape, spacing))
+    if mixed:
+        spec = draw_population(spec, np.random.default_rng([seed, index, 1]))
     return render_case(spec, rng), asdict(spec)
 
 

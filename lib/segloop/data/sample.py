@@ -40,11 +40,14 @@ def write_sample_data(
     shape: Optional[Tuple[int, int, int]] = None,
     spacing: Optional[Tuple[float, float, float]] = None,
     first_index: int = 0,
+    mixed: bool = False,
 ) -> dict:
     """Generate ``cases`` phantoms under ``out``; returns the manifest written to ``cases.json``.
 
     Existing files are overwritten; the same ``seed`` always yields the same volumes. ``shape`` and
-    ``spacing`` fix the grid of every case; ``first_index`` numbers cases from there (case_{index}).
+    ``spacing`` fix the grid of every case; ``first_index`` numbers cases from there (case_{index}); ``mixed`` draws
+    each case's subpopulation (contrast phase, body size, tumour burden, anatomy; see
+    ``segloop.data.phantom.draw_population``), recorded as ``population`` in ``cases.json``.
     """
     if cases < 1:
         raise ValueError("cases must be >= 1")
@@ -55,11 +58,11 @@ def write_sample_data(
     final = os.path.join(studies, "labels", "final")
     for d in (studies, truth, os.path.join(truth, "novel")):
         os.makedirs(d, exist_ok=True)
-    manifest = {"labels": dict(DEFAULT_LABELS), "novel_labels": dict(NOVEL_STRUCTURES), "seed": seed, "cases": []}
+    manifest = {"labels": dict(DEFAULT_LABELS), "novel_labels": dict(NOVEL_STRUCTURES), "seed": seed, "mixed": mixed, "cases": []}
     start = time.time()
     for n, i in enumerate(range(first_index, first_index + cases)):
         case_id = f"case_{i:03d}"
-        case, spec = render_drawn_case(case_id, seed, i, shape=shape, spacing=spacing)
+        case, spec = render_drawn_case(case_id, seed, i, shape=shape, spacing=spacing, mixed=mixed)
         image, label, affine = case.image, case.label, case.affine
         save_nifti(image, affine, os.path.join(studies, f"{case_id}.nii.gz"))
         save_nifti(label, affine, os.path.join(truth, f"{case_id}.nii.gz"))
@@ -71,7 +74,7 @@ def write_sample_data(
         if progress:
             progress(
                 f"[{n + 1}/{cases}] {case_id}: {spec['orientation']} {tuple(spec['shape'])} voxels at "
-                f"{tuple(spec['spacing'])} mm ({time.time() - start:.1f} s)"
+                f"{tuple(spec['spacing'])} mm, {spec['population']} ({time.time() - start:.1f} s)"
             )
     atomic_write_json(os.path.join(truth, "cases.json"), manifest)
     return manifest

@@ -98,7 +98,8 @@ def region_of_interest(samples: torch.Tensor) -> torch.Tensor:
 
 def summarize_samples(samples: torch.Tensor) -> Dict[str, float]:
     """Volume scores of ``[N, C, H, W, D]`` samples: mean over the region of interest of predictive
-    ``entropy``, ``mutual_information`` and ``variance``, plus ``foreground_voxels`` (model grid)."""
+    ``entropy``, ``mutual_information`` and ``variance``, plus ``foreground_voxels`` (model grid) and
+    ``class_voxels``: voxels of each class (channel order, background first) in the mean prediction."""
     mean = samples.mean(dim=0)
     predictive = entropy(mean, dim=0)
     expected = entropy(samples, dim=1).mean(dim=0)
@@ -109,4 +110,5 @@ def summarize_samples(samples: torch.Tensor) -> Dict[str, float]:
         "mutual_information": float((predictive - expected).clamp_min(0)[roi].mean()),
         "variance": float(variance[roi].mean()),
         "foreground_voxels": int((samples.argmax(dim=1) > 0).any(dim=0).sum()),
+        "class_voxels": torch.bincount(mean.argmax(dim=0).flatten(), minlength=mean.shape[0]).tolist(),
     }
