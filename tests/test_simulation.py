@@ -20,11 +20,15 @@ def test_short_simulation_writes_curves_for_each_strategy(sample_root, tmp_path)
         full_iterations=2, conf=TINY, progress=lambda line: None,
     )
     assert sim.test == ["case_004", "case_005"] and len(sim.pool) == 4
-    report = sim.run(["random", "hybrid", "epistemic"], seeds=[0])
+    report = sim.run(["random", "hybrid", "epistemic", "foreground_random"], seeds=[0])
     paths = write_report(report, str(tmp_path / "out"))
     assert os.path.getsize(paths["png"]) > 10_000
     saved = json.load(open(paths["json"]))
-    assert set(saved["curves"]) == {"random", "hybrid", "epistemic"}
+    assert set(saved["curves"]) == {"random", "hybrid", "epistemic", "foreground_random"}
+    assert saved["goal"]["baseline"] == "foreground_random" and "met" in saved["goal"]
+    # foreground_random read the class voxel counts the entropy scoring stored
+    fg_scores = json.load(open(tmp_path / "work" / "seed0" / "foreground_random" / ".segloop" / "model" / "segmentation" / "scores.json"))
+    assert all(len(r["class_voxels"]) == 5 for r in fg_scores["images"].values() if not r.get("label_ts"))
     for name, points in report["runs"].items():
         start, round_1 = points["0"]
         assert start["labels"] == 1 and round_1["labels"] == 3
@@ -51,6 +55,31 @@ def test_short_simulation_writes_curves_for_each_strategy(sample_root, tmp_path)
     assert resumed["runs"]["hybrid"] == json.loads(json.dumps(report["runs"]["hybrid"]))
     assert any("random round 1/1" in line for line in lines)
     assert set(json.load(open(checkpoint))["runs"]) == {"hybrid", "random"}
+
+
+def test_a_simulation_stopped_between_rounds_resumes_from_its_last_round(sample_root, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop_after_round_1(line):
+        if "hybrid round 1/2" in line:
+            raise Stop(line)
+
+    args = (os.path.join(sample_root, "studies"), os.path.join(sample_root, "ground_truth"), str(tmp_path / "work"))
+    budget = dict(rounds=2, per_round=1, initial=1, test_cases=2, first_iterations=2, round_iterations=2, full_iterations=2, conf=TINY)
+    checkpoint = str(tmp_path / "partial.json")
+    with pytest.raises(Stop):
+        Simulation(*args, progress=stop_after_round_1, **budget).run(["hybrid"], seeds=[0], checkpoint=checkpoint)
+    stopped = json.load(open(checkpoint))
+    assert [p["labels"] for p in stopped["runs"]["hybrid"]["0"]] == [1, 2]
+    lines = []
+    report = Simulation(*args, progress=lines.append, **budget).run(["hybrid"], seeds=[0], checkpoint=checkpoint)
+    assert any("resuming after round 1" in line for line in lines)
+    assert not any("initial labels" in line for line in lines)  # the seed's start was not trained again
+    points = report["runs"]["hybrid"]["0"]
+    assert [p["labels"] for p in points] == [1, 2, 3] and points[1] == stopped["runs"]["hybrid"]["0"][1]
+    versions = ModelRegistry(str(tmp_path / "work" / "seed0" / "hybrid" / ".segloop" / "model"), "segmentation").history()
+    assert len(versions) == 3
 
 
 def test_simulation_refuses_a_pool_too_small_for_the_campaign(sample_root, tmp_path):

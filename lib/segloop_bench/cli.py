@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="replay annotation campaigns from ground truth: Dice vs labels per strategy")
     p.add_argument("--studies", required=True, help="folder of images (the last --test-cases are held out)")
     p.add_argument("--ground-truth", required=True, help="folder of <case>.nii.gz ground-truth label maps")
-    p.add_argument("--strategy", default="all", help="comma-separated strategies, or all: random,entropy,epistemic,diversity,hybrid")
+    p.add_argument("--strategy", default="all", help="comma-separated strategies, or all: random,foreground_random,entropy,epistemic,diversity,hybrid")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--per-round", type=int, default=2, help="cases labelled per round (picked as by k annotators)")
     p.add_argument("--seeds", type=int, default=3)

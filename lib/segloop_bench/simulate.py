@@ -19,7 +19,16 @@ Protocol, per seed:
    mean Dice. It is trained once, with the first seed. *Labels-to-target* of a strategy is the
    first label count at which its seed-mean curve reaches the target.
 
-Budgets are iterations, not seconds, so a busy machine changes the wall time, not the result.
+Statistics (``summarize``): per strategy, the seed-mean curve with a 95% bootstrap interval (seeds
+resampled with replacement), the area under the curve (mean Dice over the label range, trapezoid)
+and labels-to-target, each with its bootstrap interval (a resample that never reaches the target
+counts as "not reached"). The comparison the issue asks for is against ``foreground_random``
+(nnActive's strong baseline): ``goal`` says whether the best strategy needs at most 60% of its
+labels with non-overlapping intervals. When the ground truth folder has ``cases.json`` with
+``population`` (``segloop sample-data --mixed``), each pick's subpopulation is recorded and counted.
+
+Budgets are iterations, not seconds, so a busy machine changes the wall time, not the result. The
+checkpoint is written after every round; a rerun with it resumes where the campaign stopped.
 """
 
 import json
@@ -44,8 +53,11 @@ from segloop.scoring import SCORING_METHOD
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STRATEGIES = ("random", "entropy", "epistemic", "diversity", "hybrid")
+DEFAULT_STRATEGIES = ("random", "foreground_random", "entropy", "epistemic", "diversity", "hybrid")
 TARGET_FRACTION = 0.95
+BASELINE = "foreground_random"
+GOAL_RATIO = 0.6  # labels-to-target of the best strategy over the baseline's
+BOOTSTRAP = 2000  # resamples of the seeds
 
 
 def mean_dice(per_label: Mapping[str, float]) -> float:
@@ -55,6 +67,15 @@ def mean_dice(per_label: Mapping[str, float]) -> float:
 
 def case_ids(folder: str) -> List[str]:
     return sorted(f[: -len(".nii.gz")] for f in os.listdir(folder) if f.endswith(".nii.gz"))
+
+
+def case_populations(ground_truth: str) -> Dict[str, str]:
+    """Case id -> subpopulation from the generator's ``cases.json`` ({} when it has none)."""
+    path = os.path.join(ground_truth, "cases.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {c["case_id"]: c.get("population", "typical") for c in json.load(f).get("cases", [])}
 
 
 def _link_or_copy(src: str, dest: str) -> None:
@@ -96,6 +117,7 @@ class Simulation:
         self.full_iterations = full_iterations or 2 * (first_iterations + rounds * round_iterations)
         self.conf = dict(conf or {})
         self.progress = progress
+        self.populations = case_populations(ground_truth)
 
     # -- pieces ------------------------------------------------------------------------------
     def _truth(self, case: str) -> str:
@@ -125,8 +147,10 @@ class Simulation:
         return train(folder, request, self.conf)
 
     def _evaluate(self, folder: str) -> Dict[str, float]:
-        per_label = mean_per_label(evaluate(folder, self.ground_truth, self.test, self.conf, images=self.studies))
-        return dict(per_label, mean=mean_dice(per_label))
+        """Held-out Dice per label (case mean), their ``mean``, and ``cases``: each case's mean Dice."""
+        per_case = evaluate(folder, self.ground_truth, self.test, self.conf, images=self.studies)
+        per_label = mean_per_label(per_case)
+        return dict(per_label, mean=mean_dice(per_label), cases={c: round(mean_dice(d), 4) for c, d in per_case.items()})
 
     def pick(self, folder: str, name: str, seed: int) -> Dict:
         """Score the pool as the strategy needs, then pick ``per_round`` distinct cases."""
@@ -150,7 +174,10 @@ class Simulation:
                 logger.warning(f"{name}: fell back to {result['fallback']} ({result.get('reason')})")
         for case in chosen:
             datastore.save_label(case, self._truth(case), "final", {})
-        return {"chosen": chosen, "scoring_s": round(scored - start, 1), "pick_s": round(time.time() - scored, 2)}
+        picked = {"chosen": chosen, "scoring_s": round(scored - start, 1), "pick_s": round(time.time() - scored, 2)}
+        if self.populations:
+            picked["populations"] = [self.populations.get(c, "?") for c in chosen]
+        return picked
 
     # -- campaigns ---------------------------------------------------------------------------
     def start(self, seed: int) -> Dict:
@@ -164,17 +191,36 @@ class Simulation:
         self.progress(f"seed {seed}: {len(initial)} initial labels {initial}: held-out mean Dice {dice['mean']:.3f}")
         return {"folder": folder, "initial": initial, "point": {"labels": len(initial), "dice": dice, "train_s": run["seconds"]}}
 
-    def campaign(self, name: str, seed: int, start: Dict) -> List[Dict]:
+    def _resumable(self, folder: str, points: Sequence[Dict]) -> bool:
+        """Whether ``folder`` is in the state right after the last checkpointed round: as many
+        labels and model versions as that round left (a round stopped half-way is not)."""
+        if not points or not os.path.isdir(folder):
+            return False
+        labelled = self._datastore(folder).get_labeled_images()
+        registry = build_task_config(folder, self.conf).registry
+        return len(labelled) == points[-1]["labels"] and len(registry.history()) == len(points)
+
+    def campaign(
+        self, name: str, seed: int, start: Dict, done: Sequence[Dict] = (), on_round: Callable[[List[Dict]], None] = None
+    ) -> List[Dict]:
+        """The strategy's rounds; ``done`` (checkpointed points) resumes a stopped campaign when
+        its folder is still in that state, and ``on_round`` is called with the points after each round."""
         folder = os.path.join(self.work, f"seed{seed}", name)
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.copytree(start["folder"], folder)
-        points = [dict(start["point"], chosen=start["initial"])]
-        for r in range(1, self.rounds + 1):
+        if self._resumable(folder, done):
+            points = list(done)
+            self.progress(f"seed {seed} {name}: resuming after round {len(points) - 1}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(start["folder"], folder)
+            points = [dict(start["point"], chosen=start["initial"])]
+        for r in range(len(points), self.rounds + 1):
             picked = self.pick(folder, name, seed * 1000 + r)
             run = self._train(folder, self.round_iterations, seed * 1000 + r, incremental=True)
             dice = self._evaluate(folder)
             labels = points[-1]["labels"] + len(picked["chosen"])
             points.append({"labels": labels, "dice": dice, "train_s": run["seconds"], **picked})
+            if on_round:
+                on_round(points)
             self.progress(
                 f"seed {seed} {name} round {r}/{self.rounds}: +{picked['chosen']} -> {labels} labels, "
                 f"held-out mean Dice {dice['mean']:.3f} (scoring {picked['scoring_s']} s, training {run['seconds']} s)"
@@ -192,31 +238,49 @@ class Simulation:
         return {"labels": len(self.pool), "iterations": iterations, "dice": dice, "train_s": run["seconds"]}
 
     def run(self, strategies: Sequence[str], seeds: Sequence[int], checkpoint: Optional[str] = None) -> Dict:
-        """All campaigns; with ``checkpoint``, the finished campaigns are saved there as JSON after
-        each one, so a long simulation that is stopped keeps what it measured, and a rerun with the
-        same checkpoint resumes: campaigns already there are not run again."""
+        """All campaigns. With ``checkpoint``, what was measured is saved there as JSON after every
+        round (seed starts, campaign points, the full-data model), so a long simulation that is
+        stopped keeps it, and a rerun with the same checkpoint resumes: finished campaigns are not
+        run again, and a campaign stopped between rounds goes on from its last round."""
         unknown = [s for s in strategies if s not in STRATEGY_COMPONENTS]
         if unknown:
             raise ValueError(f"unknown strategies {unknown}; choose from {sorted(STRATEGY_COMPONENTS)}")
         start_time = time.time()
-        done: Dict[str, Dict[str, List[Dict]]] = {}
+        saved: Dict = {}
         if checkpoint and os.path.exists(checkpoint):
             with open(checkpoint) as f:
-                done = json.load(f)["runs"]
+                saved = json.load(f)
+        done = saved.get("runs", {})
         runs: Dict[str, Dict[str, List[Dict]]] = {s: {} for s in strategies}
-        full: Dict[str, Dict] = {}
+        starts: Dict[str, Dict] = dict(saved.get("starts", {}))
+        full: Dict[str, Dict] = dict(saved.get("full", {}))
+
+        def save() -> None:
+            if checkpoint:
+                state = {"runs": runs, "starts": starts, "full": full, "finished": False}
+                atomic_write_json(checkpoint, json_safe(state))
+
         for seed in seeds:
-            start = None
             for name in strategies:
-                if str(seed) in done.get(name, {}):
-                    runs[name][str(seed)] = done[name][str(seed)]
+                points = done.get(name, {}).get(str(seed), [])
+                if len(points) == self.rounds + 1:
+                    runs[name][str(seed)] = points
                     self.progress(f"seed {seed} {name}: resumed from {checkpoint}")
                     continue
-                start = start or self.start(seed)
-                runs[name][str(seed)] = self.campaign(name, seed, start)
-                if checkpoint:
-                    atomic_write_json(checkpoint, json_safe({"runs": runs, "finished": False}))
-        full[str(seeds[0])] = self.full_data(seeds[0])
+                start = starts.get(str(seed))
+                if not start or not self._resumable(start["folder"], [start["point"]]):
+                    start = starts[str(seed)] = self.start(seed)
+                    save()
+
+                def on_round(so_far: List[Dict], name=name, seed=seed) -> None:
+                    runs[name][str(seed)] = so_far
+                    save()
+
+                runs[name][str(seed)] = self.campaign(name, seed, start, points, on_round)
+                save()
+        if str(seeds[0]) not in full:
+            full[str(seeds[0])] = self.full_data(seeds[0])
+            save()
         report = summarize(runs, full)
         report["setup"] = {
             "pool": self.pool, "test": self.test, "rounds": self.rounds, "per_round": self.per_round,
@@ -224,37 +288,125 @@ class Simulation:
             "round_iterations": self.round_iterations, "full_iterations": self.full_iterations, "seeds": list(seeds), "conf": self.conf,
             "wall_s": round(time.time() - start_time, 1),
         }
+        if self.populations:
+            report["populations"] = population_summary(runs, self.populations, self.pool, self.test)
         return report
 
 
-def summarize(runs: Dict[str, Dict[str, List[Dict]]], full: Dict[str, Dict]) -> Dict:
-    """Seed-mean curves, spread, labels-to-target and the saving against random."""
+def area_under_curve(labels: Sequence[int], dice: np.ndarray) -> np.ndarray:
+    """Mean Dice over the label range (trapezoid area / width) of curves ``[..., P]`` at ``labels``."""
+    x = np.asarray(labels, dtype=float)
+    return np.trapz(dice, x, axis=-1) / max(float(x[-1] - x[0]), 1e-9)
+
+
+def labels_to_target(labels: Sequence[int], curves: np.ndarray, target: float) -> np.ndarray:
+    """First label count at which each curve ``[..., P]`` reaches ``target``; inf where none does."""
+    reached = np.asarray(curves) >= target
+    first = np.argmax(reached, axis=-1)
+    return np.where(reached.any(axis=-1), np.asarray(labels, dtype=float)[first], np.inf)
+
+
+def interval(samples: np.ndarray) -> List[Optional[float]]:
+    """95% percentile interval of bootstrap ``samples`` (None for an unreached, infinite end)."""
+    samples = np.asarray(samples, dtype=float)
+    low = float(np.percentile(samples, 2.5, method="lower"))
+    high = float(np.percentile(samples, 97.5, method="higher"))
+    return [round(v, 4) if np.isfinite(v) else None for v in (low, high)]
+
+
+def summarize(
+    runs: Dict[str, Dict[str, List[Dict]]], full: Dict[str, Dict], baseline: str = BASELINE, resamples: int = BOOTSTRAP
+) -> Dict:
+    """Seed-mean curves with bootstrap intervals, area under the curve, labels-to-target, and the
+    goal: the best strategy at most ``GOAL_RATIO`` of the baseline's labels, intervals apart."""
     full_mean = float(np.mean([f["dice"]["mean"] for f in full.values()]))
     target = TARGET_FRACTION * full_mean
+    rng = np.random.default_rng(0)
     curves = {}
     for name, by_seed in runs.items():
         labels = [p["labels"] for p in next(iter(by_seed.values()))]
-        dice = np.array([[p["dice"]["mean"] for p in points] for points in by_seed.values()])
-        mean, std = dice.mean(axis=0), dice.std(axis=0)
-        reached = [n for n, d in zip(labels, mean) if d >= target]
+        dice = np.array([[p["dice"]["mean"] for p in points] for points in by_seed.values()])  # [seeds, points]
+        resampled = dice[rng.integers(0, len(dice), size=(resamples, len(dice)))].mean(axis=1)  # [B, points]
+        mean = dice.mean(axis=0)
+        need = labels_to_target(labels, mean, target)
+        per_label = {
+            k: np.mean([[p["dice"][k] for p in points] for points in by_seed.values()], axis=0).round(4).tolist()
+            for k in next(iter(by_seed.values()))[0]["dice"] if k not in ("mean", "cases")
+        }
         curves[name] = {
             "labels": labels,
+            "seeds": len(dice),
             "mean_dice": mean.round(4).tolist(),
-            "std_dice": std.round(4).tolist(),
-            "labels_to_target": reached[0] if reached else None,
+            "std_dice": dice.std(axis=0).round(4).tolist(),
+            "ci95_dice": [interval(resampled[:, i]) for i in range(len(labels))],
+            "per_label_mean_dice": per_label,
+            "area_under_curve": round(float(area_under_curve(labels, mean)), 4),
+            "area_under_curve_ci95": interval(area_under_curve(labels, resampled)),
+            "labels_to_target": int(need) if np.isfinite(need) else None,
+            "labels_to_target_ci95": interval(labels_to_target(labels, resampled, target)),
             "final_mean_dice": round(float(mean[-1]), 4),
-            "area_under_curve": round(float(np.mean(mean)), 4),
         }
-    random_need = curves.get("random", {}).get("labels_to_target")
     for row in curves.values():
-        need = row["labels_to_target"]
-        row["labels_vs_random"] = round(need / random_need, 3) if need and random_need else None
+        for reference in ("random", baseline):
+            need, other = row["labels_to_target"], curves.get(reference, {}).get("labels_to_target")
+            row[f"labels_vs_{reference}"] = round(need / other, 3) if need and other else None
     return {
         "full_data": {"per_seed": full, "mean_dice": round(full_mean, 4)},
         "target": {"fraction_of_full_data": TARGET_FRACTION, "mean_dice": round(target, 4)},
         "curves": curves,
+        "goal": goal_verdict(curves, baseline),
         "runs": runs,
     }
+
+
+def goal_verdict(curves: Dict[str, Dict], baseline: str) -> Dict:
+    """Does the best strategy reach the target with at most ``GOAL_RATIO`` of the baseline's labels,
+    with non-overlapping 95% intervals? Said in words when it cannot be decided."""
+    others = {n: r for n, r in curves.items() if n not in (baseline, "random", "first")}
+    verdict: Dict = {"baseline": baseline, "ratio_wanted": GOAL_RATIO, "met": False}
+    if baseline not in curves or not others:
+        return dict(verdict, why=f"needs the {baseline} baseline and at least one active strategy")
+    reached = {n: r for n, r in others.items() if r["labels_to_target"] is not None}
+    base = curves[baseline]
+    if not reached:
+        return dict(verdict, why="no active strategy's seed-mean curve reached the target")
+    best_name = min(reached, key=lambda n: (reached[n]["labels_to_target"], -reached[n]["area_under_curve"]))
+    best = reached[best_name]
+    verdict.update(best=best_name, best_labels=best["labels_to_target"], baseline_labels=base["labels_to_target"])
+    if base["labels_to_target"] is None:
+        last = base["labels"][-1]
+        return dict(verdict, why=f"the baseline did not reach the target within {last} labels, so the ratio is "
+                                 f"below {best['labels_to_target']}/{last} but not measured")
+    ratio = best["labels_to_target"] / base["labels_to_target"]
+    best_high = best["labels_to_target_ci95"][1]
+    base_low = base["labels_to_target_ci95"][0]
+    apart = best_high is not None and base_low is not None and best_high < base_low
+    verdict.update(ratio=round(ratio, 3), intervals_apart=bool(apart), met=bool(ratio <= GOAL_RATIO and apart))
+    return verdict
+
+
+def population_summary(runs: Dict[str, Dict[str, List[Dict]]], populations: Dict[str, str], pool, test) -> Dict:
+    """How the pool and held-out cases split into subpopulations, what share of each strategy's
+    picks (initial labels excluded) fell in each, and each held-out case's final Dice by strategy."""
+    share = lambda ids: {k: round(v / max(len(ids), 1), 3) for k, v in sorted(_count(populations.get(i, "?") for i in ids).items())}  # noqa: E731
+    picks = {}
+    final_by_population = {}
+    for name, by_seed in runs.items():
+        chosen = [c for points in by_seed.values() for p in points[1:] for c in p["chosen"]]
+        picks[name] = share(chosen)
+        per_case: Dict[str, List[float]] = {}
+        for points in by_seed.values():
+            for case, value in points[-1]["dice"].get("cases", {}).items():
+                per_case.setdefault(populations.get(case, "?"), []).append(value)
+        final_by_population[name] = {k: round(float(np.mean(v)), 4) for k, v in sorted(per_case.items())}
+    return {"pool": share(pool), "test": share(test), "picked": picks, "final_held_out_dice": final_by_population}
+
+
+def _count(items) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
 
 
 def plot(report: Dict, path: str) -> None:
@@ -263,16 +415,19 @@ def plot(report: Dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for name, row in report["curves"].items():
-        x, m, s = np.array(row["labels"]), np.array(row["mean_dice"]), np.array(row["std_dice"])
+        x, m = np.array(row["labels"]), np.array(row["mean_dice"])
+        low = np.array([c[0] if c[0] is not None else np.nan for c in row["ci95_dice"]])
+        high = np.array([c[1] if c[1] is not None else np.nan for c in row["ci95_dice"]])
         ax.plot(x, m, marker="o", label=f"{name} (target at {row['labels_to_target'] or '>' + str(x[-1])})")
-        ax.fill_between(x, m - s, m + s, alpha=0.15)
+        ax.fill_between(x, low, high, alpha=0.12)
     ax.axhline(report["target"]["mean_dice"], color="k", linestyle="--", linewidth=1, label="95% of full-data Dice")
     ax.set_xlabel("labelled cases")
     ax.set_ylabel("held-out mean Dice")
     setup = report["setup"]
-    ax.set_title(f"Active learning: {len(setup['seeds'])} seeds (mean ± sd), pool {len(setup['pool'])}, {len(setup['test'])} held out")
+    ax.set_title(f"Active learning: {len(setup['seeds'])} seeds (mean, 95% bootstrap band), "
+                 f"pool {len(setup['pool'])}, {len(setup['test'])} held out", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -283,7 +438,11 @@ def plot(report: Dict, path: str) -> None:
 def write_report(report: Dict, out: str) -> Dict[str, str]:
     os.makedirs(out, exist_ok=True)
     paths = {"json": os.path.join(out, "simulation.json"), "png": os.path.join(out, "simulation.png")}
-    write_result(paths["json"], report, "the random strategy, same seeds and budgets; the full-data model (every pool label) sets the target")
+    write_result(
+        paths["json"], report,
+        "random and foreground-aware random (foreground_random), same seeds, initial labels and iteration "
+        "budgets; the full-data model (every pool label) sets the target",
+    )
     plot(report, paths["png"])
     return paths
 
@@ -308,8 +467,10 @@ def main(args) -> int:
     os.unlink(partial)
     print(f"full-data mean Dice {report['full_data']['mean_dice']}; target {report['target']['mean_dice']}")
     for name, row in report["curves"].items():
-        print(f"{name:>10}: labels-to-target {row['labels_to_target']} (x random: {row['labels_vs_random']}), "
-              f"curve {row['mean_dice']}")
+        print(f"{name:>17}: labels-to-target {row['labels_to_target']} {row['labels_to_target_ci95']} "
+              f"(x {BASELINE}: {row['labels_vs_' + BASELINE]}), AUC {row['area_under_curve']} "
+              f"{row['area_under_curve_ci95']}, curve {row['mean_dice']}")
+    print(f"goal: {report['goal']}")
     print(f"wrote {paths['json']} and {paths['png']}")
     print(json.dumps({k: v["labels_to_target"] for k, v in report["curves"].items()}))
     return 0
