@@ -12,7 +12,7 @@ def _sample_data(args) -> int:
 
     write_sample_data(
         args.out, cases=args.cases, seed=args.seed, labelled=args.labelled, mixed=args.mixed,
-        shape=args.shape, spacing=args.spacing,
+        shape=args.shape, spacing=args.spacing, dicom=args.dicom,
     )
     print(f"Images in {args.out}/studies, ground truth in {args.out}/ground_truth")
     return 0
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labelled", type=int, default=0, help="seed the datastore with the first k labels")
     p.add_argument("--mixed", action="store_true",
                    help="draw subpopulations: contrast phase, body size, tumour burden, situs inversus")
+    p.add_argument("--dicom", action="store_true",
+                   help="also write each image as a DICOM CT series under OUT/dicom/<case>/ (for a PACS)")
     p.add_argument("--shape", type=_triple(int), default=None, help="fixed grid for every case, voxels: I,J,K")
     p.add_argument("--spacing", type=_triple(float), default=None, help="fixed spacing for every case, mm: I,J,K")
     p.set_defaults(func=_sample_data)

@@ -8,6 +8,8 @@ Layout of ``out``::
     out/ground_truth/novel/case_000.nii.gz    structures the label map lacks (aorta, vertebra,
                                               bowel gas): clicks-only segmentation of the unlabelled
     out/ground_truth/cases.json               label maps and the random draw of every case
+    out/dicom/case_000/0000.dcm ...           with ``dicom``: each image as a CT series (the
+                                              second case's files out of order), for a PACS
 """
 
 import os
@@ -17,6 +19,7 @@ from typing import Callable, Optional, Tuple
 import nibabel as nib
 import numpy as np
 
+from segloop.data.dicom_series import write_ct_series
 from segloop.data.phantom import NOVEL_STRUCTURES, render_drawn_case
 from segloop.io import atomic_path, atomic_write_json
 from segloop.labels import DEFAULT_LABELS
@@ -41,13 +44,16 @@ def write_sample_data(
     spacing: Optional[Tuple[float, float, float]] = None,
     first_index: int = 0,
     mixed: bool = False,
+    dicom: bool = False,
 ) -> dict:
     """Generate ``cases`` phantoms under ``out``; returns the manifest written to ``cases.json``.
 
     Existing files are overwritten; the same ``seed`` always yields the same volumes. ``shape`` and
     ``spacing`` fix the grid of every case; ``first_index`` numbers cases from there (case_{index}); ``mixed`` draws
     each case's subpopulation (contrast phase, body size, tumour burden, anatomy; see
-    ``segloop.data.phantom.draw_population``), recorded as ``population`` in ``cases.json``.
+    ``segloop.data.phantom.draw_population``), recorded as ``population`` in ``cases.json``;
+    ``dicom`` also writes each image as a DICOM CT series (``segloop.data.dicom_series``), the
+    second case with its slices out of order, and records the UIDs as ``dicom`` in ``cases.json``.
     """
     if cases < 1:
         raise ValueError("cases must be >= 1")
@@ -70,6 +76,10 @@ def write_sample_data(
         if n < labelled:
             os.makedirs(final, exist_ok=True)
             save_nifti(label, affine, os.path.join(final, f"{case_id}.nii.gz"))
+        if dicom:
+            shuffled = n == 1
+            uids = write_ct_series(image, affine, os.path.join(out, "dicom", case_id), case_id, seed, shuffled=shuffled)
+            spec = dict(spec, dicom=dict(uids, shuffled=shuffled))
         manifest["cases"].append(spec)
         if progress:
             progress(
