@@ -7,6 +7,7 @@ INSTALL_REQUIRES = [
     "torch==2.14.1",
     "torchvision==0.29.1",
     "pydicom==2.4.5",  # monailabel 0.8.5 needs pydicom<3
+    "highdicom==0.22.0",  # DICOM SEG; the last release that works with pydicom 2.x (0.23 needs pydicom>=3)
     "dicomweb-client==0.59.1",
     "pynetdicom==2.1.1",
     "pytorch-ignite==0.4.11",

@@ -1,0 +1,1 @@
+"""DICOM objects SegLoop writes and reads (DICOM SEG)."""
