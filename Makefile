@@ -16,7 +16,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export MONAI_LABEL_TRACKING_ENABLED := false
 
-.PHONY: install sample-data serve test test-fast bench clean
+.PHONY: install sample-data serve serve-pacs test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,20 @@ serve: install
 	$(BIN)/monailabel start_server --app MONAILabelApp --studies $(STUDIES) --host $(HOST) --port $(PORT) \
 		--conf models segmentation,prompt $(CONF)
 
+# A local PACS: Orthanc + DICOMweb (installed from Debian if absent), the sample studies as DICOM
+# series, and SegLoop reading and writing through DICOMweb (labels stored back as DICOM SEG).
+PACS_PORT ?= 8042
+PACS_SAMPLE ?= sample_data_dicom
+$(PACS_SAMPLE)/dicom: | install
+	$(BIN)/segloop sample-data --out $(PACS_SAMPLE) --cases $(SAMPLE_CASES) --seed $(SAMPLE_SEED) --dicom
+
+serve-pacs: export OMP_WAIT_POLICY ?= PASSIVE
+serve-pacs: install $(PACS_SAMPLE)/dicom
+	@echo "SegLoop: serving the PACS http://127.0.0.1:$(PACS_PORT)/dicom-web at http://$(HOST):$(PORT)/"
+	$(BIN)/segloop pacs --storage .pacs --port $(PACS_PORT) --upload $(PACS_SAMPLE)/dicom -- \
+		$(BIN)/monailabel start_server --app MONAILabelApp --studies http://127.0.0.1:$(PACS_PORT)/dicom-web \
+		--host $(HOST) --port $(PORT) --conf models segmentation,prompt $(CONF)
+
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -52,4 +66,4 @@ bench: install
 	$(BIN)/segloop-bench bench auto
 
 clean:
-	rm -rf $(SAMPLE)/studies $(SAMPLE)/ground_truth MONAILabelApp/logs MONAILabelApp/model .pytest_cache
+	rm -rf $(SAMPLE)/studies $(SAMPLE)/ground_truth $(PACS_SAMPLE) .pacs MONAILabelApp/logs MONAILabelApp/model .pytest_cache

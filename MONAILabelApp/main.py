@@ -13,7 +13,9 @@ import os
 import sys
 from typing import Dict
 
+from dicomweb_client.session_utils import create_session_from_user_pass
 from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMwebClientX
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
 from monailabel.tasks.activelearning.first import First
@@ -32,6 +34,7 @@ from segloop.configs import TASK_CONFIGS
 from segloop.configs.options import parse_options
 from segloop.cpu_sharing import SHARED_CPU_SETTINGS, shared_cpu_env
 from segloop.server.datastore import SegLoopDatastore
+from segloop.server.dicomweb import SegLoopDICOMwebDatastore
 from segloop.errors import not_found
 from segloop.io import remove_leftover_temporaries
 
@@ -85,7 +88,7 @@ class SegLoopApp(MONAILabelApp):
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            return self._init_dicomweb()
         return SegLoopDatastore(
             self.studies,
             labels=self.options.labels,
@@ -93,6 +96,32 @@ class SegLoopApp(MONAILabelApp):
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
         )
+
+    def _init_dicomweb(self):
+        """The PACS as datastore: SegLoop's DICOMweb datastore (DICOM SEG by highdicom, bounded cache),
+        with MONAI Label's client and credentials (``MONAI_LABEL_DICOMWEB_USERNAME`` / ``_PASSWORD``);
+        unlike upstream's, nothing is downloaded from the internet (no dcmqi)."""
+        session = None
+        if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+            session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD)
+        client = DICOMwebClientX(
+            url=self.studies, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+            wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX, stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+        )
+        return SegLoopDICOMwebDatastore(
+            client, self.options.labels, search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+            cache_path=settings.MONAI_LABEL_DICOMWEB_CACHE_PATH.strip() or os.path.join(self.model_dir, "dicom-cache"),
+            max_cached_series=self.options.dicomweb_cache_series, proposal_of=self._served_proposal,
+            software_version=segloop.__version__,
+        )
+
+    def _served_proposal(self, image_id: str):
+        """The automatic model's last proposal for ``image_id`` (file, model, version), if any."""
+        for name, loop in self.loops.items():
+            proposal = loop.effort.proposal(image_id)
+            if proposal:
+                return dict(proposal, model=name)
+        return None
 
     def init_infers(self):
         infers = {}

@@ -18,6 +18,42 @@ def _sample_data(args) -> int:
     return 0
 
 
+def _pacs(args) -> int:
+    import signal
+    import subprocess
+
+    from segloop.pacs.orthanc import OrthancServer
+
+    def stop(*_):  # SIGTERM ends this process like Ctrl-C does, so Orthanc and the command stop too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    users = {args.user: args.password} if args.user else None
+    command = [c for c in args.command if c != "--"]
+    child = None
+    try:
+        with OrthancServer(args.storage, http_port=args.port, users=users) as pacs:
+            for folder in args.upload:
+                print(f"Uploading {folder} to Orthanc ...", flush=True)
+                print(f"  {len(pacs.upload(folder))} instances", flush=True)
+            print(f"Orthanc (DICOMweb) at {pacs.dicomweb_url}; storage in {args.storage}", flush=True)
+            if not command:
+                print("Ctrl-C stops it.", flush=True)
+                pacs.process.wait()
+                return 0
+            child = subprocess.Popen(command)
+            return child.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if child is not None and child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
 def _conf(args) -> int:
     from segloop.configs.options import OPTIONS
 
@@ -55,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=_triple(int), default=None, help="fixed grid for every case, voxels: I,J,K")
     p.add_argument("--spacing", type=_triple(float), default=None, help="fixed spacing for every case, mm: I,J,K")
     p.set_defaults(func=_sample_data)
+
+    p = sub.add_parser("pacs", help="run a local Orthanc PACS (DICOMweb) on loopback, upload series, optionally run a command")
+    p.add_argument("--storage", default=".pacs", help="Orthanc's storage and configuration folder")
+    p.add_argument("--port", type=int, default=8042, help="Orthanc HTTP port (DICOMweb at /dicom-web)")
+    p.add_argument("--upload", action="append", default=[], metavar="FOLDER", help="DICOM files to store (repeatable)")
+    p.add_argument("--user", default="", help="require HTTP basic auth with this user ...")
+    p.add_argument("--password", default="", help="... and this password")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="after --: a command to run while Orthanc serves")
+    p.set_defaults(func=_pacs)
 
     p = sub.add_parser("conf", help="list the app's --conf options and defaults")
     p.set_defaults(func=_conf)

@@ -44,6 +44,7 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "assignment_lock_s": ("1800", "seconds a case handed to one annotator is not offered to another"),
     "max_upload_mb": ("1024", "largest request body accepted (MiB): image, label and session uploads"),
     "max_voxels": (str(DEFAULT_MAX_VOXELS), "largest volume accepted (voxels, from the header, before decoding)"),
+    "dicomweb_cache_series": ("64", "DICOMweb studies: series kept in the local cache (least recently used removed first)"),
 }
 
 
@@ -74,6 +75,7 @@ class SegLoopOptions:
     assignment_lock_s: float
     max_upload_mb: float
     max_voxels: int
+    dicomweb_cache_series: int
 
 
 def _json_list(conf: Mapping[str, str], key: str, length: int, cast) -> Optional[tuple]:
@@ -163,6 +165,7 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         assignment_lock_s=_number(conf, "assignment_lock_s", float, minimum=0),
         max_upload_mb=_number(conf, "max_upload_mb", float, minimum=1),
         max_voxels=_number(conf, "max_voxels", int, minimum=8),
+        dicomweb_cache_series=_number(conf, "dicomweb_cache_series", int, minimum=1),
     )
 
 

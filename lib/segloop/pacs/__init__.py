@@ -1,0 +1,1 @@
+"""Running SegLoop on a PACS: a local Orthanc for the sample data and the tests."""

@@ -1,0 +1,106 @@
+"""The campaign on a PACS, end to end: Orthanc (started here on a free loopback port) holds the
+sample series; the real MONAI Label server reads them through SegLoop's DICOMweb datastore; a
+submitted label lands in Orthanc as a DICOM SEG with SegLoop's provenance; the automatic training
+run that follows trains on it and serves a version; inference and active learning answer for
+series ids. `segloop pacs` stops Orthanc and its command when it is terminated."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+from dicomweb_client import DICOMwebClient
+
+from segloop.data.sample import write_sample_data
+from segloop.dicom.seg import reorient_to
+from segloop.pacs.orthanc import OrthancServer, free_port
+from segloop_bench.server import running_server, wait_for
+
+pytestmark = pytest.mark.slow
+
+CONF = {"models": "segmentation", "retrain_max_seconds": "4", "first_run_max_seconds": "4",
+        "roi_size": "[32,32,16]", "target_spacing": "[8,8,8]", "mc_samples": "0", "tta_samples": "0"}
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("pacs_e2e"))
+    manifest = write_sample_data(root, cases=3, seed=7, progress=None, shape=(48, 40, 16), spacing=(7.0, 7.0, 8.0), dicom=True)
+    with OrthancServer(os.path.join(root, "orthanc")) as server:
+        server.upload(os.path.join(root, "dicom"))
+        yield server, root, manifest
+
+
+def test_label_becomes_a_seg_in_orthanc_and_trains_the_next_version(pacs, tmp_path):
+    orthanc, root, manifest = pacs
+    case = manifest["cases"][1]
+    uid = case["dicom"]["series"]
+    conf = dict(CONF, model_dir=str(tmp_path / "model"))
+    with running_server(orthanc.dicomweb_url, conf=conf, log_path=str(tmp_path / "server.log")) as server:
+        stats = requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
+        assert stats["total"] == 3 and stats["completed"] == 0
+        picked = requests.post(f"{server.url}/activelearning/random", json={"client_id": "dr_a"}, timeout=120).json()
+        assert picked["id"] in {c["dicom"]["series"] for c in manifest["cases"]}
+
+        got = requests.get(f"{server.url}/datastore/image", params={"image": uid}, timeout=120)
+        assert got.status_code == 200
+        image_file = tmp_path / "image.nii.gz"
+        image_file.write_bytes(got.content)
+        image = nib.load(str(image_file))
+        truth = nib.load(os.path.join(root, "ground_truth", f"{case['case_id']}.nii.gz"))
+        label = reorient_to(np.asarray(truth.dataobj), truth.affine, image.affine, image.shape)
+        label_file = tmp_path / "label.nii.gz"
+        nib.save(nib.Nifti1Image(label, image.affine), str(label_file))
+
+        bad = requests.put(f"{server.url}/datastore/label", params={"image": uid, "tag": "final"},
+                           files={"label": ("x.nii.gz", b"not a nifti")}, timeout=60)
+        assert bad.status_code == 400
+        saved = requests.put(
+            f"{server.url}/datastore/label", params={"image": uid, "tag": "final"},
+            data={"params": json.dumps({"annotator": "dr_a"})}, files={"label": open(label_file, "rb")}, timeout=120,
+        )
+        assert saved.status_code == 200, saved.text
+
+        client = DICOMwebClient(url=orthanc.dicomweb_url)
+        segs = client.search_for_series(search_filters={"Modality": "SEG"})
+        assert len(segs) == 1
+        seg = client.retrieve_series(case["dicom"]["study"], segs[0]["0020000E"]["Value"][0])[0]
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+        assert seg.ContentCreatorName.family_name == "dr_a" and seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
+
+        state = lambda: requests.get(f"{server.url}/segloop/models/segmentation", timeout=30).json()  # noqa: E731
+        wait_for(lambda: state()["serving_version"] and not state()["training_run"], 300, 1.0, "version 1 from the PACS label")
+        with open(tmp_path / "server.log") as f:
+            assert "Training on 1 case(s) (1 new)" in f.read()
+        other = manifest["cases"][0]["dicom"]["series"]
+        inferred = requests.post(f"{server.url}/infer/segmentation", params={"image": other, "output": "image"}, timeout=300)
+        assert inferred.status_code == 200 and len(inferred.content) > 100
+        missing = requests.post(f"{server.url}/infer/segmentation", params={"image": "1.2.3.999", "output": "image"}, timeout=60)
+        assert 400 <= missing.status_code < 500
+
+
+def test_segloop_pacs_stops_orthanc_and_its_command_on_sigterm(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segloop.cli", "pacs", "--storage", str(tmp_path / "orthanc"), "--port", str(port), "--",
+         sys.executable, "-c", "import time; time.sleep(600)"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    wait_for(lambda: _answers(port), 60, 0.3, "Orthanc to answer")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    time.sleep(0.5)
+    assert not _answers(port)
+
+
+def _answers(port):
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/system", timeout=2).ok
+    except requests.RequestException:
+        return False
