@@ -78,11 +78,36 @@ def test_label_becomes_a_seg_in_orthanc_and_trains_the_next_version(pacs, tmp_pa
         wait_for(lambda: state()["serving_version"] and not state()["training_run"], 300, 1.0, "version 1 from the PACS label")
         with open(tmp_path / "server.log") as f:
             assert "Training on 1 case(s) (1 new)" in f.read()
-        other = manifest["cases"][0]["dicom"]["series"]
-        inferred = requests.post(f"{server.url}/infer/segmentation", params={"image": other, "output": "image"}, timeout=300)
-        assert inferred.status_code == 200 and len(inferred.content) > 100
         missing = requests.post(f"{server.url}/infer/segmentation", params={"image": "1.2.3.999", "output": "image"}, timeout=60)
         assert 400 <= missing.status_code < 500
+
+        # The proposal for another series, with its uncertainty map, submitted unchanged: an
+        # AUTOMATIC SEG naming the version that proposed it, and edit effort recorded.
+        other = manifest["cases"][0]["dicom"]["series"]
+        result = requests.post(f"{server.url}/infer/segmentation", params={"image": other, "output": "json"},
+                               data={"params": json.dumps({"uncertainty": True})}, timeout=300)
+        assert result.status_code == 200, result.text
+        assert requests.get(f"{server.url}{result.json()['uncertainty']['url']}", timeout=60).status_code == 200
+        proposal = requests.post(f"{server.url}/infer/segmentation", params={"image": other, "output": "image"}, timeout=300)
+        assert proposal.status_code == 200
+        proposal_file = tmp_path / "proposal.nii.gz"
+        proposal_file.write_bytes(proposal.content)
+        saved = requests.put(
+            f"{server.url}/datastore/label", params={"image": other, "tag": "final"},
+            data={"params": json.dumps({"annotator": "dr_b"})}, files={"label": open(proposal_file, "rb")}, timeout=120,
+        )
+        assert saved.status_code == 200, saved.text
+        assert saved.json()["edit_effort"]["segmentation"]["changed_voxels_fraction"] == 0.0
+        segs = client.search_for_series(search_filters={"Modality": "SEG"})
+        newest = [s for s in segs if s["0020000E"]["Value"][0] != seg.SeriesInstanceUID]
+        auto = client.retrieve_series(manifest["cases"][0]["dicom"]["study"], newest[0]["0020000E"]["Value"][0])[0]
+        assert auto.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+        assert auto.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion.startswith("segmentation v")
+
+        # Bookings: the one unlabelled series goes to one annotator only.
+        first = requests.post(f"{server.url}/activelearning/random", json={"client_id": "dr_c"}, timeout=120).json()
+        second = requests.post(f"{server.url}/activelearning/random", json={"client_id": "dr_d"}, timeout=120).json()
+        assert first["id"] == manifest["cases"][2]["dicom"]["series"] and second == {}
 
 
 def test_segloop_pacs_stops_orthanc_and_its_command_on_sigterm(tmp_path):
