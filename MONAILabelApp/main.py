@@ -83,7 +83,9 @@ class SegLoopApp(MONAILabelApp):
             name="SegLoop",
             description="Human-in-the-loop 3D CT segmentation: automatic and prompt-able models trained on this campaign's labels",
             version=segloop.__version__,
-            labels=self.options.labels,
+            # MONAI Label's convention, which its OHIF panel relies on: the app's labels are a list of
+            # names (ascending index); the indices are in each model's "labels".
+            labels=list(self.options.labels),
         )
 
     def init_datastore(self):

@@ -2,7 +2,8 @@
 sample series; the real MONAI Label server reads them through SegLoop's DICOMweb datastore; a
 submitted label lands in Orthanc as a DICOM SEG with SegLoop's provenance; the automatic training
 run that follows trains on it and serves a version; inference and active learning answer for
-series ids. `segloop pacs` stops Orthanc and its command when it is terminated."""
+series ids; MONAI Label's bundled OHIF, in Debian's headless chromium, shows the CT and the
+automatic segmentation over it. `segloop pacs` stops Orthanc and its command when terminated."""
 
 import json
 import os
@@ -24,90 +25,119 @@ from segloop_bench.server import running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
-CONF = {"models": "segmentation", "retrain_max_seconds": "4", "first_run_max_seconds": "4",
+CONF = {"models": "segmentation", "retrain_max_seconds": "4", "first_run_max_seconds": "15",
         "roi_size": "[32,32,16]", "target_spacing": "[8,8,8]", "mc_samples": "0", "tta_samples": "0"}
 
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
+    """(Orthanc, the SegLoop server on it, sample root, manifest, log path): one for the module."""
     root = str(tmp_path_factory.mktemp("pacs_e2e"))
     manifest = write_sample_data(root, cases=3, seed=7, progress=None, shape=(48, 40, 16), spacing=(7.0, 7.0, 8.0), dicom=True)
-    with OrthancServer(os.path.join(root, "orthanc")) as server:
-        server.upload(os.path.join(root, "dicom"))
-        yield server, root, manifest
+    log = os.path.join(root, "server.log")
+    with OrthancServer(os.path.join(root, "orthanc")) as orthanc:
+        orthanc.upload(os.path.join(root, "dicom"))
+        conf = dict(CONF, model_dir=os.path.join(root, "model"))
+        with running_server(orthanc.dicomweb_url, conf=conf, log_path=log) as server:
+            yield orthanc, server, root, manifest, log
+
+
+def serving(server):
+    state = requests.get(f"{server.url}/segloop/models/segmentation", timeout=30).json()
+    return state["serving_version"] and not state["training_run"]
 
 
 def test_label_becomes_a_seg_in_orthanc_and_trains_the_next_version(pacs, tmp_path):
-    orthanc, root, manifest = pacs
+    orthanc, server, root, manifest, log = pacs
     case = manifest["cases"][1]
     uid = case["dicom"]["series"]
-    conf = dict(CONF, model_dir=str(tmp_path / "model"))
-    with running_server(orthanc.dicomweb_url, conf=conf, log_path=str(tmp_path / "server.log")) as server:
-        stats = requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
-        assert stats["total"] == 3 and stats["completed"] == 0
-        picked = requests.post(f"{server.url}/activelearning/random", json={"client_id": "dr_a"}, timeout=120).json()
-        assert picked["id"] in {c["dicom"]["series"] for c in manifest["cases"]}
+    stats = requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
+    assert stats["total"] == 3 and stats["completed"] == 0
+    picked = requests.post(f"{server.url}/activelearning/random", json={"client_id": "dr_a"}, timeout=120).json()
+    assert picked["id"] in {c["dicom"]["series"] for c in manifest["cases"]}
 
-        got = requests.get(f"{server.url}/datastore/image", params={"image": uid}, timeout=120)
-        assert got.status_code == 200
-        image_file = tmp_path / "image.nii.gz"
-        image_file.write_bytes(got.content)
-        image = nib.load(str(image_file))
-        truth = nib.load(os.path.join(root, "ground_truth", f"{case['case_id']}.nii.gz"))
-        label = reorient_to(np.asarray(truth.dataobj), truth.affine, image.affine, image.shape)
-        label_file = tmp_path / "label.nii.gz"
-        nib.save(nib.Nifti1Image(label, image.affine), str(label_file))
+    got = requests.get(f"{server.url}/datastore/image", params={"image": uid}, timeout=120)
+    assert got.status_code == 200
+    image_file = tmp_path / "image.nii.gz"
+    image_file.write_bytes(got.content)
+    image = nib.load(str(image_file))
+    truth = nib.load(os.path.join(root, "ground_truth", f"{case['case_id']}.nii.gz"))
+    label = reorient_to(np.asarray(truth.dataobj), truth.affine, image.affine, image.shape)
+    label_file = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(label, image.affine), str(label_file))
 
-        bad = requests.put(f"{server.url}/datastore/label", params={"image": uid, "tag": "final"},
-                           files={"label": ("x.nii.gz", b"not a nifti")}, timeout=60)
-        assert bad.status_code == 400
-        saved = requests.put(
-            f"{server.url}/datastore/label", params={"image": uid, "tag": "final"},
-            data={"params": json.dumps({"annotator": "dr_a"})}, files={"label": open(label_file, "rb")}, timeout=120,
-        )
-        assert saved.status_code == 200, saved.text
+    bad = requests.put(f"{server.url}/datastore/label", params={"image": uid, "tag": "final"},
+                       files={"label": ("x.nii.gz", b"not a nifti")}, timeout=60)
+    assert bad.status_code == 400
+    saved = requests.put(
+        f"{server.url}/datastore/label", params={"image": uid, "tag": "final"},
+        data={"params": json.dumps({"annotator": "dr_a"})}, files={"label": open(label_file, "rb")}, timeout=120,
+    )
+    assert saved.status_code == 200, saved.text
 
-        client = DICOMwebClient(url=orthanc.dicomweb_url)
-        segs = client.search_for_series(search_filters={"Modality": "SEG"})
-        assert len(segs) == 1
-        seg = client.retrieve_series(case["dicom"]["study"], segs[0]["0020000E"]["Value"][0])[0]
-        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
-        assert seg.ContentCreatorName.family_name == "dr_a" and seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
+    client = DICOMwebClient(url=orthanc.dicomweb_url)
+    segs = client.search_for_series(search_filters={"Modality": "SEG"})
+    assert len(segs) == 1
+    seg = client.retrieve_series(case["dicom"]["study"], segs[0]["0020000E"]["Value"][0])[0]
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+    assert seg.ContentCreatorName.family_name == "dr_a" and seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
 
-        state = lambda: requests.get(f"{server.url}/segloop/models/segmentation", timeout=30).json()  # noqa: E731
-        wait_for(lambda: state()["serving_version"] and not state()["training_run"], 300, 1.0, "version 1 from the PACS label")
-        with open(tmp_path / "server.log") as f:
-            assert "Training on 1 case(s) (1 new)" in f.read()
-        missing = requests.post(f"{server.url}/infer/segmentation", params={"image": "1.2.3.999", "output": "image"}, timeout=60)
-        assert 400 <= missing.status_code < 500
+    wait_for(lambda: serving(server), 300, 1.0, "version 1 from the PACS label")
+    with open(log) as f:
+        assert "Training on 1 case(s) (1 new)" in f.read()
+    missing = requests.post(f"{server.url}/infer/segmentation", params={"image": "1.2.3.999", "output": "image"}, timeout=60)
+    assert 400 <= missing.status_code < 500
 
-        # The proposal for another series, with its uncertainty map, submitted unchanged: an
-        # AUTOMATIC SEG naming the version that proposed it, and edit effort recorded.
-        other = manifest["cases"][0]["dicom"]["series"]
-        result = requests.post(f"{server.url}/infer/segmentation", params={"image": other, "output": "json"},
-                               data={"params": json.dumps({"uncertainty": True})}, timeout=300)
-        assert result.status_code == 200, result.text
-        assert requests.get(f"{server.url}{result.json()['uncertainty']['url']}", timeout=60).status_code == 200
-        proposal = requests.post(f"{server.url}/infer/segmentation", params={"image": other, "output": "image"}, timeout=300)
-        assert proposal.status_code == 200
-        proposal_file = tmp_path / "proposal.nii.gz"
-        proposal_file.write_bytes(proposal.content)
-        saved = requests.put(
-            f"{server.url}/datastore/label", params={"image": other, "tag": "final"},
-            data={"params": json.dumps({"annotator": "dr_b"})}, files={"label": open(proposal_file, "rb")}, timeout=120,
-        )
-        assert saved.status_code == 200, saved.text
-        assert saved.json()["edit_effort"]["segmentation"]["changed_voxels_fraction"] == 0.0
-        segs = client.search_for_series(search_filters={"Modality": "SEG"})
-        newest = [s for s in segs if s["0020000E"]["Value"][0] != seg.SeriesInstanceUID]
-        auto = client.retrieve_series(manifest["cases"][0]["dicom"]["study"], newest[0]["0020000E"]["Value"][0])[0]
-        assert auto.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
-        assert auto.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion.startswith("segmentation v")
+    # The proposal for another series, with its uncertainty map, submitted unchanged: an
+    # AUTOMATIC SEG naming the version that proposed it, and edit effort recorded.
+    other = manifest["cases"][0]["dicom"]["series"]
+    result = requests.post(f"{server.url}/infer/segmentation", params={"image": other, "output": "json"},
+                           data={"params": json.dumps({"uncertainty": True})}, timeout=300)
+    assert result.status_code == 200, result.text
+    assert requests.get(f"{server.url}{result.json()['uncertainty']['url']}", timeout=60).status_code == 200
+    proposal = requests.post(f"{server.url}/infer/segmentation", params={"image": other, "output": "image"}, timeout=300)
+    assert proposal.status_code == 200
+    proposal_file = tmp_path / "proposal.nii.gz"
+    proposal_file.write_bytes(proposal.content)
+    saved = requests.put(
+        f"{server.url}/datastore/label", params={"image": other, "tag": "final"},
+        data={"params": json.dumps({"annotator": "dr_b"})}, files={"label": open(proposal_file, "rb")}, timeout=120,
+    )
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["edit_effort"]["segmentation"]["changed_voxels_fraction"] == 0.0
+    segs = client.search_for_series(search_filters={"Modality": "SEG"})
+    newest = [s for s in segs if s["0020000E"]["Value"][0] != seg.SeriesInstanceUID]
+    auto = client.retrieve_series(manifest["cases"][0]["dicom"]["study"], newest[0]["0020000E"]["Value"][0])[0]
+    assert auto.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    assert auto.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion.startswith("segmentation v")
 
-        # Bookings: the one unlabelled series goes to one annotator only.
-        first = requests.post(f"{server.url}/activelearning/random", json={"client_id": "dr_c"}, timeout=120).json()
-        second = requests.post(f"{server.url}/activelearning/random", json={"client_id": "dr_d"}, timeout=120).json()
-        assert first["id"] == manifest["cases"][2]["dicom"]["series"] and second == {}
+    # Bookings: the one unlabelled series goes to one annotator only.
+    first = requests.post(f"{server.url}/activelearning/random", json={"client_id": "dr_c"}, timeout=120).json()
+    second = requests.post(f"{server.url}/activelearning/random", json={"client_id": "dr_d"}, timeout=120).json()
+    assert first["id"] == manifest["cases"][2]["dicom"]["series"] and second == {}
+
+
+def test_ohif_in_a_browser_shows_the_ct_and_the_automatic_segmentation(pacs, tmp_path):
+    from segloop_bench.browser import ohif_auto_segmentation
+
+    orthanc, server, root, manifest, log = pacs
+    wait_for(lambda: serving(server), 300, 1.0, "a serving version")
+    artefacts = os.environ.get("SEGLOOP_TEST_ARTEFACTS") or str(tmp_path)
+    study = manifest["cases"][2]["dicom"]["study"]
+    # what the model marks on this series, through HTTP: the overlay must show it
+    predicted = requests.post(f"{server.url}/infer/segmentation",
+                              params={"image": manifest["cases"][2]["dicom"]["series"], "output": "image"}, timeout=300)
+    path = tmp_path / "predicted.nii.gz"
+    path.write_bytes(predicted.content)
+    marked = int(np.count_nonzero(np.asarray(nib.load(str(path)).dataobj)))
+    assert marked > 50, f"the served model marks only {marked} voxels: nothing for OHIF to show"
+    seen = ohif_auto_segmentation(server.url, study, artefacts)
+    print("OHIF:", seen, "marked voxels", marked)
+    assert not seen["errors"], seen
+    assert seen["grey_share_before"] > 0.01, seen  # the viewports render the CT
+    assert seen["infer_status"] == 200, seen
+    assert seen["newly_coloured_pixels"] > 100, seen  # a segmentation overlay appeared
+    assert os.path.getsize(seen["screenshot"]) > 20_000
 
 
 def test_segloop_pacs_stops_orthanc_and_its_command_on_sigterm(tmp_path):

@@ -61,7 +61,8 @@ def test_full_annotation_round_trip(server, sample_root, tmp_path):
 
     info = client.info()
     assert info["name"] == "SegLoop"
-    assert info["labels"] == {"liver": 1, "spleen": 2, "kidney": 3, "tumor": 4}
+    assert info["labels"] == ["liver", "spleen", "kidney", "tumor"]  # MONAI Label's convention (its OHIF panel needs it)
+    assert info["models"]["segmentation"]["labels"] == {"liver": 1, "spleen": 2, "kidney": 3, "tumor": 4}
     assert "segmentation" in info["models"] and "segmentation" in info["trainers"]
     assert {"random", "first"} <= set(info["strategies"])
 

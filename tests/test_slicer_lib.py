@@ -107,6 +107,9 @@ def test_a_background_label_is_not_a_segment():
     assert SegLoopClient.labels_of({"labels": {"spleen": 2, "background": 0, "liver": 1}}) == {"liver": 1, "spleen": 2}
     assert SegLoopClient.labels_of({"labels": ["background", "liver", "spleen"]}) == {"liver": 1, "spleen": 2}
     assert SegLoopClient.labels_of({"labels": ["liver", "spleen"]}) == {"liver": 1, "spleen": 2}
+    # MONAI Label's convention (SegLoop's server too): names at the top, indices in the models
+    sparse = {"labels": ["liver", "tumor"], "models": {"seg": {"labels": {"liver": 1, "tumor": 4}}}}
+    assert SegLoopClient.labels_of(sparse) == {"liver": 1, "tumor": 4}
 
 
 def test_unreachable_server_is_a_clear_error():

@@ -66,9 +66,15 @@ class SegLoopClient:
         """The server's labels, name -> storage index, ascending; "background" (index 0) is not a
         segment to draw: it is left out."""
         labels = info.get("labels") or {}
-        if isinstance(labels, list):  # MONAI Label lists names when the app gives no indices
-            first = 0 if labels and str(labels[0]).lower() == "background" else 1
-            labels = {name: i for i, name in enumerate(labels, start=first)}
+        if isinstance(labels, list):  # MONAI Label's app labels are names; a model's labels have the indices
+            names = {str(n) for n in labels if str(n).lower() != "background"}
+            indexed = [m.get("labels") for m in (info.get("models") or {}).values() if isinstance(m.get("labels"), dict)]
+            covering = [m for m in indexed if names <= set(m)]
+            if covering:
+                labels = {name: covering[0][name] for name in names}
+            else:
+                first = 0 if labels and str(labels[0]).lower() == "background" else 1
+                labels = {name: i for i, name in enumerate(labels, start=first)}
         ordered = sorted(labels.items(), key=lambda kv: kv[1])
         return {name: index for name, index in ordered if str(name).lower() != "background" and index != 0}
 

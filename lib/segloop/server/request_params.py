@@ -4,8 +4,9 @@ Three kinds of key:
 
 * accepted: checked here (type, range, choice); a bad value is a 400 naming the key;
 * server settings the upstream Slicer plugin echoes back from ``/info`` (``device``,
-  ``sw_overlap``, ``result_dtype``, ...) and the ``client_id`` MONAI Label's client adds to
-  every request: dropped on purpose and never applied (the server's settings decide them);
+  ``sw_overlap``, ``result_dtype``, ...), the ``client_id`` MONAI Label's client adds to
+  every request and the ``restore_label_idx`` its OHIF panel adds: dropped on purpose and never
+  applied (the server's settings decide them);
 * anything else, and anything that could name a server path (``image``, ``session``,
   ``train_ds``, ``tracking_uri``, a ``label`` that looks like a path): a 400 naming the key.
 """
@@ -26,6 +27,8 @@ SERVER_SETTINGS = frozenset(
         # MONAI Label's client adds its own id to every request; the annotator comes from the
         # token (auth on) or the /activelearning client_id, never from here.
         "client_id",
+        # MONAI Label's OHIF panel adds it to every /infer; MONAI Label's server ignores it too.
+        "restore_label_idx",
     }
 )
 RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
