@@ -140,6 +140,34 @@ def test_ohif_in_a_browser_shows_the_ct_and_the_automatic_segmentation(pacs, tmp
     assert os.path.getsize(seen["screenshot"]) > 20_000
 
 
+def test_the_slicer_modules_client_corrects_and_submits_a_pacs_case(pacs, tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "SlicerModule", "SegLoop"))
+    from SegLoopLib import SegLoopClient
+
+    orthanc, server, root, manifest, log = pacs
+    wait_for(lambda: serving(server), 300, 1.0, "a serving version")
+    client = SegLoopClient(server.url, timeout=300)
+    assert client.labels_of(client.info()) == {"liver": 1, "spleen": 2, "kidney": 3, "tumor": 4}
+    case = manifest["cases"][2]
+    uid = case["dicom"]["series"]
+    image = client.download_image(uid, str(tmp_path))
+    proposal, result = client.auto_segment("segmentation", uid, str(tmp_path / "proposal.nii.gz"))
+    proposed = nib.load(proposal)
+    assert proposed.shape == nib.load(image).shape
+    corrected = np.asarray(proposed.dataobj).copy()
+    corrected[corrected.shape[0] // 2 - 2: corrected.shape[0] // 2 + 2] = 1  # the annotator paints liver
+    path = str(tmp_path / "corrected.nii.gz")
+    nib.save(nib.Nifti1Image(corrected.astype(np.uint8), proposed.affine), path)
+    answer = client.submit(uid, path, "dr_c", 42.0)
+    assert answer["edit_effort"]["segmentation"]["changed_voxels_fraction"] > 0
+    info = client.label_info(uid)
+    assert info["segment_algorithm_type"] == "SEMIAUTOMATIC" and info["annotator"] == "dr_c"
+    seg = DICOMwebClient(url=orthanc.dicomweb_url).retrieve_series(case["dicom"]["study"], info["SeriesInstanceUID"])[0]
+    assert seg.ContentCreatorName.family_name == "dr_c"
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    assert client.datastore_status()["completed"] == 3
+
+
 def test_segloop_pacs_stops_orthanc_and_its_command_on_sigterm(tmp_path):
     port = free_port()
     process = subprocess.Popen(
