@@ -25,7 +25,7 @@ from segloop_bench.server import running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
-CONF = {"models": "segmentation", "retrain_max_seconds": "4", "first_run_max_seconds": "15",
+CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "first_run_max_seconds": "15",
         "roi_size": "[32,32,16]", "target_spacing": "[8,8,8]", "mc_samples": "0", "tta_samples": "0"}
 
 
@@ -42,8 +42,8 @@ def pacs(tmp_path_factory):
             yield orthanc, server, root, manifest, log
 
 
-def serving(server):
-    state = requests.get(f"{server.url}/segloop/models/segmentation", timeout=30).json()
+def serving(server, model="segmentation"):
+    state = requests.get(f"{server.url}/segloop/models/{model}", timeout=30).json()
     return state["serving_version"] and not state["training_run"]
 
 
@@ -111,10 +111,13 @@ def test_label_becomes_a_seg_in_orthanc_and_trains_the_next_version(pacs, tmp_pa
     assert auto.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
     assert auto.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion.startswith("segmentation v")
 
-    # Bookings: the one unlabelled series goes to one annotator only.
+    # Bookings: the one unlabelled series goes to one annotator only (dr_a may hold it already:
+    # the first random pick above booked it for dr_a when it drew that series).
+    left = manifest["cases"][2]["dicom"]["series"]
     first = requests.post(f"{server.url}/activelearning/random", json={"client_id": "dr_c"}, timeout=120).json()
     second = requests.post(f"{server.url}/activelearning/random", json={"client_id": "dr_d"}, timeout=120).json()
-    assert first["id"] == manifest["cases"][2]["dicom"]["series"] and second == {}
+    assert second == {}
+    assert first == {} if picked["id"] == left else first["id"] == left
 
 
 def test_ohif_in_a_browser_shows_the_ct_and_the_automatic_segmentation(pacs, tmp_path):
@@ -166,6 +169,18 @@ def test_the_slicer_modules_client_corrects_and_submits_a_pacs_case(pacs, tmp_pa
     assert seg.ContentCreatorName.family_name == "dr_c"
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
     assert client.datastore_status()["completed"] == 3
+
+    # The prompt model on a series id: a click on the liver (voxel indices of the served image).
+    wait_for(lambda: serving(server, "prompt"), 300, 1.0, "the prompt model's first version")
+    truth = nib.load(os.path.join(root, "ground_truth", f"{case['case_id']}.nii.gz"))
+    served = nib.load(image)
+    liver = reorient_to(np.asarray(truth.dataobj), truth.affine, served.affine, served.shape) == 1
+    inside = np.argwhere(liver)
+    click = inside[np.argmin(np.linalg.norm(inside - inside.mean(axis=0), axis=1))]
+    answer_file, answer = client.prompt_segment("prompt", uid, str(tmp_path / "click.nii.gz"), foreground=[click], text="liver")
+    clicked = nib.load(answer_file)
+    assert clicked.shape == served.shape and np.allclose(clicked.affine, served.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(clicked.dataobj))) <= {0, 1, 2, 3, 4}
 
 
 def test_segloop_pacs_stops_orthanc_and_its_command_on_sigterm(tmp_path):
