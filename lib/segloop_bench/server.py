@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from typing import Dict, Iterator, Optional
 import requests
 
 from segloop.cpu_sharing import shared_cpu_env
+from segloop.pacs.orthanc import free_port
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SEGLOOP_APP = os.path.join(REPO_ROOT, "MONAILabelApp")
@@ -26,12 +26,6 @@ def wait_for(predicate, timeout: float, every: float = 0.5, what: str = "conditi
             return value
         time.sleep(every)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_env() -> Dict[str, str]:

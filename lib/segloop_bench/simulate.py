@@ -37,6 +37,7 @@ import os
 import random
 import shutil
 import time
+from collections import Counter
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -388,7 +389,7 @@ def goal_verdict(curves: Dict[str, Dict], baseline: str) -> Dict:
 def population_summary(runs: Dict[str, Dict[str, List[Dict]]], populations: Dict[str, str], pool, test) -> Dict:
     """How the pool and held-out cases split into subpopulations, what share of each strategy's
     picks (initial labels excluded) fell in each, and each held-out case's final Dice by strategy."""
-    share = lambda ids: {k: round(v / max(len(ids), 1), 3) for k, v in sorted(_count(populations.get(i, "?") for i in ids).items())}  # noqa: E731
+    share = lambda ids: {k: round(v / max(len(ids), 1), 3) for k, v in sorted(Counter(populations.get(i, "?") for i in ids).items())}  # noqa: E731
     picks = {}
     final_by_population = {}
     for name, by_seed in runs.items():
@@ -400,13 +401,6 @@ def population_summary(runs: Dict[str, Dict[str, List[Dict]]], populations: Dict
                 per_case.setdefault(populations.get(case, "?"), []).append(value)
         final_by_population[name] = {k: round(float(np.mean(v)), 4) for k, v in sorted(per_case.items())}
     return {"pool": share(pool), "test": share(test), "picked": picks, "final_held_out_dice": final_by_population}
-
-
-def _count(items) -> Dict[str, int]:
-    out: Dict[str, int] = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out
 
 
 def plot(report: Dict, path: str) -> None:
