@@ -115,10 +115,13 @@ def test_the_seed_summary_gives_mean_and_sd_and_never_calls_an_unreached_noc_met
 def test_bench_auto_arms_and_picture(tmp_path):
     from segloop_bench.bench_auto import parse_arm, plot
 
-    assert parse_arm("unetr_cpu") == {"name": "unetr_cpu", "conf": {"network": "unetr_cpu", "plan": "off"}}
+    assert parse_arm("unetr_cpu") == {"name": "unetr_cpu", "conf": {"network": "unetr_cpu", "plan": "off"}, "request": {}}
     assert parse_arm("dynunet_cpu+plan")["conf"] == {"network": "dynunet_cpu", "plan": "auto"}
-    with pytest.raises(ValueError):
-        parse_arm("unetr_cpu+fast")
+    tumour = parse_arm("unetr_cpu+plan+tumour")
+    assert tumour["conf"]["plan"] == "auto" and set(tumour["request"]) == {"crop_ratios", "class_weights"}
+    for bad in ("unetr_cpu+fast", "unetr_cpu+plan+plan"):
+        with pytest.raises(ValueError):
+            parse_arm(bad)
     dice = {"liver": 0.9, "spleen": 0.8, "kidney": 0.85, "tumor": 0.1}
     report = {
         "budget_min": 1, "train_cases": ["a"], "held_out_cases": ["b"],

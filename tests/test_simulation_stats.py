@@ -4,7 +4,7 @@ the goal verdict against foreground-aware random (fast; synthetic curves, no tra
 import numpy as np
 import pytest
 
-from segloop_bench.simulate import area_under_curve, labels_to_target, summarize
+from segloop_bench.simulate import area_under_curve, labels_to_target, stratified_held_out, summarize
 
 LABELS = [2, 4, 6, 8, 10]
 
@@ -61,3 +61,16 @@ def test_noisy_seeds_or_a_small_saving_do_not_meet_the_goal():
     # a baseline that never gets there: the ratio is not measured, and the verdict says why
     unreached = summarize(runs_from({"foreground_random": [0.3, 0.4, 0.5, 0.5, 0.5], "entropy": [0.3, 0.5, 0.8, 0.8, 0.8]}), FULL)
     assert not unreached["goal"]["met"] and "did not reach" in unreached["goal"]["why"]
+
+
+def test_the_held_out_set_covers_the_subpopulations_and_falls_back_to_the_last_ids():
+    ids = [f"case_{i:03d}" for i in range(12)]
+    populations = {i: "typical" for i in ids}
+    populations.update({"case_002": "native+small", "case_005": "arterial", "case_007": "burden-none+inversus",
+                        "case_009": "native", "case_010": "burden-many"})
+    held = stratified_held_out(ids, populations, 5)
+    traits = set("+".join(populations[i] for i in held).split("+"))
+    assert traits == {"typical", "native", "small", "arterial", "burden-none", "inversus", "burden-many"}
+    assert held == ["case_002", "case_005", "case_007", "case_010", "case_011"]
+    assert stratified_held_out(ids, {}, 3) == ["case_009", "case_010", "case_011"]
+    assert stratified_held_out(ids, populations, 1) == ["case_007"]  # two new traits beat one; ties: the later id

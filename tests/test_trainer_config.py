@@ -97,3 +97,24 @@ def test_prompt_runs_warm_up_decay_and_clip_and_segmentation_runs_keep_a_constan
     segmentation = make_config(tmp_path).trainer()._config
     assert prompt["lr_schedule"][0] == "cosine" and prompt["grad_clip"] == 1.0  # 3 of 8 runs collapsed without
     assert segmentation["lr_schedule"][0] == "constant" and segmentation["grad_clip"] == 0.0
+
+
+def test_crop_ratios_and_class_weights_come_per_class_from_the_request(tmp_path):
+    import pytest
+    from monai.transforms import RandCropByLabelClassesd
+
+    trainer = make_config(tmp_path).trainer()
+    assert trainer.per_class({}, "crop_ratios") is None  # default: equal crop centres, no loss weights
+    assert trainer.per_class({"crop_ratios": "[1,1,1,1,4]"}, "crop_ratios") == [1, 1, 1, 1, 4]
+    assert trainer.per_class({"class_weights": "1,1,1,1,3"}, "class_weights") == [1, 1, 1, 1, 3]
+    for bad in ("[1,1,1,4]", "[1,1,1,1,-1]", "[0,0,0,0,0]", "[1,1,1,1,\"x\"]", "a,b"):
+        with pytest.raises(ValueError):
+            trainer.per_class({"crop_ratios": bad}, "crop_ratios")
+
+    class Ctx:
+        request = {"crop_ratios": "[1,1,1,1,4]", "class_weights": "[1,1,1,1,3]"}
+
+    crop = next(t for t in trainer.train_pre_transforms(Ctx) if isinstance(t, RandCropByLabelClassesd))
+    assert list(crop.cropper.ratios) == [1, 1, 1, 1, 4]
+    loss = trainer.loss_function(Ctx)
+    assert loss.cross_entropy.weight.tolist() == [1, 1, 1, 1, 3]

@@ -4,8 +4,8 @@ labelled cases, the same wall-clock CPU training budget each, the same held-out 
 
 1. Generates ``--train-cases`` labelled and ``--held-out`` unlabelled phantoms (seed 101, random
    sizes and spacings), plus one 128 x 128 x 64 case for the latency target.
-2. Trains each SegLoop arm (``--arms``: ``network`` or ``network+plan`` for the planned geometry,
-   ``segloop.planning``) in-process through the app's own config and trainer for
+2. Trains each SegLoop arm (``--arms``: ``network``, ``+plan`` for the planned geometry,
+   ``segloop.planning``, ``+tumour`` for tumour-directed crops and loss weight) in-process through the app's own config and trainer for
    ``--train-minutes``, from scratch, seed 0, every label trained on (no validation split).
 3. Trains the radiology app's ``segmentation`` model (SegResNet at 1.5 mm, 96^3 patches, its own
    trainer and transforms; ``--conf labels`` set to SegLoop's labels, so no pretrained weights) on
@@ -130,12 +130,22 @@ LATENCY_SHAPE = (128, 128, 64)  # the issue's /infer latency target: a 128 x 128
 LATENCY_REPEATS = 3
 
 
+TUMOUR_RECIPE = {"crop_ratios": "[1,1,1,1,4]", "class_weights": "[1,1,1,1,3]"}  # background, liver, spleen, kidney, tumour
+
+
 def parse_arm(arm: str) -> Dict:
-    """``network`` or ``network+plan`` -> its name and app ``--conf``."""
-    network, _, extra = arm.partition("+")
-    if extra not in ("", "plan"):
-        raise ValueError(f"arm {arm!r}: write network or network+plan")
-    return {"name": arm, "conf": {"network": network, "plan": "auto" if extra == "plan" else "off"}}
+    """``network`` with optional ``+plan`` (the planned geometry) and ``+tumour`` (tumour-centred
+    crops 4x as often as each other class, tumour loss weight 3: :data:`TUMOUR_RECIPE`) -> its
+    name, app ``--conf`` and training request options."""
+    network, *extras = arm.split("+")
+    unknown = [e for e in extras if e not in ("plan", "tumour")]
+    if unknown or len(set(extras)) != len(extras):
+        raise ValueError(f"arm {arm!r}: write network, then optionally +plan and/or +tumour")
+    return {
+        "name": arm,
+        "conf": {"network": network, "plan": "auto" if "plan" in extras else "off"},
+        "request": dict(TUMOUR_RECIPE) if "tumour" in extras else {},
+    }
 
 
 def train_arm(arm: Dict, studies: str, work: str, budget_s: float) -> Dict:
@@ -143,11 +153,12 @@ def train_arm(arm: Dict, studies: str, work: str, budget_s: float) -> Dict:
     shutil.copytree(studies, folder)
     print(f"Training SegLoop {arm['name']} for {budget_s / 60:g} min ...", flush=True)
     run = train(folder, {"max_epochs": 100000, "max_seconds": budget_s, "val_split": 0.0, "seed": 0,
-                         "from_scratch": True}, conf=arm["conf"])
+                         "from_scratch": True, **arm["request"]}, conf=arm["conf"])
     version = run["stats"].get("version") or {}
     return {
         "folder": folder,
         "conf": arm["conf"],
+        "request": arm["request"],
         "training": {"wall_s": run["seconds"], "iterations": version.get("iterations"), "epochs": run["stats"].get("epoch")},
         "geometry": version.get("geometry"),
     }

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-cases", type=int, default=16)
     p.add_argument("--held-out", type=int, default=4)
     p.add_argument("--arms", default="unetr_cpu,unetr_cpu+plan,dynunet_cpu+plan,swinunetr_cpu",
-                   help="SegLoop configurations: network or network+plan (planned geometry), comma-separated")
+                   help="SegLoop configurations, comma-separated: a network, then optionally +plan (planned geometry) and +tumour (tumour-centred crops and loss weight)")
     p.add_argument("--skip-upstream", action="store_true")
     p.set_defaults(func=_runs("bench_auto"))
 

@@ -7,7 +7,9 @@ round's picks distinct, and the incremental trainer with its model registry.
 
 Protocol, per seed:
 
-1. The last ``test_cases`` images (sorted ids) are held out; the rest form the pool.
+1. ``test_cases`` images are held out (:func:`stratified_held_out`: every subpopulation trait the
+   generator recorded is represented where the count allows; without ``cases.json``, the last
+   ids); the rest form the pool.
 2. ``initial`` pool cases (seeded random) are labelled from ground truth and a model is trained
    from scratch for ``first_iterations``; every strategy of this seed starts from that model.
 3. Each of ``rounds`` rounds: score the pool, let the strategy pick ``per_round`` cases one after
@@ -79,6 +81,22 @@ def case_populations(ground_truth: str) -> Dict[str, str]:
         return {c["case_id"]: c.get("population", "typical") for c in json.load(f).get("cases", [])}
 
 
+def stratified_held_out(ids: Sequence[str], populations: Mapping[str, str], count: int) -> List[str]:
+    """``count`` held-out ids that cover as many subpopulation traits (the ``+``-separated parts of
+    a population name: ``native``, ``small``, ``burden-none``, ``inversus`` ...) as possible: each
+    pick is the case adding the most traits not yet held out, ties going to the later id, so
+    without populations (or once every trait is covered) it is the last ids. Sorted."""
+    traits = {i: set(populations.get(i, "typical").split("+")) for i in ids}
+    chosen: List[str] = []
+    covered: set = set()
+    for _ in range(count):
+        rest = [i for i in reversed(ids) if i not in chosen]
+        best = max(rest, key=lambda i: len(traits[i] - covered))  # max keeps the first best: the latest id
+        chosen.append(best)
+        covered |= traits[best]
+    return sorted(chosen)
+
+
 def _link_or_copy(src: str, dest: str) -> None:
     try:
         os.link(src, dest)
@@ -112,13 +130,14 @@ class Simulation:
         if missing:
             raise ValueError(f"no ground truth for {missing[:5]} in {ground_truth}")
         self.studies, self.ground_truth, self.work = studies, ground_truth, work
-        self.pool, self.test = ids[:-test_cases], ids[-test_cases:]
+        self.populations = case_populations(ground_truth)
+        self.test = stratified_held_out(ids, self.populations, test_cases)
+        self.pool = [i for i in ids if i not in self.test]
         self.rounds, self.per_round, self.initial = rounds, per_round, initial
         self.first_iterations, self.round_iterations = first_iterations, round_iterations
         self.full_iterations = full_iterations or 2 * (first_iterations + rounds * round_iterations)
         self.conf = dict(conf or {})
         self.progress = progress
-        self.populations = case_populations(ground_truth)
 
     # -- pieces ------------------------------------------------------------------------------
     def _truth(self, case: str) -> str:

@@ -19,10 +19,12 @@ Request options (besides MONAI Label's ``max_epochs``, ``val_split``, ``dataset`
 ``max_iterations`` (iteration budget, also checked at epoch ends),
 ``lr``, ``lr_schedule`` (``constant``, or ``cosine``: warm-up then decay over the run's budget),
 ``grad_clip`` (global gradient-norm limit, 0 = none), ``samples_per_case``, ``replay_ratio``,
-``promotion_tolerance``, ``nice`` (CPU priority of the run, default 10: inference requests keep
+``crop_ratios`` and ``class_weights`` (per class, background first: how often each class is a crop
+centre, and its loss weight), ``promotion_tolerance``, ``nice`` (CPU priority of the run, default 10: inference requests keep
 their speed while a run trains), ``seed``.
 """
 
+import json
 import logging
 import math
 import os
@@ -139,6 +141,8 @@ class SegmentationTrainer(BasicTrainTask):
             "lr_schedule": [lr_schedule] + [s for s in LR_SCHEDULES if s != lr_schedule],
             "grad_clip": grad_clip,
             "samples_per_case": 2,
+            "crop_ratios": "",
+            "class_weights": "",
             "replay_ratio": replay_ratio,
             "promotion_tolerance": promotion_tolerance,
             "nice": 10,  # CPU priority of training runs: interactive inference comes first
@@ -187,7 +191,14 @@ class SegmentationTrainer(BasicTrainTask):
         return super().train_inferer(context)
 
     def loss_function(self, context: Context):
-        loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        weights = self.per_class(context.request, "class_weights")
+        loss = DiceCELoss(
+            to_onehot_y=True,
+            softmax=True,
+            include_background=False,
+            batch=True,
+            weight=torch.tensor(weights, dtype=torch.float32) if weights else None,
+        )
         return StackedDeepSupervisionLoss(loss) if has_deep_supervision(self._network) else loss
 
     def lr_scheduler_handler(self, context: Context):
@@ -204,6 +215,24 @@ class SegmentationTrainer(BasicTrainTask):
         tumours are seen as often as the liver."""
         return [1.0] * self.num_channels
 
+    def per_class(self, request: Mapping, key: str) -> Optional[List[float]]:
+        """A request's per-class list (background first; JSON list or comma-separated), or None
+        when it is empty. ``crop_ratios``: how often each class is a crop centre (default
+        :attr:`crop_ratios`); ``class_weights``: cross-entropy and Dice weight of each class."""
+        value = request.get(key, "")
+        if value in ("", None):
+            return None
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else value.split(",")
+        try:
+            values = [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a list of {self.num_channels} numbers (background first), got {value!r}")
+        if len(values) != self.num_channels or min(values) < 0 or sum(values) <= 0:
+            raise ValueError(f"{key} must be {self.num_channels} non-negative numbers (background first, "
+                             f"then {', '.join(self.label_map)}), not all 0; got {values}")
+        return values
+
     def train_pre_transforms(self, context: Context):
         return load_and_normalize(self.target_spacing, self.hu_window, "label", self.label_map) + [
             SpatialPadd(keys=("image", "label"), spatial_size=self.train_crop_size),
@@ -212,7 +241,7 @@ class SegmentationTrainer(BasicTrainTask):
                 label_key="label",
                 spatial_size=self.train_crop_size,
                 num_classes=self.num_channels,
-                ratios=self.crop_ratios,
+                ratios=self.per_class(context.request, "crop_ratios") or self.crop_ratios,
                 num_samples=int(context.request.get("samples_per_case", 2)),
                 warn=False,
             ),
