@@ -59,6 +59,15 @@ def test_train_params_follow_the_trainer_config():
     assert check_train_params({"max_seconds": 2.5}, TRAINER_CONFIG, "segmentation")[0] == {"max_seconds": 2.5}
 
 
+def test_per_class_train_params_need_one_non_negative_number_per_class():
+    config = dict(TRAINER_CONFIG, crop_ratios="", class_weights="")
+    for value in ([1, 1, 1, 1, 4], "[1,1,1,1,4]", "1,1,1,1,4"):
+        assert check_train_params({"crop_ratios": value}, config, "segmentation", 5)[0] == {"crop_ratios": "[1.0, 1.0, 1.0, 1.0, 4.0]"}
+    assert check_train_params({"class_weights": ""}, config, "segmentation", 5)[0] == {"class_weights": ""}
+    for bad in ([1, 1, 4], [1, 1, 1, 1, -1], [0, 0, 0, 0, 0], ["a"] * 5, [True] * 5, "[1,", {"x": 1}, 3, []):
+        assert "class_weights" in refused(check_train_params, {"class_weights": bad}, config, "segmentation", 5)
+
+
 def test_batch_params():
     assert check_batch_params({"label_tag": "original", "max_workers": 1}, "segmentation")[0] == {"label_tag": "original", "max_workers": 1}
     assert "label_tag" in refused(check_batch_params, {"label_tag": "../x"}, "segmentation")

@@ -158,10 +158,38 @@ TRAIN_EXTRAS = {
     "max_interactions": lambda k, v: _number(k, v, integer=True),
 }
 BOUNDED_TRAIN = {"val_split": 1.0, "replay_ratio": 100.0, "promotion_tolerance": 1.0, "region_share": 1.0}
+PER_CLASS_TRAIN = ("crop_ratios", "class_weights")  # one number per class, background first
 
 
-def train_checks(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """Checks for a trainer's params, derived from its config's defaults (their types and choices)."""
+def _per_class(channels: Optional[int]):
+    """Check of a per-class list (a JSON list, or its text, or comma-separated numbers): ``channels``
+    non-negative numbers, not all 0; passed on as JSON text, the trainer's config type."""
+
+    def check(key: str, value: Any) -> str:
+        if isinstance(value, str) and value.strip() == "":
+            return ""
+        items = value
+        if isinstance(value, str):
+            try:
+                items = json.loads(value) if value.strip().startswith("[") else value.split(",")
+            except ValueError:
+                items = None
+        try:
+            numbers = [float(v) for v in items] if isinstance(items, (list, tuple)) and items else None
+        except (TypeError, ValueError):
+            numbers = None
+        if numbers is None or any(isinstance(v, bool) for v in items) or min(numbers) < 0 or sum(numbers) <= 0 \
+                or (channels is not None and len(numbers) != channels):
+            count = f"{channels} " if channels is not None else ""
+            raise bad_request(f"{key} must be a list of {count}non-negative numbers, background first, not all 0; got {value!r}")
+        return json.dumps(numbers)
+
+    return check
+
+
+def train_checks(config: Mapping[str, Any], channels: Optional[int] = None) -> Dict[str, Any]:
+    """Checks for a trainer's params, derived from its config's defaults (their types and choices);
+    ``channels``: the model's classes with background, the length of a per-class list."""
     checks = dict(TRAIN_EXTRAS)
     for key, default in config.items():
         if key in SERVER_SETTINGS:
@@ -173,14 +201,18 @@ def train_checks(config: Mapping[str, Any]) -> Dict[str, Any]:
         elif isinstance(default, (int, float)):
             integer = isinstance(default, int) and key != "max_seconds"
             checks[key] = lambda k, v, i=integer: _number(k, v, maximum=BOUNDED_TRAIN.get(k), integer=i)
+        elif key in PER_CLASS_TRAIN:
+            checks[key] = _per_class(channels)
         elif isinstance(default, str):
             checks[key] = _text
     return checks
 
 
-def check_train_params(params: Mapping[str, Any], config: Mapping[str, Any], model: str) -> Tuple[Dict, list]:
+def check_train_params(
+    params: Mapping[str, Any], config: Mapping[str, Any], model: str, channels: Optional[int] = None
+) -> Tuple[Dict, list]:
     """(accepted params, ignored server-setting keys) of a ``/train/{model}`` request."""
-    return _split(params, train_checks(config), f"/train/{model}")
+    return _split(params, train_checks(config, channels), f"/train/{model}")
 
 
 def _label_tag(key: str, value: Any) -> str:

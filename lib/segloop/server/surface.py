@@ -76,6 +76,10 @@ class SurfaceContext:
             raise not_found(f"no trainable model {model!r}; available: {sorted(trainers)}")
         return trainers[model].config()
 
+    def trainer_channels(self, model: str) -> Optional[int]:
+        """Classes (with background) of a trainable model: the length of its per-class options."""
+        return getattr(self.app._trainers.get(model), "num_channels", None)
+
     def check_image_id(self, image: str) -> str:
         check_id(image)
         if not self.app.datastore().get_image_uri(image):
@@ -217,7 +221,7 @@ def build_surface(context: SurfaceContext) -> List[APIRouter]:
 
     @train.post("/{model}", summary="Start a training run of one model (admin)")
     async def run_training(model: str, params: Optional[dict] = None, enqueue: bool = False, user: User = Depends(RBAC(ADMIN))):
-        accepted, _ = check_train_params(params or {}, context.trainer_config(model), model)
+        accepted, _ = check_train_params(params or {}, context.trainer_config(model), model, context.trainer_channels(model))
         return upstream_train.run_model(model, accepted, False, enqueue)
 
     @train.post("/", summary="Start a training run of every model (admin)", include_in_schema=False)
@@ -225,7 +229,7 @@ def build_surface(context: SurfaceContext) -> List[APIRouter]:
         for model, model_params in (params or {}).items():
             if not isinstance(model_params, dict):
                 raise bad_request(f"params[{model!r}] must be a JSON object")
-            check_train_params(model_params, context.trainer_config(model), model)
+            check_train_params(model_params, context.trainer_config(model), model, context.trainer_channels(model))
         return upstream_train.run(params, False)
 
     @other.post("/batch/infer/{model}", summary="Run a model on every (or every unlabelled) datastore image (admin)")
