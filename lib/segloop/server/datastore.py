@@ -105,8 +105,17 @@ class SegLoopDatastore(LocalDatastore):
         super().remove_image(image_id)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
-        self._label_file(label_id, label_tag)
-        super().remove_label(label_id, label_tag)
+        """Upstream's removal, and the label leaves the in-memory model at once (upstream waits for
+        the folder watcher when auto reload is on, so a read right after still found it)."""
+        path = self._label_file(label_id, label_tag)
+        with FileLock(self._lock_file):
+            if os.path.exists(path):
+                os.unlink(path)
+            obj = self._datastore.objects.get(label_id)
+            if obj is not None:
+                obj.labels.pop(label_tag, None)
+            self._update_datastore_file(lock=False)
+        logger.info(f"Removed label {label_tag}/{os.path.basename(path)}")
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
         self._image_file(image_id)
