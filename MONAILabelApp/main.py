@@ -11,6 +11,7 @@ Every ``--conf`` option is listed in README.md (and by ``segloop conf``).
 import logging
 import os
 import sys
+import time
 from typing import Dict
 
 from dicomweb_client.session_utils import create_session_from_user_pass
@@ -30,10 +31,12 @@ from segloop.server.routes import build_router
 from segloop.server.surface import SurfaceContext, build_surface, install_surface, withdrawn_routes
 from segloop.campaign.assignments import AssignmentBook, UnassignedView
 from segloop.campaign.loop import CampaignLoop
+from segloop.campaign.reads import CampaignRules, Reads
 from segloop.configs import TASK_CONFIGS
 from segloop.configs.options import parse_options
 from segloop.cpu_sharing import SHARED_CPU_SETTINGS, shared_cpu_env
 from segloop.server.datastore import SegLoopDatastore
+from segloop.server.read_desk import ReadDesk
 from segloop.server.dicomweb import SegLoopDICOMwebDatastore
 from segloop.errors import not_found
 from segloop.io import remove_leftover_temporaries
@@ -75,6 +78,12 @@ class SegLoopApp(MONAILabelApp):
             name: CampaignLoop(name, self.models[name].registry, self.options, self.datastore, trainer.config)
             for name, trainer in self.model_trainers.items()
         }
+
+        # Every annotator's read of a case, its review, and the final label they make (local datastores).
+        rules = CampaignRules(self.options.reads_per_case, self.options.review, self.options.agreement_threshold)
+        self.reads = Reads(self.datastore, self.options.labels, rules)
+        self.prompted: Dict[str, float] = {}  # datastore image -> when the prompt model last answered on it
+        self.read_desk = None if remote else ReadDesk(self.reads, lambda: self.loops, self.prompted, self._release_booking)
 
         super().__init__(
             app_dir=app_dir,
@@ -125,6 +134,9 @@ class SegLoopApp(MONAILabelApp):
                 return dict(proposal, model=name)
         return None
 
+    def _release_booking(self, image_id: str, annotator: str) -> None:
+        self.assignments.release(image_id)  # submitted: the case leaves the annotator's hands
+
     def init_infers(self):
         infers = {}
         for name, config in self.models.items():  # a config may offer several tasks (MONAI Label's convention)
@@ -168,12 +180,20 @@ class SegLoopApp(MONAILabelApp):
         # With authentication on, the annotator is the token's user; otherwise what the client declares.
         client = self.assignments.client(authenticated_name() or check_client_id(request.get("client_id")))
         others = self.assignments.held_by_others(client)
-        request = dict(request, strategy=strategy, assigned=sorted(others))
         datastore = self.datastore()
+        closed = set()
+        if self.read_desk is not None:
+            returned = self._returned_case(client, others)
+            if returned:
+                return returned
+            # A case needing several reads goes to different annotators, never twice to one; a case
+            # waiting for review or adjudication goes to nobody.
+            closed = {i for i in datastore.get_unlabeled_images() if i not in others and not self.reads.open_for(i, client)}
+        request = dict(request, strategy=strategy, assigned=sorted(others))
         # The client's own current case is skipped too (it asked for the next one) unless nothing else is left.
-        result = task(request, UnassignedView(datastore, others | self.assignments.held_by(client)))
+        result = task(request, UnassignedView(datastore, others | closed | self.assignments.held_by(client)))
         if not result or not result.get("id"):
-            result = task(request, UnassignedView(datastore, others))
+            result = task(request, UnassignedView(datastore, others | closed))
         if not result or not result.get("id"):
             return {}
         self.assignments.assign(result["id"], client, strategy)
@@ -181,6 +201,16 @@ class SegLoopApp(MONAILabelApp):
         if self._auto_update_scoring:
             self.async_scoring(None)
         return result
+
+    def _returned_case(self, client: str, others) -> Dict:
+        """The oldest of ``client``'s rejected reads still open to them: it goes back to them first."""
+        for read in self.reads.returned_to(client):
+            image_id = read["image"]
+            if image_id not in others and self.reads.open_for(image_id, client):
+                self.assignments.assign(image_id, client, "returned")
+                return {"id": image_id, "path": self.datastore().get_image_uri(image_id), "client_id": client,
+                        "strategy": "returned", "returned": {k: read.get(k) for k in ("reviewer", "comment", "reviewed_ts")}}
+        return {}
 
     def infer(self, request, datastore=None):
         if request.get("model") not in self._infers:  # upstream answers a bare 500 without the reason
@@ -193,6 +223,8 @@ class SegLoopApp(MONAILabelApp):
         image = request.get("image")
         if loop and result.get("file") and image and not os.path.isabs(image):  # a datastore image
             loop.on_inferred(image, result["file"], result["params"].get("model_version"))
+        elif not loop and image and not os.path.isabs(image):
+            self.prompted[image] = time.time()  # the annotator is correcting this case with prompts
         return result
 
     def on_save_label(self, image_id, label_id):
@@ -215,7 +247,7 @@ class SegLoopApp(MONAILabelApp):
         routers = build_surface(SurfaceContext(self)) + [
             withdrawn_routes(dicomweb=isinstance(self.datastore(), DICOMWebDatastore)),
             build_router(lambda: self.loops, self.models, self.assignments),
-        ]
+        ] + ([self.read_desk.router()] if self.read_desk is not None else [])
         install_surface(fastapi_app, routers)
         # The middleware stack is built by now (this runs in the lifespan): the gate goes around it.
         fastapi_app.middleware_stack = RequestGate(fastapi_app.middleware_stack or fastapi_app.build_middleware_stack(), self.options.max_upload_mb * 2**20)

@@ -55,6 +55,37 @@ def slicer_studies(slicer_template, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def realm():
+    from realm import Realm
+
+    realm = Realm()
+    yield realm
+    realm.httpd.shutdown()
+
+
+# The campaign settings of the authenticated server: two reads per case, review on (the auth test
+# only needs auth; the campaign test needs both).
+AUTH_CAMPAIGN_CONF = {"reads_per_case": "2", "review": "true", "agreement_threshold": "0.7"}
+
+
+@pytest.fixture(scope="session")
+def auth_server(sample_root, realm, tmp_path_factory):
+    """The sample studies served with authentication on (tokens from :func:`realm`), the automatic
+    model only, no automatic training, and a campaign of two reads per case with review. Shared by
+    tests/test_auth.py and tests/test_campaign_e2e.py (in that order)."""
+    from segloop_bench.server import running_server
+
+    base = tmp_path_factory.mktemp("auth")
+    studies = str(base / "studies")
+    shutil.copytree(os.path.join(sample_root, "studies"), studies)
+    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm.uri, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+    conf = {"models": "segmentation", "auto_train": "false", **AUTH_CAMPAIGN_CONF}
+    with running_server(studies, conf=conf, log_path=str(base / "server.log"), env=env) as handle:
+        handle.studies = studies
+        yield handle
+
+
 LEARNING_HELD_OUT = ("case_008", "case_009", "case_010", "case_011")
 
 # fixture name -> the model it waits for (tests/pretrain.py). The prompt model is not among them: its

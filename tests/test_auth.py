@@ -8,26 +8,19 @@ The route table must cover every route the server documents (``/openapi.json``),
 endpoint cannot go unchecked.
 """
 
-import base64
 import json
 import os
-import shutil
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import jwt
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from segloop_bench.server import running_server
+from realm import ADMIN, ANNOTATOR, LADDER, REVIEWER, USER
 
 pytestmark = pytest.mark.slow
 
-USER, ANNOTATOR, REVIEWER, ADMIN = "monailabel-user", "monailabel-annotator", "monailabel-reviewer", "monailabel-admin"
-LADDER = [USER, ANNOTATOR, REVIEWER, ADMIN]
 PUBLIC = {("GET", "/"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/auth/"), ("POST", "/auth/token")}
 
 # method, path, required role, request kwargs that pass the role check without changing anything
@@ -73,6 +66,10 @@ ROUTES = [
     ("POST", "/segloop/models/segmentation/rollback", ADMIN, {"json": {"version": 99}}),
     ("GET", "/segloop/activelearning", USER, {}),
     ("GET", "/segloop/uncertainty/no-such-token", USER, {}),
+    ("GET", "/segloop/campaign/reads", USER, {"params": {"image": "no_such_case"}}),
+    ("GET", "/segloop/review", REVIEWER, {}),
+    ("POST", "/segloop/review", REVIEWER, {"json": {"image": "no_such_case", "annotator": "x", "approve": True}}),
+    ("GET", "/segloop/returned", ANNOTATOR, {"params": {"annotator": "x"}}),
     # not in the API documentation
     ("POST", "/reload", ADMIN, {}),
     ("GET", "/proxy/dicom/studies", USER, {}),
@@ -81,65 +78,9 @@ ROUTES = [
 ]
 
 
-class Realm:
-    """A key pair and a loopback HTTP endpoint serving its public key as Keycloak's realm does."""
-
-    def __init__(self):
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        der = self.key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        body = json.dumps({"realm": "segloop", "public_key": base64.b64encode(der).decode()}).encode()
-        realm = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def answer(self, status, payload):
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_GET(self):
-                if self.path == "/realms/segloop/.well-known/openid-configuration":
-                    token_endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/realms/segloop/token"
-                    return self.answer(200, json.dumps({"token_endpoint": token_endpoint}).encode())
-                self.answer(200 if self.path == "/realms/segloop" else 404, body if self.path == "/realms/segloop" else b"{}")
-
-            def do_POST(self):  # the password grant MONAI Label's /auth/token forwards: one user, dr_k / s3cret
-                form = dict(p.split("=", 1) for p in self.rfile.read(int(self.headers["Content-Length"])).decode().split("&"))
-                if self.path != "/realms/segloop/token" or (form.get("username"), form.get("password")) != ("dr_k", "s3cret"):
-                    return self.answer(401, b'{"error": "invalid_grant"}')
-                token = realm.token([ANNOTATOR], username="dr_k")
-                self.answer(200, json.dumps({"access_token": token, "token_type": "bearer"}).encode())
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
-        self.uri = f"http://127.0.0.1:{self.httpd.server_address[1]}/realms/segloop"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def token(self, roles, username="dr_a", expires_in=600, key=None):
-        payload = {"preferred_username": username, "realm_access": {"roles": roles}, "exp": int(time.time()) + expires_in}
-        pem = (key or self.key).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        return jwt.encode(payload, pem, algorithm="RS256")
-
-
 @pytest.fixture(scope="module")
-def realm():
-    realm = Realm()
-    yield realm
-    realm.httpd.shutdown()
-
-
-@pytest.fixture(scope="module")
-def server(sample_root, realm, tmp_path_factory):
-    base = tmp_path_factory.mktemp("auth")
-    studies = str(base / "studies")
-    shutil.copytree(os.path.join(sample_root, "studies"), studies)
-    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm.uri}
-    conf = {"models": "segmentation", "auto_train": "false"}
-    with running_server(studies, conf=conf, log_path=str(base / "server.log"), env=env) as handle:
-        handle.studies = studies
-        yield handle
+def server(auth_server):
+    return auth_server
 
 
 def call(server, method, path, token=None, **kwargs):
@@ -208,8 +149,9 @@ def test_the_annotator_is_the_token_not_the_client_id(server, realm, sample_root
     with open(os.path.join(sample_root, "ground_truth", f"{case}.nii.gz"), "rb") as f:
         r = call(server, "PUT", "/datastore/label", token, params={"image": case}, data={"params": json.dumps({"user": "mallory"})}, files={"label": (f"{case}.nii.gz", f)})
     assert r.status_code == 200, r.text
-    info = call(server, "GET", "/datastore/label/info", token, params={"label": case, "tag": "final"}).json()
-    assert info["user"] == "dr_a"
+    assert r.json()["read"]["annotator"] == "dr_a"  # the server's campaign keeps each annotator's read
+    reads = call(server, "GET", "/segloop/campaign/reads", token, params={"image": case}).json()["reads"]
+    assert list(reads) == ["dr_a"] and reads["dr_a"]["user"] == "dr_a" and "mallory" not in json.dumps(reads)
 
 
 def test_the_slicer_modules_client_logs_in_through_the_server(server, realm):

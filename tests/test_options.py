@@ -37,6 +37,10 @@ def test_defaults_follow_the_network_preset():
         ({"mc_samples": "-1"}, ">= 0"),
         ({"assignment_lock_s": "soon"}, "a number"),
         ({"amp": "fp8"}, "auto, float16, off"),
+        ({"reads_per_case": "0"}, ">= 1"),
+        ({"reads_per_case": "11"}, "1..10"),
+        ({"review": "sometimes"}, "true or false"),
+        ({"agreement_threshold": "1.5"}, r"\[0, 1\]"),
     ],
 )
 def test_bad_options_say_what_is_wrong(conf, message):

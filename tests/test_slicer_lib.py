@@ -241,10 +241,11 @@ def test_every_module_action_against_a_real_server(slicer_studies, sample_root, 
         assert error.value.status == 422 and "outside the image" in error.value.message
 
         # Submit: provenance and edit effort stored with the label.
-        answer = client.submit(case["id"], truth(case["id"]), "dr_a", session.seconds_spent(), tool="SegLoop Slicer module")
+        answer = client.submit(case["id"], truth(case["id"]), "dr_a", session.seconds_spent(), client="SegLoop Slicer module")
         assert answer["edit_effort"]["segmentation"]["version"] == result["model_version"]
         stored = client.label_info(case["id"])
-        assert stored["annotator"] == "dr_a" and stored["time_spent_s"] >= 0 and stored["tool"] == "SegLoop Slicer module"
+        assert stored["annotator"] == "dr_a" and stored["time_spent_s"] >= 0 and stored["client"] == "SegLoop Slicer module"
+        assert stored["tool"] == "prompts" and stored["reads"] == ["dr_a"]  # the prompt model answered on this case first
         assert "edit_effort" in stored
         # ... and the label comes back as submitted, for review.
         reviewed = client.download_label(case["id"], str(tmp_path))

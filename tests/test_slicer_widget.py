@@ -783,7 +783,7 @@ def test_a_labelled_case_reopens_for_review_and_is_submitted_as_one(env, offline
     assert slicer.standin.messages[-1][0] == "confirm"
     widget.onSubmit()
     image_id, _, annotator, _ = server.submitted[-1]
-    assert image_id == "case_x" and annotator == "dr_o" and server.submitted_kwargs["tool"] == "SegLoop Slicer module (review)"
+    assert image_id == "case_x" and annotator == "dr_o" and server.submitted_kwargs["client"] == "SegLoop Slicer module (review)"
     assert (server.submitted_label == 1).sum() == 48 and (server.submitted_label == 2).sum() == 18
 
 
@@ -1202,7 +1202,7 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         click(env, widget, "submitButton")
         assert messages == []
         stored = client.label_info(case_id)
-        assert stored["annotator"] == "dr_w" and stored["tool"] == "SegLoop Slicer module" and stored["time_spent_s"] > 0
+        assert stored["annotator"] == "dr_w" and stored["client"] == "SegLoop Slicer module" and stored["time_spent_s"] > 0
         dice = [v for v in stored["edit_effort"]["dice"].values() if v is not None]
         assert widget.ui.caseLabel.text == f"Submitted. segmentation: Dice vs proposal {np.mean(dice):.2f}"
         answer = requests.get(f"{server.url}/datastore/label", params={"label": case_id, "tag": "final"}, timeout=60)
@@ -1225,7 +1225,7 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
         click(env, widget, "openCaseButton")
         volume, segmentation = widget.logic.volume_node, widget.logic.segmentation_node.GetSegmentation()
         click(env, widget, "submitButton")
-        assert messages == [] and client.label_info(case_id)["tool"] == "SegLoop Slicer module (review)"
+        assert messages == [] and client.label_info(case_id)["client"] == "SegLoop Slicer module (review)"
 
         # Training and campaign panels (refreshed by the submission), as the server has them.
         status = client.model_status("segmentation")

@@ -1007,7 +1007,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         path = self._write_label_map(os.path.join(self.folder, f"{self.case.image_id}_final.nii.gz"))
         answer = self.server(
             self.client.submit, self.case.image_id, path, self.annotator, self.case.seconds_spent(),
-            tool="SegLoop Slicer module" + (" (review)" if self.case.reviewing else ""), proposal_version=self.case.proposal_version,
+            client="SegLoop Slicer module" + (" (review)" if self.case.reviewing else ""), proposal_version=self.case.proposal_version,
         )
         self.case = None
         self.remember_case()

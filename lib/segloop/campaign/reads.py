@@ -41,6 +41,8 @@ READ_PREFIX = "read-"
 FINAL = "final"
 STATES = ("submitted", "approved", "rejected")
 TOOLS = ("automatic", "prompts", "manual")
+# Fields of a read's record that describe the read itself, not the label it makes final.
+READ_ONLY_FIELDS = ("tag", "name", "ts", "state", "submitted_ts", "reviewer", "comment", "reviewed_ts")
 
 
 @dataclass(frozen=True)
@@ -147,13 +149,16 @@ class Reads:
         tool: str = "manual",
         model_version: Optional[int] = None,
         edit_effort: Optional[Dict[str, Any]] = None,
+        extra: Optional[Mapping[str, Any]] = None,
     ) -> Dict[str, Any]:
         """Store ``annotator``'s read of ``image_id`` (the datastore validates the label) and settle
-        the case. Returns the read record and the case state."""
+        the case; ``extra``: more label info from the client (time spent ...), never overriding the
+        read's own fields. Returns the read record and the case state."""
         if tool not in TOOLS:
             raise bad_request(f"tool must be one of {list(TOOLS)}, got {tool!r}")
         tag = read_tag(annotator)
-        info = {"annotator": annotator, "tool": tool, "model_version": model_version, "state": "submitted",
+        info = dict(extra or {})
+        info |= {"annotator": annotator, "tool": tool, "model_version": model_version, "state": "submitted",
                 "submitted_ts": time.time()}
         if edit_effort is not None:
             info["edit_effort"] = edit_effort
@@ -197,10 +202,11 @@ class Reads:
             datastore.remove_label(image_id, FINAL)
         if not chosen:
             return self.case_state(image_id)
-        final_info: Dict[str, Any] = {"reads": sorted(chosen), "made_from": made_from, "user": ", ".join(sorted(chosen))}
-        if len(chosen) == 1:
+        names = ", ".join(sorted(chosen))
+        final_info: Dict[str, Any] = {"reads": sorted(chosen), "made_from": made_from, "annotator": names, "user": names}
+        if len(chosen) == 1:  # the read's own record (time spent, client, edit effort ...) goes with it
             (annotator, read), = chosen.items()
-            final_info.update(tool=read.get("tool"), model_version=read.get("model_version"))
+            final_info = {k: v for k, v in read.items() if k not in READ_ONLY_FIELDS} | final_info
             datastore.save_label(image_id, datastore.get_label_uri(image_id, read["tag"]), FINAL, final_info)
             return self.case_state(image_id)
         maps, affine, zooms = {}, None, None

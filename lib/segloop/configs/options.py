@@ -41,6 +41,9 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "dropout": ("0.1", "dropout rate of the automatic model (trained with it; sampled for MC-dropout scores)"),
     "mc_samples": ("4", "MC-dropout passes per unlabelled image in the active-learning scoring job"),
     "tta_samples": ("4", "test-time-augmentation passes per unlabelled image in the scoring job"),
+    "reads_per_case": ("1", "independent reads (annotators) a case needs before it trains; with 2 or more their STAPLE consensus trains"),
+    "review": ("false", "true: a label trains only once a reviewer approved it"),
+    "agreement_threshold": ("0.7", "a case whose reads agree less (lowest per-label mean pairwise Dice) waits for adjudication"),
     "assignment_lock_s": ("1800", "seconds a case handed to one annotator is not offered to another"),
     "max_upload_mb": ("1024", "largest request body accepted (MiB): image, label and session uploads"),
     "max_voxels": (str(DEFAULT_MAX_VOXELS), "largest volume accepted (voxels, from the header, before decoding)"),
@@ -72,6 +75,9 @@ class SegLoopOptions:
     dropout: float
     mc_samples: int
     tta_samples: int
+    reads_per_case: int
+    review: bool
+    agreement_threshold: float
     assignment_lock_s: float
     max_upload_mb: float
     max_voxels: int
@@ -139,6 +145,15 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
     if dropout >= 1:
         raise ValueError(f"--conf dropout must be in [0, 1), got {dropout}")
     parse_vocabulary(conf.get("label_vocabulary"), list(labels))  # a bad vocabulary stops the server
+    review = (conf.get("review") or OPTIONS["review"][0]).lower()
+    if review not in ("true", "false"):
+        raise ValueError(f"--conf review must be true or false, got {review!r}")
+    reads_per_case = _number(conf, "reads_per_case", int, minimum=1)
+    if reads_per_case > 10:
+        raise ValueError(f"--conf reads_per_case must be 1..10, got {reads_per_case}")
+    agreement_threshold = _number(conf, "agreement_threshold", float, minimum=0)
+    if agreement_threshold > 1:
+        raise ValueError(f"--conf agreement_threshold must be in [0, 1], got {agreement_threshold}")
     return SegLoopOptions(
         models=models,
         labels=labels,
@@ -162,6 +177,9 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         dropout=dropout,
         mc_samples=_number(conf, "mc_samples", int, minimum=0),
         tta_samples=_number(conf, "tta_samples", int, minimum=0),
+        reads_per_case=reads_per_case,
+        review=review == "true",
+        agreement_threshold=agreement_threshold,
         assignment_lock_s=_number(conf, "assignment_lock_s", float, minimum=0),
         max_upload_mb=_number(conf, "max_upload_mb", float, minimum=1),
         max_voxels=_number(conf, "max_voxels", int, minimum=8),

@@ -22,7 +22,9 @@ import functools
 import inspect
 import json
 import os
+import pathlib
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional
 
@@ -42,6 +44,7 @@ from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
+from segloop.campaign.reads import READ_PREFIX
 from segloop.errors import ClientError, bad_request, not_found
 from segloop.server.auth import authenticated_name
 from segloop.server.gate import only_declared_query
@@ -50,6 +53,7 @@ from segloop.validation import check_id, check_image
 
 USER = settings.MONAI_LABEL_AUTH_ROLE_USER
 ANNOTATOR = settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR
+REVIEWER = settings.MONAI_LABEL_AUTH_ROLE_REVIEWER
 ADMIN = settings.MONAI_LABEL_AUTH_ROLE_ADMIN
 MAX_SESSION_EXPIRY_S = 7 * 24 * 3600
 
@@ -80,11 +84,27 @@ class SurfaceContext:
         """Classes (with background) of a trainable model: the length of its per-class options."""
         return getattr(self.app._trainers.get(model), "num_channels", None)
 
+    @property
+    def read_desk(self):
+        """The app's reads desk (``segloop.server.read_desk``), or None where labels are not kept
+        per annotator (a DICOMweb datastore)."""
+        return getattr(self.app, "read_desk", None)
+
     def check_image_id(self, image: str) -> str:
         check_id(image)
         if not self.app.datastore().get_image_uri(image):
             raise not_found(f"image {image!r} is not in the datastore")
         return image
+
+
+def _spooled(upload: UploadFile, background_tasks: BackgroundTasks) -> str:
+    """The upload in a temporary file (removed after the response), as MONAI Label's endpoints do."""
+    suffix = "".join(pathlib.Path(upload.filename or "label.nii.gz").suffixes) or ".nii.gz"
+    handle, path = tempfile.mkstemp(suffix=suffix if suffix in (".nii.gz", ".nii", ".nrrd") else ".nii.gz")
+    with os.fdopen(handle, "wb") as out:
+        shutil.copyfileobj(upload.file, out)
+    background_tasks.add_task(os.unlink, path)
+    return path
 
 
 def _json(params: Dict) -> str:
@@ -161,6 +181,16 @@ def build_surface(context: SurfaceContext) -> List[APIRouter]:
         info = parse_params(params)
         if authenticated_name():  # who saved it comes from the token, not from the client's word
             info["user"] = authenticated_name()
+        desk = context.read_desk
+        if tag.startswith(READ_PREFIX):
+            raise bad_request(f"label tags starting {READ_PREFIX!r} hold annotators' reads: submit with tag 'final'")
+        if desk is not None and tag == DefaultLabelTag.FINAL.value:
+            if info.get("adjudication") is True:  # a reviewer settles the case: saved as final directly
+                if REVIEWER not in (user.roles or []):
+                    raise ClientError(403, "saving a final label as an adjudication needs the reviewer role")
+            else:
+                upload = _spooled(label, background_tasks)
+                return await _upstream(background_tasks, _in_upload_thread, desk.submit, image, upload, info)
         return await _upstream(background_tasks, _in_upload_thread, upstream_datastore.save_label, background_tasks, image, _json(info), tag, label, user.username)
 
     @datastore.delete("/image", summary="Remove an image and its labels")
