@@ -41,6 +41,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     # PySide6-Essentials: the Slicer module's widget runs headless in tests/test_slicer_widget.py
     # Playwright drives Debian's chromium (no browser download) for the OHIF test.
-    extras_require={"test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "PySide6-Essentials==6.12.0", "playwright==1.65.3"]},
+    # nnunetv2: its own verify_dataset_integrity checks the nnU-Net export (tests/test_datasets.py).
+    extras_require={"test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "PySide6-Essentials==6.12.0", "playwright==1.65.3", "nnunetv2==2.8.1"]},
     entry_points={"console_scripts": ["segloop=segloop.cli:main", "segloop-bench=segloop_bench.cli:main"]},
 )

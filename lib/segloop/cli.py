@@ -1,4 +1,4 @@
-"""``segloop`` command line: sample data and configuration help.
+"""``segloop`` command line: sample data, a local PACS, datasets in and out, configuration help.
 
 Benchmarks, evaluations and the campaign simulation are ``segloop-bench`` (package ``segloop_bench``).
 """
@@ -54,6 +54,23 @@ def _pacs(args) -> int:
                 child.kill()
 
 
+def _export(args) -> int:
+    from segloop.data.datasets import export_dataset
+
+    folder = export_dataset(args.studies, args.out, args.format, args.labels or None, args.dataset_id, args.name)
+    print(f"Wrote {folder}")
+    return 0
+
+
+def _import(args) -> int:
+    from segloop.data.datasets import import_dataset
+
+    result = import_dataset(args.source, args.studies)
+    print(f"Imported {result['labelled']} labelled and {result['unlabelled']} unlabelled case(s) ({result['format']}) into {args.studies}")
+    print(f"Serve it with: --conf labels '{result['conf_labels']}'")
+    return 0
+
+
 def _conf(args) -> int:
     from segloop.configs.options import OPTIONS
 
@@ -101,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="after --: a command to run while Orthanc serves")
     p.set_defaults(func=_pacs)
 
+    p = sub.add_parser("export", help="write the campaign's final labels as an nnU-Net v2 raw dataset or an MSD task")
+    p.add_argument("--studies", required=True, help="the campaign's local studies folder")
+    p.add_argument("--format", choices=("nnunet", "msd"), required=True)
+    p.add_argument("--out", required=True, help="folder to write Dataset<ID>_<name> (nnunet) or Task<ID>_<name> (msd) in")
+    p.add_argument("--labels", default="", help="the campaign's --conf labels JSON (default: the sample labels)")
+    p.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id / MSD task number")
+    p.add_argument("--name", default="SegLoop", help="dataset name (letters, digits, _ -)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("import", help="start a campaign from an nnU-Net v2 raw dataset or an MSD task")
+    p.add_argument("--from", dest="source", required=True, help="the dataset folder (with dataset.json)")
+    p.add_argument("--studies", required=True, help="new studies folder to create")
+    p.set_defaults(func=_import)
+
     p = sub.add_parser("conf", help="list the app's --conf options and defaults")
     p.set_defaults(func=_conf)
 
@@ -109,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ValueError as e:  # what the user asked cannot be done: say why, no traceback
+        print(f"segloop {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
