@@ -66,6 +66,7 @@ ROUTES = [
     ("POST", "/segloop/models/segmentation/rollback", ADMIN, {"json": {"version": 99}}),
     ("GET", "/segloop/activelearning", USER, {}),
     ("GET", "/segloop/uncertainty/no-such-token", USER, {}),
+    ("GET", "/segloop/campaign", USER, {}),
     ("GET", "/segloop/campaign/reads", USER, {"params": {"image": "no_such_case"}}),
     ("GET", "/segloop/review", REVIEWER, {}),
     ("POST", "/segloop/review", REVIEWER, {"json": {"image": "no_such_case", "annotator": "x", "approve": True}}),

@@ -158,3 +158,23 @@ def test_a_rejection_goes_back_to_its_annotator_and_disagreement_waits_for_adjud
     with open(truth(sample_root, other), "rb") as f:
         r = call("dr_a", "PUT", "/datastore/label", params={"image": other, "tag": "read-dr_b"}, files={"label": (f"{other}.nii.gz", f)})
     assert r.status_code == 400
+
+
+def test_the_campaign_report_page_renders_in_a_browser(people, auth_server, realm, tmp_path):
+    """``segloop report`` against the campaign above (run after it), opened in headless chromium."""
+    from segloop.cli import main as segloop
+    from segloop_bench.browser import screenshot_page
+
+    report = people("rev", "GET", "/segloop/campaign").json()
+    assert report["throughput"]["per_annotator"]["dr_b"]["reads"] >= 3
+    assert report["review"]["per_reviewer"]["rev"]["rejected"] >= 1
+    assert report["agreement"]["flagged"] and report["cases"]["by_state"]["final"] >= 2
+    assert [p["labels_seen"] for p in report["models"]["segmentation"]["learning_curve"]][0] >= 1
+    out = str(tmp_path / "report")
+    token = realm.token([ANNOTATOR], username="lead")
+    assert segloop(["report", "--server", auth_server.url, "--out", out, "--token", token]) == 0
+    seen = screenshot_page(os.path.join(out, "index.html"), str(tmp_path / "campaign_report.png"))
+    print(seen)
+    assert seen["title"] == "SegLoop campaign" and not seen["errors"]
+    assert seen["images"] >= 5 and seen["images_loaded"] == seen["images"]
+    assert os.path.getsize(seen["screenshot"]) > 50_000

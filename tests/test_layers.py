@@ -19,7 +19,7 @@ LAYERS = {
     "segloop.campaign": 4,
     "segloop.infers": 5, "segloop.trainers": 5, "segloop.scoring": 5, "segloop.activelearning": 5,
     "segloop.server": 6, "segloop.configs": 6,
-    "segloop.cli": 7, "segloop.data": 7, "segloop.pacs": 7,
+    "segloop.cli": 7, "segloop.data": 7, "segloop.pacs": 7, "segloop.reporting": 7,
     "segloop_bench": 8,
 }
 

@@ -154,3 +154,45 @@ def test_a_final_label_saved_directly_is_an_adjudication_and_stays(campaign):
     store.save_label("c1", path, "final", {"user": "rev"})
     assert reads.settle("c1")["state"] == "final"
     assert np.array_equal(final_of(store, "c1"), organ_map(shift=1))
+
+
+def test_the_campaign_report_counts_reads_reviews_agreement_and_versions(campaign, tmp_path):
+    from types import SimpleNamespace
+
+    from segloop.campaign.report import campaign_report
+    from segloop.reporting.page import write_report
+
+    store, reads_with, submit = campaign
+    reads = reads_with(reads_per_case=2, review=True)
+    submit(reads, "c1", "dr_a", organ_map(), tool="prompts")
+    submit(reads, "c1", "dr_b", organ_map(shift=1))
+    reads.review("c1", "dr_a", "rev", approve=True)
+    reads.review("c1", "dr_b", "rev", approve=True)
+    submit(reads, "c2", "dr_a", organ_map())
+    submit(reads, "c2", "dr_b", organ_map(tumour=True))
+    reads.review("c2", "dr_a", "rev", approve=True)
+    reads.review("c2", "dr_b", "rev", approve=True)  # disagree on the tumour: flagged
+    history = [
+        {"version": 1, "status": "promoted", "labels_seen": {"c1": 1}, "validation_cases": ["v"], "val_dice": {"liver": 0.5, "mean": 0.5},
+         "calibration": {"temperature": 1.3, "before": {"ece": 0.05, "ece_foreground": 0.2}, "after": {"ece": 0.02, "ece_foreground": 0.1}}},
+        {"version": 2, "status": "kept", "labels_seen": {"c1": 1, "c2": 1}, "validation_cases": ["v"], "val_dice": {"liver": 0.4, "mean": 0.4}},
+        {"version": 3, "status": "failed", "labels_seen": {}},
+    ]
+    loop = SimpleNamespace(registry=SimpleNamespace(history=lambda: history, serving=lambda: 1),
+                           effort=SimpleNamespace(summary=lambda: {"1": {"submissions": 2, "median_dice_proposal_vs_final": 0.8,
+                                                                         "median_changed_voxels_fraction": 0.01}}))
+    report = campaign_report(reads, {"segmentation": loop})
+    assert report["throughput"]["per_annotator"]["dr_a"]["reads"] == 2 and report["throughput"]["per_annotator"]["dr_a"]["tool_prompts"] == 1
+    assert sum(sum(day.values()) for day in report["throughput"]["per_day"].values()) == 4
+    assert report["review"]["per_reviewer"]["rev"] == {"approved": 4}
+    assert report["cases"]["by_state"] == {"final": 1, "adjudication": 1} and report["cases"]["final"] == 1
+    assert report["agreement"]["flagged"] == ["c2"] and report["agreement"]["cases"]["c1"]["mean_dice"]["spleen"] == 1.0
+    curve = report["models"]["segmentation"]["learning_curve"]
+    assert [p["version"] for p in curve] == [1, 2] and curve[1]["labels_seen"] == 2  # the failed run is no point
+    assert report["models"]["segmentation"]["calibration"][0]["ece_foreground_after"] == 0.1
+
+    page = write_report(report, str(tmp_path / "report"))
+    text = open(page).read()
+    for picture in ("throughput.png", "review.png", "agreement.png", "learning_curve.png", "effort.png", "calibration.png"):
+        assert f"src='{picture}'" in text and (tmp_path / "report" / picture).stat().st_size > 5000
+    assert "waiting for adjudication: c2" in text and "dr_b" in text

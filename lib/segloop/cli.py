@@ -4,6 +4,7 @@ Benchmarks, evaluations and the campaign simulation are ``segloop-bench`` (packa
 """
 
 import argparse
+import os
 import sys
 
 
@@ -71,6 +72,15 @@ def _import(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from segloop.reporting.page import fetch_report, write_report
+
+    token = args.token or os.environ.get("SEGLOOP_TOKEN", "")
+    path = write_report(fetch_report(args.server, token), args.out, source=args.server)
+    print(f"Wrote {path}")
+    return 0
+
+
 def _conf(args) -> int:
     from segloop.configs.options import OPTIONS
 
@@ -131,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", required=True, help="the dataset folder (with dataset.json)")
     p.add_argument("--studies", required=True, help="new studies folder to create")
     p.set_defaults(func=_import)
+
+    p = sub.add_parser("report", help="the campaign report of a running server as an HTML page with plots")
+    p.add_argument("--server", default="http://127.0.0.1:8000", help="the SegLoop server")
+    p.add_argument("--out", default="campaign_report", help="folder for index.html, report.json and the PNGs")
+    p.add_argument("--token", default="", help="bearer token when auth is on (or set SEGLOOP_TOKEN)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("conf", help="list the app's --conf options and defaults")
     p.set_defaults(func=_conf)

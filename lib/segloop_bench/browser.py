@@ -1,10 +1,11 @@
-"""OHIF in a real browser: Debian's headless ``chromium`` driven by Playwright (system browser, no
+"""Pages in a real browser: Debian's headless ``chromium`` driven by Playwright (system browser, no
 download), WebGL through SwiftShader so no GPU is needed.
 
 ``ohif_auto_segmentation(server_url, study_uid, out_dir)`` opens MONAI Label's bundled OHIF at the
 server's ``/ohif/`` in its MONAI Label mode, points the panel at the server, runs the automatic
 model and returns what a person would look at: the share of CT-grey pixels in the viewports before,
 the pixels an overlay coloured after ``Run``, the ``/infer`` answer's status and a screenshot.
+``screenshot_page(path, png)`` screenshots a local HTML page (the campaign report) whole.
 """
 
 import os
@@ -96,6 +97,30 @@ def ohif_auto_segmentation(server_url: str, study_uid: str, out_dir: str, timeou
             result["newly_coloured_pixels"] = newly_coloured(before, _viewports(page))
             result["screenshot"] = os.path.join(out_dir, "ohif_auto_segmentation.png")
             page.screenshot(path=result["screenshot"])
+        finally:
+            browser.close()
+    return result
+
+
+def screenshot_page(path: str, png: str, width: int = 1200, height: int = 1600) -> Dict:
+    """Open a local HTML page (the campaign report) in headless chromium and screenshot it whole:
+    ``{"title", "images", "images_loaded", "errors", "screenshot"}`` (an image counts as loaded when
+    the browser decoded it: ``naturalWidth > 0``)."""
+    from playwright.sync_api import sync_playwright
+
+    result: Dict = {"errors": []}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=install_chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.on("pageerror", lambda e: result["errors"].append(str(e)[:300]))
+            page.goto("file://" + os.path.abspath(path))
+            page.wait_for_load_state("load")
+            result["title"] = page.title()
+            result["images"] = page.locator("img").count()
+            result["images_loaded"] = page.evaluate("Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
+            page.screenshot(path=png, full_page=True)
+            result["screenshot"] = png
         finally:
             browser.close()
     return result

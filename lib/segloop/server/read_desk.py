@@ -8,6 +8,7 @@ tool, how much they changed, and what happens next.
   since the server started, else ``manual``; ``edit_effort`` is measured against the served
   proposal. A reviewer (any role with auth off) may instead save the final label directly with
   ``params: {"adjudication": true}``: that settles a case waiting for adjudication.
+* ``GET /segloop/campaign``: the campaign report (``segloop.campaign.report``).
 * ``GET /segloop/campaign/reads?image=ID``: a case's reads and state.
 * ``GET /segloop/review``: reads waiting for a reviewer (reviewer role).
 * ``POST /segloop/review`` ``{"image", "annotator", "approve", "comment"}`` (reviewer role).
@@ -23,7 +24,9 @@ from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 
 from segloop.campaign.reads import Reads
+from segloop.campaign.report import campaign_report
 from segloop.errors import bad_request, not_found
+from segloop.io import json_safe
 from segloop.server.auth import authenticated_name
 from segloop.server.gate import only_declared_query
 from segloop.server.request_checks import check_client_id
@@ -85,6 +88,10 @@ class ReadDesk:
         async def case_reads(image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
             self._known(image)
             return {"image": image, "reads": self.reads.reads(image), "case": self.reads.case_state(image)}
+
+        @router.get("/campaign", summary="The campaign report: throughput, review, agreement, learning curve, edit effort, calibration")
+        async def campaign(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+            return json_safe(campaign_report(self.reads, self.loops_fn()))
 
         @router.get("/review", summary="Reads waiting for a reviewer, oldest first (reviewer)")
         async def review_queue(user: User = Depends(reviewer_role)):

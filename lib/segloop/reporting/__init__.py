@@ -1,0 +1,1 @@
+"""Pages people look at rather than read: the campaign report (``segloop report``)."""
