@@ -165,6 +165,8 @@ def test_the_real_ui_loads_and_every_button_and_check_box_reaches_its_handler(en
         "submitButton": ["onSubmit"], "refreshButton": ["onRefresh"], "undoButton": ["onUndo"], "redoButton": ["onRedo"],
         "openCaseButton": ["onOpenCase"], "newStructureButton": ["onNewStructure"], "placePointButton": ["onPlacePoint"],
         "paintScribbleButton": ["onPaintScribble"], "polarityButton": ["onPolarityToggled"],
+        "reviewQueueButton": ["onReviewQueue"], "openReadButton": ["onOpenRead"], "approveButton": ["onApprove"],
+        "rejectButton": ["onReject"],
     }
     checkboxes = sorted(name for name, cls in ui_widgets().items() if cls == "QCheckBox")
     assert checkboxes == ["autoPromptCheckBox", "box2DCheckBox", "uncertaintyCheckBox"]
@@ -223,7 +225,7 @@ def test_buttons_follow_the_state_of_the_session(env, make_widget):
     click(env, widget, "nextCaseButton")
     assert calls == ["onNextCase"]
 
-    widget.logic.case = object()  # a case loaded
+    widget.logic.case = SimpleNamespace(read_of=None)  # a case loaded (not a read under review)
     widget.updateButtons()
     assert enabled(env, widget, names) == {**always, "nextCaseButton": True, **dict.fromkeys(CASE_BUTTONS, True),
                                            "uncertaintyCheckBox": False}
@@ -1256,6 +1258,38 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
 
         assert sorted(filter(None, map(annotator, {"case_003", "case_004", "case_005"} - {case_id}))) == ["slicer-test"]
 
+        # A reviewer (another name) rejects dr_w's read from the queue; dr_w gets the case back with the comment.
+        type_into(env, widget, "annotatorLineEdit", "rev")
+        click(env, widget, "connectButton")
+        click(env, widget, "reviewQueueButton")
+        queue = items("reviewQueueComboBox")
+        assert f"{case_id} \u2014 dr_w" in queue and widget.ui.reviewLabel.text == f"{len(queue)} read(s) wait for review"
+        assert enabled(env, widget, ["approveButton", "rejectButton"]) == {"approveButton": False, "rejectButton": False}
+        choose(env, widget, "reviewQueueComboBox", f"{case_id} \u2014 dr_w")
+        click(env, widget, "openReadButton")
+        assert messages == [] and widget.ui.caseLabel.text == f"Case {case_id}: dr_w's read, for review"
+        segmentation, volume = widget.logic.segmentation_node.GetSegmentation(), widget.logic.volume_node
+        stored = np.asarray(nib.load(os.path.join(slicer_studies, "labels", "final", f"{case_id}.nii.gz")).dataobj)
+        assert np.array_equal(np.stack([segment(n) > 0 for n in DEFAULT_LABELS]), np.stack([stored == i for i in DEFAULT_LABELS.values()]))
+        assert enabled(env, widget, ["approveButton", "rejectButton"]) == {"approveButton": True, "rejectButton": True}
+        click(env, widget, "rejectButton")  # no comment: refused before anything is sent
+        assert len(messages) == 1 and "needs a comment" in messages[0][1]
+        messages.clear()
+        type_into(env, widget, "reviewCommentLineEdit", "kidney edge too generous")
+        click(env, widget, "rejectButton")
+        assert messages == [] and widget.logic.case is None
+        assert client.case_reads(case_id)["reads"]["dr_w"]["state"] == "rejected"
+        assert client.case_reads(case_id)["case"]["state"] == "open"  # its final label is gone: it no longer trains
+        type_into(env, widget, "annotatorLineEdit", "dr_w")
+        click(env, widget, "connectButton")
+        click(env, widget, "nextCaseButton")
+        assert messages == [] and widget.logic.case.image_id == case_id
+        assert widget.ui.caseLabel.text == f"Case {case_id}\nReturned by rev: kidney edge too generous"
+        for name, index in DEFAULT_LABELS.items():
+            widget.logic._set_segment(name, (stored == index).transpose(2, 1, 0))
+        click(env, widget, "submitButton")
+        assert messages == [] and client.case_reads(case_id)["case"]["state"] == "final"
+
         # A slow server: the panel's poll gives up and says so; a clinician's call waits and succeeds.
         click(env, widget, "openCaseButton")
         relay.delay = 1.5
@@ -1286,7 +1320,7 @@ def test_a_clinician_round_trip_through_the_widget(env, make_widget, slicer_stud
 
 def test_prompt_line_shows_the_servers_message_for_an_empty_answer(env, make_widget):
     widget = make_widget()
-    widget.logic.case = SimpleNamespace(image_id="case_003")
+    widget.logic.case = SimpleNamespace(image_id="case_003", read_of=None)
     empty = "found no tumor from these prompts: put a positive click on it or draw a box around it"
     widget.logic.prompt_segment = lambda *args: {"target": "tumor", "voxels": 0, "message": empty}
     widget.onPrompt()

@@ -144,6 +144,11 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorButton.clicked.connect(self.onSegmentEditor)
         self.ui.submitButton.clicked.connect(self.onSubmit)
         self.ui.refreshButton.clicked.connect(self.onRefresh)
+        self.ui.reviewQueueButton.clicked.connect(self.onReviewQueue)
+        self.ui.openReadButton.clicked.connect(self.onOpenRead)
+        # Bound methods, not lambdas: a lambda holding the widget would keep it (and its shortcuts) alive.
+        self.ui.approveButton.clicked.connect(self.onApprove)
+        self.ui.rejectButton.clicked.connect(self.onReject)
         # What the clinician chooses is kept in the parameter node (saved with the scene).
         for combo in (self.ui.strategyComboBox, self.ui.autoModelComboBox, self.ui.promptModelComboBox, self.ui.labelComboBox):
             combo.currentTextChanged.connect(self.updateParameterNodeFromGUI)
@@ -329,6 +334,10 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self, *args):
         connected, has_case = self.logic.client is not None, self.logic.case is not None
         self.ui.nextCaseButton.enabled = self.ui.openCaseButton.enabled = connected
+        self.ui.reviewQueueButton.enabled = connected
+        self.ui.openReadButton.enabled = connected and self.ui.reviewQueueComboBox.count > 0
+        reviewing_read = has_case and self.logic.case.read_of is not None
+        self.ui.approveButton.enabled = self.ui.rejectButton.enabled = reviewing_read
         for button in (self.ui.autoSegmentButton, self.ui.promptButton, self.ui.submitButton, self.ui.segmentEditorButton):
             button.enabled = connected and has_case
         # Only the prompt tools the server's prompt model takes (its /info)
@@ -353,6 +362,8 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def caseChanged(self, case, how):
         if case:
             self.ui.caseLabel.text = f"Case {case.image_id}{how}"
+            if case.returned:  # a rejected read, back with the reviewer's comment
+                self.ui.caseLabel.text += f"\nReturned by {case.returned.get('reviewer')}: {case.returned.get('comment')}"
             self.fillStructures()
         self.updateButtons()
 
@@ -488,6 +499,41 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onRefresh()
         self.updateButtons()
 
+    def onReviewQueue(self):
+        queue = self.call("Loading the reviewer's queue", self.logic.review_queue)
+        if queue is not None:
+            self.ui.reviewQueueComboBox.clear()
+            for read in queue:
+                self.ui.reviewQueueComboBox.addItem(review_item(read))
+            self.ui.reviewLabel.text = f"{len(queue)} read(s) wait for review" if queue else "Nothing waits for review"
+        self.updateButtons()
+
+    def onOpenRead(self):
+        if not self.confirmDiscard("open a read for review"):
+            return
+        choice = parse_review_item(self.ui.reviewQueueComboBox.currentText)
+        if choice is None:
+            return
+        case = self.call("Opening the read", self.logic.open_read, *choice)
+        self.caseChanged(case, f": {choice[1]}'s read, for review")
+
+    def onApprove(self):
+        self.review(True)
+
+    def onReject(self):
+        self.review(False)
+
+    def review(self, approve):
+        comment = self.ui.reviewCommentLineEdit.text.strip()
+        answer = self.call("Sending the review", self.logic.review, approve, comment)
+        if answer:
+            read, case = answer["read"], answer["case"]
+            self.ui.reviewLabel.text = f"{read['image'] if 'image' in read else ''} {read['annotator']}: {read['state']}; the case is {case['state'].replace('_', ' ')}".strip()
+            self.ui.reviewCommentLineEdit.text = ""
+            self.ui.caseLabel.text = "No case loaded"
+            self.onReviewQueue()
+        self.updateButtons()
+
     def onRefresh(self):
         if self.logic.client is None:
             return
@@ -507,6 +553,21 @@ class SegLoopWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         effort = ", ".join(f"v{e['version']}: {e['median_dice']:.2f}" for e in figures.edit_effort if e["median_dice"] is not None)
         self.ui.editEffortLabel.text = f"Median Dice of proposal vs final, per version: {effort or 'none yet'}"
         draw_curve(self.ui.learningCurveLabel, [p["val_dice"] for p in figures.learning_curve])
+
+
+REVIEW_SEPARATOR = " \u2014 "  # case id, then annotator, in the reviewer's queue
+
+
+def review_item(read):
+    return f"{read['image']}{REVIEW_SEPARATOR}{read['annotator']}"
+
+
+def parse_review_item(text):
+    """(case id, annotator) of a queue entry, or None for an empty choice."""
+    if REVIEW_SEPARATOR not in (text or ""):
+        return None
+    image_id, annotator = text.split(REVIEW_SEPARATOR, 1)
+    return image_id, annotator
 
 
 def draw_curve(label, values, width=260, height=90):
@@ -599,6 +660,7 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         case = self.case
         parameters.SetParameter("Case", case.image_id if case else "")
         parameters.SetParameter("Reviewing", "1" if case and case.reviewing else "")
+        parameters.SetParameter("ReviewRead", case.read_of or "" if case else "")
         parameters.SetParameter("ProposalVersion", "" if case is None or case.proposal_version is None else str(case.proposal_version))
         parameters.SetParameter("SecondsSpent", f"{case.seconds_spent():.1f}" if case else "")
         for role, node in (("Volume", self.volume_node), ("Segmentation", self.segmentation_node),
@@ -619,7 +681,8 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
         self.scribbles_node = parameters.GetNodeReference("Scribbles")
         version = parameters.GetParameter("ProposalVersion")
         self.case = CaseSession(image_id, "", proposal_version=int(version) if version else None,
-                                reviewing=bool(parameters.GetParameter("Reviewing")))
+                                reviewing=bool(parameters.GetParameter("Reviewing")),
+                                read_of=parameters.GetParameter("ReviewRead") or None)
         self.case.started -= float(parameters.GetParameter("SecondsSpent") or 0)
         return self.case
 
@@ -673,13 +736,14 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             case = self.client.next_case(strategy, self.annotator)
             if case is None:
                 return None
-            return case["id"], self.client.download_image(case["id"], self.folder)
+            return case, self.client.download_image(case["id"], self.folder)
 
         found = self.server(fetch)
         if found is None:
             return False
-        image_id, path = found
-        self._show_case(image_id, path)
+        case, path = found
+        self._show_case(case["id"], path)
+        self.case.returned = case.get("returned")
         return self.case
 
     def open_case(self, image_id):
@@ -699,6 +763,42 @@ class SegLoopLogic(ScriptedLoadableModuleLogic):
             self._set_segment(name, array == index)
         self.remember_case()
         return self.case
+
+    def review_queue(self):
+        """Reads waiting for a reviewer (the server's queue, oldest first)."""
+        return self.server(self.client.review_queue)
+
+    def open_read(self, image_id, annotator):
+        """A reviewer's case: the image with ``annotator``'s read as segments, to approve or reject."""
+
+        def fetch():
+            reads = self.client.case_reads(image_id)["reads"]
+            if annotator not in reads:
+                raise ValueError(f"{image_id} has no read by {annotator} any more")
+            tag = reads[annotator]["tag"]
+            return self.client.download_image(image_id, self.folder), self.client.download_label(image_id, self.folder, tag)
+
+        path, label_path = self.server(fetch)
+        self._show_case(image_id, path, reviewing=True)
+        self.case.read_of = annotator
+        array = self._load_answer(label_path)
+        for name, index in self.labels.items():
+            self._set_segment(name, array == index)
+        self.remember_case()
+        return self.case
+
+    def review(self, approve, comment=""):
+        """Approve or reject the read on screen; the case then leaves the screen."""
+        if self.case is None or self.case.read_of is None:
+            raise ValueError("open a read from the reviewer's queue first")
+        if not approve and not comment:
+            raise ValueError("a rejection needs a comment for the annotator")
+        answer = self.server(self.client.review, self.case.image_id, self.case.read_of, approve, comment, self.annotator)
+        answer["read"].setdefault("image", self.case.image_id)
+        self._clear_case_nodes()
+        self.forget_case()
+        self.remember_case()
+        return answer
 
     def _show_case(self, image_id, path, reviewing=False):
         self._clear_case_nodes()

@@ -30,6 +30,8 @@ class CaseSession:
     started: float = field(default=0.0)
     proposal_version: Optional[int] = None
     reviewing: bool = False  # re-opened with its final label, for review
+    read_of: Optional[str] = None  # a reviewer's case: whose read is on screen, to approve or reject
+    returned: Optional[Dict[str, Any]] = None  # handed back after a rejection: {"reviewer", "comment"}
 
     def __post_init__(self):
         self.started = self.clock()

@@ -185,6 +185,30 @@ class SegLoopClient:
     def label_info(self, image_id: str, tag: str = "final") -> Dict[str, Any]:
         return self.http.json("GET", "/datastore/label/info", {"label": image_id, "tag": tag})
 
+    # -- reads and review ------------------------------------------------------------------------
+    def review_queue(self) -> List[Dict[str, Any]]:
+        """Reads waiting for a reviewer, oldest first (``image``, ``annotator``, ``tag``, ``tool`` ...)."""
+        return self.http.json("GET", "/segloop/review")["queue"]
+
+    def review(self, image_id: str, annotator: str, approve: bool, comment: str = "", reviewer: str = "") -> Dict[str, Any]:
+        """Approve or reject ``annotator``'s read of ``image_id`` (a rejection needs a comment);
+        returns the read and the case's new state. ``reviewer`` counts only without sign-in."""
+        payload = {"image": image_id, "annotator": annotator, "approve": bool(approve), "comment": comment}
+        if reviewer:
+            payload["reviewer"] = reviewer
+        return self.http.json("POST", "/segloop/review", payload=payload)
+
+    def returned(self, annotator: str = "") -> List[Dict[str, Any]]:
+        """``annotator``'s rejected reads with the reviewers' comments (signed in: one's own)."""
+        return self.http.json("GET", "/segloop/returned", {"annotator": annotator} if annotator else None)["returned"]
+
+    def case_reads(self, image_id: str) -> Dict[str, Any]:
+        """A case's reads and state: ``{"reads": {annotator: record}, "case": {"state", ...}}``."""
+        return self.http.json("GET", "/segloop/campaign/reads", {"image": image_id})
+
+    def campaign_report(self) -> Dict[str, Any]:
+        return self.http.json("GET", "/segloop/campaign")
+
     # -- training and campaign -----------------------------------------------------------------
     def model_status(self, model: str) -> Dict[str, Any]:
         return self.http.json("GET", f"/segloop/models/{model}")
