@@ -61,6 +61,8 @@ class SegLoopApp(MONAILabelApp):
             sys.exit(f"SegLoop: unknown model(s) {unknown}; available: {sorted(TASK_CONFIGS)}")
 
         remote = studies.startswith(("http://", "https://"))
+        if remote and (self.options.reads_per_case > 1 or self.options.review):
+            sys.exit("SegLoop: reads_per_case and review keep every annotator's label: they need a local datastore, not DICOMweb")
         default_model_dir = os.path.join(app_dir, "model") if remote else os.path.join(studies, ".segloop", "model")
         self.model_dir = conf.get("model_dir") or default_model_dir
         os.makedirs(self.model_dir, exist_ok=True)
