@@ -39,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results/simulate", help="folder for simulation.json / .png")
     p.set_defaults(func=_runs("simulate"))
 
+    p = sub.add_parser("campaign-demo", help="a sample two-annotator campaign with review through the real server, and its report page")
+    p.add_argument("--cases", type=int, default=8, help="sample cases (make serve's, seed 0), every one read twice")
+    p.add_argument("--seed", type=int, default=0, help="the annotators' styles (which slices each draws tight or generous)")
+    p.add_argument("--missed-ml", type=float, default=2.0, help="tumours under this volume (ml) the generous annotator misses")
+    p.add_argument("--threshold", type=float, default=0.7, help="--conf agreement_threshold")
+    p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")
+    p.add_argument("--out", default="benchmarks/results/campaign_demo", help="folder for campaign_demo.json and the report page")
+    p.add_argument("--screenshot", default="docs/campaign_report.png", help="where the page's screenshot goes")
+    p.set_defaults(func=_runs("campaign_demo"))
+
     evaluate = sub.add_parser("eval", help="evaluations").add_subparsers(dest="eval", required=True)
     p = evaluate.add_parser("interactive", help="prompt model: Dice per click, NoC@85/90, box and text Dice, latency")
     p.add_argument("--studies", required=True, help="datastore folder whose serving prompt model is evaluated")
