@@ -35,41 +35,38 @@ def _save(fig, path: str) -> str:
     return os.path.basename(path)
 
 
+def _stacked_bars(out: str, name: str, categories: List[str], series: List[tuple], ylabel: str, title: str) -> str:
+    """One stacked bar per category; ``series``: (label, colour, {category: value})."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    bottom = np.zeros(len(categories))
+    for label, colour, counts in series:
+        values = np.array([counts.get(c, 0) for c in categories], float)
+        ax.bar(categories, values, bottom=bottom, label=label, color=colour)
+        bottom += values
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, os.path.join(out, name))
+
+
 def plot_throughput(report: Dict, out: str) -> Optional[str]:
     per_day = report["throughput"]["per_day"]
     if not per_day:
         return None
-    plt = _plt()
-    days = list(per_day)
     people = sorted({p for counts in per_day.values() for p in counts})
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    bottom = np.zeros(len(days))
-    for i, who in enumerate(people):
-        values = np.array([per_day[d].get(who, 0) for d in days], float)
-        ax.bar(days, values, bottom=bottom, label=who, color=COLOURS[i % len(COLOURS)])
-        bottom += values
-    ax.set_ylabel("reads submitted")
-    ax.set_title("Throughput per day and annotator")
-    ax.legend(fontsize=8)
-    return _save(fig, os.path.join(out, "throughput.png"))
+    series = [(who, COLOURS[i % len(COLOURS)], {d: per_day[d].get(who, 0) for d in per_day}) for i, who in enumerate(people)]
+    return _stacked_bars(out, "throughput.png", list(per_day), series, "reads submitted", "Throughput per day and annotator")
 
 
 def plot_review(report: Dict, out: str) -> Optional[str]:
     people = report["throughput"]["per_annotator"]
     if not people:
         return None
-    plt = _plt()
-    names = list(people)
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    bottom = np.zeros(len(names))
-    for state, colour in (("approved", "#2ca02c"), ("submitted", "#bbbbbb"), ("rejected", "#d62728")):
-        values = np.array([people[n].get(state, 0) for n in names], float)
-        ax.bar(names, values, bottom=bottom, label=state if state != "submitted" else "waiting / not reviewed", color=colour)
-        bottom += values
-    ax.set_ylabel("reads")
-    ax.set_title("Review outcomes per annotator")
-    ax.legend(fontsize=8)
-    return _save(fig, os.path.join(out, "review.png"))
+    series = [(label, colour, {n: people[n].get(state, 0) for n in people})
+              for state, label, colour in (("approved", "approved", "#2ca02c"), ("submitted", "waiting / not reviewed", "#bbbbbb"),
+                                           ("rejected", "rejected", "#d62728"))]
+    return _stacked_bars(out, "review.png", list(people), series, "reads", "Review outcomes per annotator")
 
 
 def plot_agreement(report: Dict, out: str) -> Optional[str]:
