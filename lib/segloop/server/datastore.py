@@ -83,10 +83,13 @@ class SegLoopDatastore(LocalDatastore):
         logger.info(f"Added image {image_id} ({name})")
         return image_id
 
+    def check_label(self, image_id: str, label_filename: str) -> None:
+        """A 4xx unless ``label_filename`` is an integer label map on ``image_id``'s grid with known values."""
+        check_label_matches(label_filename, read_header(self._image_file(image_id)), self.label_map)
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
-        image_file = self._image_file(image_id)
         label_tag = check_id(label_tag, what="label tag")
-        check_label_matches(label_filename, read_header(image_file), self.label_map)
+        self.check_label(image_id, label_filename)
         obj = self._datastore.objects[image_id]
         _, ext = self._to_id(os.path.basename(label_filename))
         name = self._filename(image_id, ext)

@@ -52,6 +52,7 @@ class ReadDesk:
 
     def submit(self, image_id: str, label_file: str, params: Dict[str, Any]) -> Dict[str, Any]:
         annotator = annotator_of(params)
+        self.reads.datastore_fn().check_label(image_id, label_file)  # before any effort is recorded
         submitted = time.time()
         effort, version = {}, None
         for name, loop in self.loops_fn().items():
