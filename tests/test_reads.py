@@ -170,6 +170,8 @@ def test_the_campaign_report_counts_reads_reviews_agreement_and_versions(campaig
     reads.review("c1", "dr_b", "rev", approve=True)
     submit(reads, "c2", "dr_a", organ_map())
     submit(reads, "c2", "dr_b", organ_map(tumour=True))
+    reads.review("c2", "dr_a", "rev", approve=False, comment="redo")
+    submit(reads, "c2", "dr_a", organ_map())  # resubmitted: the rejection stays in the read's history
     reads.review("c2", "dr_a", "rev", approve=True)
     reads.review("c2", "dr_b", "rev", approve=True)  # disagree on the tumour: flagged
     history = [
@@ -182,9 +184,12 @@ def test_the_campaign_report_counts_reads_reviews_agreement_and_versions(campaig
                            effort=SimpleNamespace(summary=lambda: {"1": {"submissions": 2, "median_dice_proposal_vs_final": 0.8,
                                                                          "median_changed_voxels_fraction": 0.01}}))
     report = campaign_report(reads, {"segmentation": loop})
-    assert report["throughput"]["per_annotator"]["dr_a"]["reads"] == 2 and report["throughput"]["per_annotator"]["dr_a"]["tool_prompts"] == 1
+    dr_a = report["throughput"]["per_annotator"]["dr_a"]
+    assert dr_a["reads"] == 2 and dr_a["submissions"] == 3 and dr_a["tool_prompts"] == 1
+    assert dr_a["approved"] == 2 and dr_a["rejected"] == 1 and "waiting" not in dr_a
     assert sum(sum(day.values()) for day in report["throughput"]["per_day"].values()) == 4
-    assert report["review"]["per_reviewer"]["rev"] == {"approved": 4}
+    assert report["review"]["per_reviewer"]["rev"] == {"approved": 4, "rejected": 1}
+    assert report["review"]["decisions"] == {"approved": 4, "rejected": 1}
     assert report["cases"]["by_state"] == {"final": 1, "adjudication": 1} and report["cases"]["final"] == 1
     assert report["agreement"]["flagged"] == ["c2"] and report["agreement"]["cases"]["c1"]["mean_dice"]["spleen"] == 1.0
     curve = report["models"]["segmentation"]["learning_curve"]

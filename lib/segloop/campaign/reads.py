@@ -6,8 +6,9 @@ current read per case and a resubmission replaces it), with its record in the la
 
 ``annotator`` (the token's user when auth is on), ``ts``, ``tool`` (``automatic``: the proposal
 submitted as it was; ``prompts``; ``manual``), ``model_version`` (of the proposal it started
-from), ``edit_effort``, ``state`` (``submitted`` -> ``approved`` | ``rejected``), and after a review
-``reviewer``, ``comment``, ``reviewed_ts``.
+from), ``edit_effort``, ``state`` (``submitted`` -> ``approved`` | ``rejected``), after a review
+``reviewer``, ``comment``, ``reviewed_ts``, and, kept across resubmissions, ``reviews`` (every
+decision: reviewer, decision, comment, ts) and ``submissions`` (how many times it was submitted).
 
 The **final** label (the tag MONAI Label's trainers read) is written by :meth:`Reads.settle`
 once a case has its ``reads_per_case`` eligible reads (approved ones when ``review`` is on,
@@ -42,7 +43,7 @@ FINAL = "final"
 STATES = ("submitted", "approved", "rejected")
 TOOLS = ("automatic", "prompts", "manual")
 # Fields of a read's record that describe the read itself, not the label it makes final.
-READ_ONLY_FIELDS = ("tag", "name", "ts", "state", "submitted_ts", "reviewer", "comment", "reviewed_ts")
+READ_ONLY_FIELDS = ("tag", "name", "ts", "state", "submitted_ts", "reviewer", "comment", "reviewed_ts", "reviews", "submissions")
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,11 @@ class Reads:
         if tool not in TOOLS:
             raise bad_request(f"tool must be one of {list(TOOLS)}, got {tool!r}")
         tag = read_tag(annotator)
+        earlier = self.reads(image_id).get(annotator) or {}
         info = dict(extra or {})
         info |= {"annotator": annotator, "tool": tool, "model_version": model_version, "state": "submitted",
-                "submitted_ts": time.time()}
+                 "submitted_ts": time.time(), "reviews": list(earlier.get("reviews", [])),
+                 "submissions": int(earlier.get("submissions", 0)) + 1}
         if edit_effort is not None:
             info["edit_effort"] = edit_effort
         self.datastore_fn().save_label(image_id, label_file, tag, info)
@@ -179,8 +182,10 @@ class Reads:
             raise bad_request("a rejection needs a comment for the annotator")
         if len(str(comment)) > 2000:
             raise bad_request("comment: at most 2000 characters")
-        update = {"state": "approved" if approve else "rejected", "reviewer": reviewer, "comment": str(comment),
-                  "reviewed_ts": time.time()}
+        now, state = time.time(), "approved" if approve else "rejected"
+        event = {"reviewer": reviewer, "decision": state, "comment": str(comment), "ts": now}
+        update = {"state": state, "reviewer": reviewer, "comment": str(comment), "reviewed_ts": now,
+                  "reviews": list(reads[annotator].get("reviews", [])) + [event]}
         self.datastore_fn().update_label_info(image_id, reads[annotator]["tag"], update)
         return {"read": dict(reads[annotator], **update), "case": self.settle(image_id)}
 

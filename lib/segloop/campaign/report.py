@@ -1,8 +1,10 @@
 """The campaign report: what a campaign lead reads every morning, as JSON (``GET /segloop/campaign``;
 ``segloop report`` draws it as an HTML page).
 
-* ``throughput``: reads per annotator and per day (UTC), and the final labels;
-* ``review``: reads per state, per annotator (approved / rejected / waiting) and per reviewer;
+* ``throughput``: reads per annotator (with submissions, tools, review decisions received and
+  reads waiting) and per day (UTC), and the final labels;
+* ``review``: reads per current state, and every decision made (per reviewer; a rejection that a
+  resubmission answered still counts);
 * ``agreement``: per case with two or more reads, the mean pairwise Dice and HD95 per label and
   whether it waits for adjudication;
 * per model (``models``): the learning curve (each version's validation mean Dice and per-label
@@ -62,11 +64,14 @@ def campaign_report(reads: Reads, loops: Mapping[str, Any]) -> Dict[str, Any]:
     for r in all_reads:
         who = r["annotator"]
         per_annotator[who]["reads"] += 1
-        per_annotator[who][r.get("state", "submitted")] += 1
+        per_annotator[who]["submissions"] += int(r.get("submissions", 1))
         per_annotator[who][f"tool_{r.get('tool', 'manual')}"] += 1
+        if r.get("state", "submitted") == "submitted":
+            per_annotator[who]["waiting"] += 1
         per_day[_day(r.get("submitted_ts") or r.get("ts"))][who] += 1
-        if r.get("reviewer"):
-            by_reviewer[r["reviewer"]][r.get("state")] += 1
+        for event in r.get("reviews", []):  # every decision, also those a resubmission answered
+            by_reviewer[event["reviewer"]][event["decision"]] += 1
+            per_annotator[who][event["decision"]] += 1
         if isinstance(r.get("time_spent_s"), (int, float)):
             seconds[who].append(float(r["time_spent_s"]))
     for who, values in seconds.items():
@@ -99,6 +104,7 @@ def campaign_report(reads: Reads, loops: Mapping[str, Any]) -> Dict[str, Any]:
         },
         "review": {
             "states": dict(Counter(r.get("state", "submitted") for r in all_reads)),
+            "decisions": dict(Counter(e["decision"] for r in all_reads for e in r.get("reviews", []))),
             "per_reviewer": {k: dict(v) for k, v in sorted(by_reviewer.items())},
             "waiting": len([r for r in all_reads if r.get("state") == "submitted"]) if reads.rules.review else 0,
         },

@@ -64,9 +64,9 @@ def plot_review(report: Dict, out: str) -> Optional[str]:
     if not people:
         return None
     series = [(label, colour, {n: people[n].get(state, 0) for n in people})
-              for state, label, colour in (("approved", "approved", "#2ca02c"), ("submitted", "waiting / not reviewed", "#bbbbbb"),
-                                           ("rejected", "rejected", "#d62728"))]
-    return _stacked_bars(out, "review.png", list(people), series, "reads", "Review outcomes per annotator")
+              for state, label, colour in (("approved", "approved", "#2ca02c"), ("waiting", "waiting / not reviewed", "#bbbbbb"),
+                                           ("rejected", "rejected (then resubmitted or not)", "#d62728"))]
+    return _stacked_bars(out, "review.png", list(people), series, "decisions / reads", "Review outcomes per annotator")
 
 
 def plot_agreement(report: Dict, out: str) -> Optional[str]:
@@ -192,8 +192,10 @@ def write_report(report: Dict[str, Any], out: str, source: str = "") -> str:
         + ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(cases["by_state"].items()))
         + (f"; <span class='flag'>waiting for adjudication: {', '.join(map(html.escape, flagged))}</span>" if flagged else "")
         + (f"; reads waiting for review: {report['review']['waiting']}" if rules["review"] else "") + "</p>",
-        _table(["annotator", "reads", "approved", "rejected", "waiting", "automatic", "prompts", "manual", "median time (s)"],
-               [[n, p.get("reads", 0), p.get("approved", 0), p.get("rejected", 0), p.get("submitted", 0), p.get("tool_automatic", 0),
+        _table(["annotator", "cases read", "submissions", "approved", "rejected", "waiting", "automatic", "prompts", "manual",
+                "median time (s)"],
+               [[n, p.get("reads", 0), p.get("submissions", 0), p.get("approved", 0), p.get("rejected", 0), p.get("waiting", 0),
+                 p.get("tool_automatic", 0),
                  p.get("tool_prompts", 0), p.get("tool_manual", 0), p.get("median_time_s")] for n, p in people.items()]),
         "<div class='grid'>",
     ]
