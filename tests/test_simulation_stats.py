@@ -4,7 +4,7 @@ the goal verdict against foreground-aware random (fast; synthetic curves, no tra
 import numpy as np
 import pytest
 
-from segloop_bench.simulate import area_under_curve, labels_to_target, stratified_held_out, summarize
+from segloop_bench.simulate import area_under_curve, farthest_first, labels_to_target, stratified_held_out, summarize
 
 LABELS = [2, 4, 6, 8, 10]
 
@@ -74,3 +74,14 @@ def test_the_held_out_set_covers_the_subpopulations_and_falls_back_to_the_last_i
     assert held == ["case_002", "case_005", "case_007", "case_010", "case_011"]
     assert stratified_held_out(ids, {}, 3) == ["case_009", "case_010", "case_011"]
     assert stratified_held_out(ids, populations, 1) == ["case_007"]  # two new traits beat one; ties: the later id
+
+
+def test_a_diversity_cold_start_covers_the_clusters():
+    rng = np.random.default_rng(0)
+    centres = {"portal": [0, 0], "native": [8, 0], "small": [0, 8]}
+    features = {f"{group}_{i}": np.asarray(c) + rng.normal(0, 0.3, 2) for group, c in centres.items()
+                for i in range(6 if group == "portal" else 2)}
+    picked = farthest_first(features, 3, seed=1)
+    assert sorted(p.split("_")[0] for p in picked) == ["native", "portal", "small"]
+    assert picked[0].startswith("portal")  # the first is the most typical case
+    assert farthest_first(features, 3, seed=1) == picked and len(set(farthest_first(features, 10, 2))) == 10

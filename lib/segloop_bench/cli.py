@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--per-round", type=int, default=2, help="cases labelled per round (picked as by k annotators)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--initial", type=int, default=2, help="randomly chosen labels before the first round")
+    p.add_argument("--initial", type=int, default=2, help="labels before the first round")
+    p.add_argument("--cold-start", choices=("random", "diversity"), default="random",
+                   help="how the initial labels are chosen: seeded random, or the most different cases (HU histogram, body size)")
     p.add_argument("--test-cases", type=int, default=4, help="held-out cases for Dice")
     p.add_argument("--first-iterations", type=int, default=60, help="training iterations of the initial model")
     p.add_argument("--round-iterations", type=int, default=30, help="fine-tuning iterations per round")

@@ -10,8 +10,9 @@ Protocol, per seed:
 1. ``test_cases`` images are held out (:func:`stratified_held_out`: every subpopulation trait the
    generator recorded is represented where the count allows; without ``cases.json``, the last
    ids); the rest form the pool.
-2. ``initial`` pool cases (seeded random) are labelled from ground truth and a model is trained
-   from scratch for ``first_iterations``; every strategy of this seed starts from that model.
+2. ``initial`` pool cases (seeded random, or with ``cold_start="diversity"`` the most different
+   ones by their HU histogram and body size: :func:`farthest_first`) are labelled from ground
+   truth and a model is trained from scratch for ``first_iterations``; every strategy of this seed starts from that model.
 3. Each of ``rounds`` rounds: score the pool, let the strategy pick ``per_round`` cases one after
    the other (each pick booked, as for concurrent annotators), save their ground truth as final
    labels, fine-tune incrementally (new labels + replay) for ``round_iterations``, and measure
@@ -81,6 +82,40 @@ def case_populations(ground_truth: str) -> Dict[str, str]:
         return {c["case_id"]: c.get("population", "typical") for c in json.load(f).get("cases", [])}
 
 
+COLD_STARTS = ("random", "diversity")
+HISTOGRAM_HU = (-200.0, 300.0, 25)  # soft-tissue bins of the cold-start features
+
+
+def image_features(path: str) -> np.ndarray:
+    """What a case looks like before any model exists: the share of its body voxels (> -500 HU)
+    in each of 25 soft-tissue HU bins (contrast phase moves organs between bins), and the body's
+    share of the field of view (patient size)."""
+    import nibabel as nib
+
+    image = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    body = image > -500
+    low, high, bins = HISTOGRAM_HU
+    histogram, _ = np.histogram(image[body], bins=int(bins), range=(low, high))
+    return np.concatenate([histogram / max(int(body.sum()), 1), [body.mean()]])
+
+
+def farthest_first(features: Mapping[str, np.ndarray], count: int, seed: int) -> List[str]:
+    """A cold start by diversity: k-center greedy on standardised features. The first case is the
+    one nearest the mean (seeded ties), each next the one farthest from every case chosen so far."""
+    ids = sorted(features)
+    x = np.stack([features[i] for i in ids])
+    x = (x - x.mean(0)) / (x.std(0) + 1e-9)
+    order = np.random.default_rng(seed).permutation(len(ids))  # ties broken by seed
+    first = min(order, key=lambda i: np.linalg.norm(x[i]))
+    chosen = [first]
+    distance = np.linalg.norm(x - x[first], axis=1)
+    while len(chosen) < min(count, len(ids)):
+        nxt = max(order, key=lambda i: distance[i])
+        chosen.append(nxt)
+        distance = np.minimum(distance, np.linalg.norm(x - x[nxt], axis=1))
+    return [ids[i] for i in chosen]
+
+
 def stratified_held_out(ids: Sequence[str], populations: Mapping[str, str], count: int) -> List[str]:
     """``count`` held-out ids that cover as many subpopulation traits (the ``+``-separated parts of
     a population name: ``native``, ``small``, ``burden-none``, ``inversus`` ...) as possible: each
@@ -113,6 +148,7 @@ class Simulation:
         rounds: int = 4,
         per_round: int = 2,
         initial: int = 2,
+        cold_start: str = "random",
         test_cases: int = 4,
         first_iterations: int = 60,
         round_iterations: int = 30,
@@ -134,6 +170,9 @@ class Simulation:
         self.test = stratified_held_out(ids, self.populations, test_cases)
         self.pool = [i for i in ids if i not in self.test]
         self.rounds, self.per_round, self.initial = rounds, per_round, initial
+        if cold_start not in COLD_STARTS:
+            raise ValueError(f"cold_start must be one of {COLD_STARTS}, got {cold_start!r}")
+        self.cold_start = cold_start
         self.first_iterations, self.round_iterations = first_iterations, round_iterations
         self.full_iterations = full_iterations or 2 * (first_iterations + rounds * round_iterations)
         self.conf = dict(conf or {})
@@ -204,7 +243,11 @@ class Simulation:
         """The seed's initial labels and round-0 model, shared by every strategy."""
         folder = os.path.join(self.work, f"seed{seed}", "start")
         shutil.rmtree(folder, ignore_errors=True)
-        initial = sorted(random.Random(seed).sample(self.pool, self.initial))
+        if self.cold_start == "diversity":
+            features = {c: image_features(os.path.join(self.studies, f"{c}.nii.gz")) for c in self.pool}
+            initial = sorted(farthest_first(features, self.initial, seed))
+        else:
+            initial = sorted(random.Random(seed).sample(self.pool, self.initial))
         self._new_datastore_folder(folder, initial)
         run = self._train(folder, self.first_iterations, seed, incremental=False)
         dice = self._evaluate(folder)
@@ -304,7 +347,7 @@ class Simulation:
         report = summarize(runs, full)
         report["setup"] = {
             "pool": self.pool, "test": self.test, "rounds": self.rounds, "per_round": self.per_round,
-            "initial": self.initial, "first_iterations": self.first_iterations,
+            "initial": self.initial, "cold_start": self.cold_start, "first_iterations": self.first_iterations,
             "round_iterations": self.round_iterations, "full_iterations": self.full_iterations, "seeds": list(seeds), "conf": self.conf,
             "wall_s": round(time.time() - start_time, 1),
         }
@@ -468,6 +511,7 @@ def main(args) -> int:
     conf = dict(kv.split("=", 1) for kv in args.conf)
     sim = Simulation(
         args.studies, args.ground_truth, work, rounds=args.rounds, per_round=args.per_round, initial=args.initial,
+        cold_start=args.cold_start,
         test_cases=args.test_cases, first_iterations=args.first_iterations,
         round_iterations=args.round_iterations, full_iterations=args.full_iterations, conf=conf,
         progress=lambda line: print(line, flush=True),
