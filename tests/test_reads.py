@@ -151,8 +151,10 @@ def test_a_final_label_saved_directly_is_an_adjudication_and_stays(campaign):
     assert reads.case_state("c1")["state"] == "adjudication"
     path = str(store._datastore_path) + "/../adjudicated.nii.gz"
     save_nifti(organ_map(shift=1), AFFINE, path)
+    reads.review("c1", "dr_b", "rev", approve=False, comment="too wide")
     store.save_label("c1", path, "final", {"user": "rev"})
     assert reads.settle("c1")["state"] == "final"
+    assert not reads.open_for("c1", "dr_b")  # adjudicated: the rejected read does not come back
     assert np.array_equal(final_of(store, "c1"), organ_map(shift=1))
 
 

@@ -132,14 +132,16 @@ class Reads:
         }
 
     def open_for(self, image_id: str, annotator: str, booked_by_others: int = 0) -> bool:
-        """Whether ``annotator`` may be handed ``image_id``: a read of theirs was rejected (it goes
-        back to them), or they have none and the case still needs reads beyond those stored and
-        the ``booked_by_others`` annotators holding it now."""
+        """Whether ``annotator`` may be handed ``image_id``: the case still needs a read, and either a
+        read of theirs was rejected (it goes back to them) or they have none and the reads stored
+        plus the ``booked_by_others`` annotators holding it now are too few."""
+        state = self.case_state(image_id)
+        if state["state"] != "open":
+            return False
         own = self.reads(image_id).get(annotator)
         if own is not None:
             return own.get("state") == "rejected"
-        state = self.case_state(image_id)
-        return state["state"] == "open" and state["reads"] + booked_by_others < self.rules.reads_per_case
+        return state["reads"] + booked_by_others < self.rules.reads_per_case
 
     # -- submitting and reviewing ------------------------------------------------------------------
     def submit(
