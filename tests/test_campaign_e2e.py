@@ -178,3 +178,24 @@ def test_the_campaign_report_page_renders_in_a_browser(people, auth_server, real
     assert seen["title"] == "SegLoop campaign" and not seen["errors"]
     assert seen["images"] >= 5 and seen["images_loaded"] == seen["images"]
     assert os.path.getsize(seen["screenshot"]) > 50_000
+
+
+def test_the_campaigns_consensus_labels_export_to_nnunet_and_start_a_new_campaign(people, auth_server, tmp_path):
+    """The campaign above (run after it), exported while its server runs, and imported back."""
+    from segloop.cli import main as segloop
+
+    final = [c for c in (f"case_00{i}" for i in range(6))
+             if people("rev", "GET", "/datastore/label/info", params={"label": c, "tag": "final"}).status_code == 200]
+    assert len(final) >= 3
+    assert segloop(["export", "--studies", auth_server.studies, "--format", "nnunet", "--out", str(tmp_path), "--dataset-id", "42"]) == 0
+    folder = tmp_path / "Dataset042_SegLoop"
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["numTraining"] == len(final) and sorted(meta["segloop"]["cases"]) == sorted(final)
+    assert any(c.get("consensus") == "STAPLE" and c.get("reads") == ["dr_a", "dr_b"] for c in meta["segloop"]["cases"].values())
+    assert len(os.listdir(folder / "imagesTs")) == 6 - len(final)
+    studies = str(tmp_path / "next_campaign")
+    assert segloop(["import", "--from", str(folder), "--studies", studies]) == 0
+    for case in final:
+        exported = nib.load(os.path.join(auth_server.studies, "labels", "final", f"{case}.nii.gz"))
+        imported = nib.load(os.path.join(studies, "labels", "final", f"{case}.nii.gz"))
+        assert np.array_equal(np.asarray(exported.dataobj), np.asarray(imported.dataobj))
