@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
@@ -75,6 +76,8 @@ class Reads:
         self.datastore_fn = datastore_fn
         self.labels = dict(labels)
         self.rules = rules
+        # Submissions (the upload thread) and reviews (request threads) change a case one at a time.
+        self._lock = threading.RLock()
 
     # -- what is stored ------------------------------------------------------------------------
     def reads(self, image_id: str) -> Dict[str, Dict[str, Any]]:
@@ -159,6 +162,10 @@ class Reads:
         read's own fields. Returns the read record and the case state."""
         if tool not in TOOLS:
             raise bad_request(f"tool must be one of {list(TOOLS)}, got {tool!r}")
+        with self._lock:
+            return self._submit(image_id, annotator, label_file, tool, model_version, edit_effort, extra)
+
+    def _submit(self, image_id, annotator, label_file, tool, model_version, edit_effort, extra) -> Dict[str, Any]:
         tag = read_tag(annotator)
         earlier = self.reads(image_id).get(annotator) or {}
         info = dict(extra or {})
@@ -184,6 +191,13 @@ class Reads:
             raise bad_request("a rejection needs a comment for the annotator")
         if len(str(comment)) > 2000:
             raise bad_request("comment: at most 2000 characters")
+        with self._lock:
+            return self._review(image_id, annotator, reviewer, approve, comment)
+
+    def _review(self, image_id: str, annotator: str, reviewer: str, approve: bool, comment: str) -> Dict[str, Any]:
+        reads = self.reads(image_id)
+        if annotator not in reads:
+            raise not_found(f"no read of {image_id!r} by {annotator!r}")
         now, state = time.time(), "approved" if approve else "rejected"
         event = {"reviewer": reviewer, "decision": state, "comment": str(comment), "ts": now}
         update = {"state": state, "reviewer": reviewer, "comment": str(comment), "reviewed_ts": now,
@@ -197,6 +211,10 @@ class Reads:
         (below it the case is flagged for adjudication and has no final label). A final label made
         from reads that are no longer eligible (one was rejected) is removed; one saved directly as
         final (an adjudication) is left alone."""
+        with self._lock:
+            return self._settle(image_id)
+
+    def _settle(self, image_id: str) -> Dict[str, Any]:
         datastore = self.datastore_fn()
         final = self._final_info(image_id)
         if final is not None and final.get("reads") is None:
