@@ -188,9 +188,12 @@ def build_surface(context: SurfaceContext) -> List[APIRouter]:
             if info.get("adjudication") is True:  # a reviewer settles the case: saved as final directly
                 if REVIEWER not in (user.roles or []):
                     raise ClientError(403, "saving a final label as an adjudication needs the reviewer role")
-            else:
-                upload = _spooled(label, background_tasks)
-                return await _upstream(background_tasks, _in_upload_thread, desk.submit, image, upload, info)
+            else:  # an annotator's read: spooled and stored in the upload thread, as upstream's uploads are
+
+                def submit_read():
+                    return desk.submit(image, _spooled(label, background_tasks), info)
+
+                return await _upstream(background_tasks, _in_upload_thread, submit_read)
         return await _upstream(background_tasks, _in_upload_thread, upstream_datastore.save_label, background_tasks, image, _json(info), tag, label, user.username)
 
     @datastore.delete("/image", summary="Remove an image and its labels")
