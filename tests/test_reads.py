@@ -152,7 +152,7 @@ def test_a_final_label_saved_directly_is_an_adjudication_and_stays(campaign):
     path = str(store._datastore_path) + "/../adjudicated.nii.gz"
     save_nifti(organ_map(shift=1), AFFINE, path)
     reads.review("c1", "dr_b", "rev", approve=False, comment="too wide")
-    store.save_label("c1", path, "final", {"user": "rev"})
+    store.save_label("c1", path, "final", {"user": "rev", "adjudication": True})
     assert reads.settle("c1")["state"] == "final"
     assert not reads.open_for("c1", "dr_b")  # adjudicated: the rejected read does not come back
     assert np.array_equal(final_of(store, "c1"), organ_map(shift=1))
@@ -203,3 +203,18 @@ def test_the_campaign_report_counts_reads_reviews_agreement_and_versions(campaig
     for picture in ("throughput.png", "review.png", "agreement.png", "learning_curve.png", "effort.png", "calibration.png"):
         assert f"src='{picture}'" in text and (tmp_path / "report" / picture).stat().st_size > 5000
     assert "waiting for adjudication: c2" in text and "dr_b" in text
+
+
+def test_a_final_label_from_before_the_reads_stays_until_the_case_has_its_reads(campaign, tmp_path):
+    store, reads_with, submit = campaign
+    path = str(tmp_path / "imported.nii.gz")
+    save_nifti(organ_map(shift=2), AFFINE, path)
+    store.save_label("c1", path, "final", {"imported_from": "nnunet:x"})
+    two = reads_with(reads_per_case=2)
+    assert submit(two, "c1", "dr_a", organ_map())["case"]["state"] == "final"  # one read of two: the old label stays
+    assert np.array_equal(final_of(store, "c1"), organ_map(shift=2))
+    one = reads_with()
+    submit(one, "c1", "dr_a", organ_map(shift=1))  # a case with its read: the read replaces it
+    assert np.array_equal(final_of(store, "c1"), organ_map(shift=1))
+    submit(one, "c1", "dr_a", organ_map())  # and each resubmission after it
+    assert np.array_equal(final_of(store, "c1"), organ_map())

@@ -209,23 +209,25 @@ class Reads:
         """Make the final label agree with the reads: once the case has its eligible reads, the read
         itself or, for several, their STAPLE consensus when their agreement reaches the threshold
         (below it the case is flagged for adjudication and has no final label). A final label made
-        from reads that are no longer eligible (one was rejected) is removed; one saved directly as
-        final (an adjudication) is left alone."""
+        from reads that are no longer eligible (one was rejected) is removed; a reviewer's
+        adjudication is left alone; one imported or saved before reads existed is replaced once the
+        case has its reads, and kept until then."""
         with self._lock:
             return self._settle(image_id)
 
     def _settle(self, image_id: str) -> Dict[str, Any]:
         datastore = self.datastore_fn()
         final = self._final_info(image_id)
-        if final is not None and final.get("reads") is None:
-            return self.case_state(image_id)
+        if final is not None and final.get("adjudication") is True:
+            return self.case_state(image_id)  # a reviewer's adjudication stands
+        made_by_reads = final is not None and final.get("reads") is not None  # else imported or saved before reads
         chosen = self._chosen(self.reads(image_id))
         made_from = {a: r.get("submitted_ts") for a, r in chosen.items()}
         if final is not None and final.get("made_from") == made_from:
             return self.case_state(image_id)  # already settled on these reads
-        if final is not None:
-            datastore.remove_label(image_id, FINAL)
         if not chosen:
+            if made_by_reads:  # made from reads no longer eligible: it stops training
+                datastore.remove_label(image_id, FINAL)
             return self.case_state(image_id)
         names = ", ".join(sorted(chosen))
         final_info: Dict[str, Any] = {"reads": sorted(chosen), "made_from": made_from, "annotator": names, "user": names}
@@ -249,6 +251,8 @@ class Reads:
                 path = os.path.join(folder, f"{image_id}.nii.gz")
                 nib.save(nib.Nifti1Image(staple_consensus(list(maps.values())), affine), path)
                 datastore.save_label(image_id, path, FINAL, final_info)
+        elif made_by_reads:  # made from earlier reads; these disagree: nothing trains until adjudicated
+            datastore.remove_label(image_id, FINAL)
         return dict(self.case_state(image_id), agreement=summary)
 
     # -- queues ----------------------------------------------------------------------------------
