@@ -78,7 +78,7 @@ def test_full_annotation_round_trip(server, sample_root, tmp_path):
     assert client.upload_image(own, image_id="my_ct")["image"] == "my_ct"
     for image_id, case in [("my_ct", "case_005"), ("case_000", "case_000"), ("case_001", "case_001")]:
         client.save_label(image_id, truth(sample_root, case), tag="final", params={"annotator": "dr_test"})
-    assert sorted(client.datastore()["objects"]["my_ct"]["labels"]) == ["final"]
+    assert sorted(client.datastore()["objects"]["my_ct"]["labels"]) == ["final", "read-dr_test"]  # the label and the annotator's read
 
     started = client.train_start("segmentation", {"max_epochs": 2, "val_split": 0.0})
     assert started["status"] in ("SUBMITTED", "RUNNING")
