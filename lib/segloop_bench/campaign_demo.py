@@ -13,8 +13,8 @@ its report page.
    it for adjudication when the reads disagree, and trains on the consensus.
 4. ``segloop report`` writes the page; headless chromium screenshots it.
 
-Writes ``campaign_demo.json`` (the agreement per case and label, the review outcomes, the report
-JSON) in ``--out`` and the screenshot to ``--screenshot``. The baseline: the agreement of the two
+Writes ``campaign_demo.json`` (the agreement per case and label, the review outcomes, the whole
+report, with provenance) and the page (``report/index.html`` and its PNGs) in ``--out`` and the screenshot to ``--screenshot``. The baseline: the agreement of the two
 styles with the ground truth itself (what STAPLE can at best recover).
 """
 
@@ -122,7 +122,7 @@ def main(args) -> int:
         report = requests.get(f"{url}/segloop/campaign", timeout=120).json()
         from segloop.reporting.page import write_report
 
-        page = write_report(report, os.path.join(args.out, "report"), source=url)
+        page = write_report(report, os.path.join(args.out, "report"), source=url, with_json=False)
     from segloop_bench.browser import screenshot_page
 
     seen = screenshot_page(page, args.screenshot)
@@ -132,7 +132,7 @@ def main(args) -> int:
     result = {"cases": args.cases, "seed": args.seed, "missed_ml": args.missed_ml, "threshold": args.threshold,
               "agreement": report["agreement"], "review": report["review"], "cases_by_state": report["cases"]["by_state"],
               "throughput": report["throughput"], "browser": seen, "outcome": outcome,
-              "learning_curve": report["models"]["segmentation"]["learning_curve"]}
+              "learning_curve": report["models"]["segmentation"]["learning_curve"], "report": report}
     write_result(os.path.join(args.out, "campaign_demo.json"), result, BASELINE)
     print(json.dumps({"agreement": report["agreement"], "by_state": report["cases"]["by_state"],
                       "baseline": outcome["baseline_dice_vs_truth"], "browser": seen}, indent=1))

@@ -177,10 +177,13 @@ table{border-collapse:collapse;font-size:13px;margin:6px 0}td,th{border:1px soli
 th{background:#f2f2f2}.flag{color:#b00;font-weight:bold}.muted{color:#777}img{max-width:100%}"""
 
 
-def write_report(report: Dict[str, Any], out: str, source: str = "") -> str:
-    """Write the page and its plots in ``out``; returns the path of ``index.html``."""
+def write_report(report: Dict[str, Any], out: str, source: str = "", with_json: bool = True) -> str:
+    """Write the page and its plots in ``out`` (and ``report.json`` unless ``with_json`` is off: a
+    benchmark keeps the report inside its own result file, with provenance); returns the path of
+    ``index.html``."""
     os.makedirs(out, exist_ok=True)
-    atomic_write_json(os.path.join(out, "report.json"), report)
+    if with_json:
+        atomic_write_json(os.path.join(out, "report.json"), report)
     cases = report["cases"]
     people = report["throughput"]["per_annotator"]
     flagged = report["agreement"]["flagged"]
