@@ -147,11 +147,12 @@ def test_a_models_first_automatic_run_gets_the_first_run_budget(tmp_path):
     from segloop.labels import DEFAULT_LABELS
 
     options = SimpleNamespace(labels=DEFAULT_LABELS, retrain_every=1, auto_train=False, retrain_debounce_s=0,
-                              retrain_max_seconds=60, first_run_max_seconds=300)
+                              retrain_max_seconds=60, first_run_max_seconds=300, retrain_max_iterations={"seg": 0},
+                              first_run_max_iterations={"seg": 40, "prompt": 5})
     reg = ModelRegistry(str(tmp_path), "seg")
     loop = CampaignLoop("seg", reg, options, datastore_fn=lambda: None, train_config_fn=dict)
-    assert loop.run_budget_seconds() == 300  # nothing serves yet
+    assert loop.run_budget() == {"max_seconds": 300, "max_iterations": 40}  # nothing serves yet
     reg.record({"status": "failed", "error": "boom"}, None, promote=False)
-    assert loop.run_budget_seconds() == 300  # a failed first run served nothing
+    assert loop.run_budget() == {"max_seconds": 300, "max_iterations": 40}  # a failed first run served nothing
     reg.record({"status": "promoted", "labels_seen": {"a": 1}}, weights(1), promote=True)
-    assert loop.run_budget_seconds() == 60
+    assert loop.run_budget() == {"max_seconds": 60, "max_iterations": 0}

@@ -14,6 +14,14 @@ def test_defaults_follow_the_network_preset():
     assert o.target_spacing == (1.5, 1.5, 3.0) and o.roi_size == (64, 64, 32)
 
 
+def test_iteration_budgets_for_every_model_or_per_model():
+    o = parse_options({})
+    assert o.first_run_max_iterations == {"segmentation": 0, "prompt": 0}  # time budgets only
+    o = parse_options({"retrain_max_iterations": "12", "first_run_max_iterations": '{"segmentation":100,"prompt":20}'})
+    assert o.retrain_max_iterations == {"segmentation": 12, "prompt": 12}
+    assert o.first_run_max_iterations == {"segmentation": 100, "prompt": 20}
+
+
 @pytest.mark.parametrize(
     "conf, message",
     [
@@ -41,6 +49,10 @@ def test_defaults_follow_the_network_preset():
         ({"reads_per_case": "11"}, "1..10"),
         ({"review": "sometimes"}, "true or false"),
         ({"agreement_threshold": "1.5"}, r"\[0, 1\]"),
+        ({"retrain_max_iterations": "-3"}, ">= 0"),
+        ({"retrain_max_iterations": '{"segmentation":1.5}'}, "integer >= 0"),
+        ({"first_run_max_iterations": '{"deepedit":10}'}, "not served models"),
+        ({"first_run_max_iterations": "{oops"}, "JSON object"),
     ],
 )
 def test_bad_options_say_what_is_wrong(conf, message):

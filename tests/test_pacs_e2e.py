@@ -25,7 +25,10 @@ from segloop_bench.server import running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
-CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "first_run_max_seconds": "15",
+# Iteration budgets, not seconds: on a slow CI machine 15 s gave the first version 8 iterations and
+# a model that marked 1 voxel; the time caps only stop a run that hangs.
+CONF = {"models": "segmentation,prompt", "first_run_max_iterations": "{\"segmentation\":100,\"prompt\":20}", "retrain_max_iterations": "6",
+        "first_run_max_seconds": "240", "retrain_max_seconds": "120",
         "roi_size": "[32,32,16]", "target_spacing": "[8,8,8]", "mc_samples": "0", "tta_samples": "0"}
 
 

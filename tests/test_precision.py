@@ -35,6 +35,18 @@ def test_native_bfloat16_follows_the_cpu_instruction_sets(monkeypatch):
     assert not native_bfloat16(torch.device("meta"))
 
 
+def test_a_onednn_isa_cap_below_bfloat16_keeps_float32(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # how a lab (or a benchmark) emulates an older CPU
+    assert not native_bfloat16(CPU)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")
+    assert native_bfloat16(CPU) == torch.backends.mkldnn.is_available()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE")
+    assert not native_bfloat16(CPU)
+
+
 def test_autocast_inferer_hands_back_float32_logits(monkeypatch):
     monkeypatch.setattr(precision, "native_bfloat16", lambda device: True)
     conv = torch.nn.Conv3d(1, 1, 3, padding=1)

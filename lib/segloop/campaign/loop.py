@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 class CampaignLoop:
     """``options``: the app's parsed ``--conf`` options (``labels``, ``retrain_every``, ``auto_train``,
-    ``retrain_debounce_s``, ``retrain_max_seconds``, ``first_run_max_seconds`` are read)."""
+    ``retrain_debounce_s``, ``retrain_max_seconds``, ``first_run_max_seconds`` and their ``*_max_iterations`` are read)."""
 
     def __init__(self, name: str, registry: ModelRegistry, options, datastore_fn, train_config_fn):
         self.name = name
@@ -57,22 +57,20 @@ class CampaignLoop:
 
     def start_incremental_run(self, on_finished) -> Dict:
         request = dict(self.train_config_fn())
-        request.update(
-            {
-                "model": self.name,
-                "incremental": True,
-                "max_seconds": self.run_budget_seconds(),
-                "max_epochs": 100000,  # bounded by max_seconds
-            }
-        )
+        request.update({"model": self.name, "incremental": True, "max_epochs": 100000})  # bounded by the budget
+        request.update(self.run_budget())
         return run_background_task(request, "train", callback=on_finished)
 
-    def run_budget_seconds(self) -> float:
-        """An automatic run's time budget: ``first_run_max_seconds`` while no version serves (the
-        first proposal a user sees should show something), ``retrain_max_seconds`` after."""
+    def run_budget(self) -> Dict[str, float]:
+        """An automatic run's budget, ``{"max_seconds", "max_iterations"}`` (whichever ends first;
+        0 iterations: time only): the ``first_run_*`` options while no version serves (the first
+        proposal a user sees should show something), the ``retrain_*`` options after."""
+        options = self.options
         if self.registry.serving() is None:
-            return float(self.options.first_run_max_seconds)
-        return float(self.options.retrain_max_seconds)
+            seconds, iterations = options.first_run_max_seconds, options.first_run_max_iterations
+        else:
+            seconds, iterations = options.retrain_max_seconds, options.retrain_max_iterations
+        return {"max_seconds": float(seconds), "max_iterations": int(iterations.get(self.name, 0))}
 
     def on_server_start(self) -> None:
         interrupted = self.registry.discard_interrupted_run()

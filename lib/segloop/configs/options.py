@@ -35,6 +35,8 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "retrain_every": ("1", "new final labels that start an automatic run"),
     "retrain_max_seconds": ("60", "time budget of an automatic (incremental) run"),
     "first_run_max_seconds": ("300", "time budget of a model's first automatic run (no version serving yet)"),
+    "retrain_max_iterations": ("0", 'iteration budget of an automatic run besides its time budget, whichever ends first (0: time only; one number, or per model: {"segmentation":100,"prompt":20}): the same run on a fast or a slow machine'),
+    "first_run_max_iterations": ("0", "iteration budget of a model's first automatic run besides first_run_max_seconds (0: time only; one number or per model)"),
     "retrain_debounce_s": ("2", "wait this long after a label so a burst lands in one run"),
     "replay_ratio": ("1.0", "earlier labels replayed per new label in incremental runs"),
     "promotion_tolerance": ("0.02", "a new version serves unless its validation mean Dice is lower by more"),
@@ -69,6 +71,8 @@ class SegLoopOptions:
     retrain_every: int
     retrain_max_seconds: float
     first_run_max_seconds: float
+    retrain_max_iterations: Dict[str, int]  # per served model; 0: time only
+    first_run_max_iterations: Dict[str, int]
     retrain_debounce_s: float
     replay_ratio: float
     promotion_tolerance: float
@@ -107,6 +111,24 @@ def _number(conf: Mapping[str, str], key: str, cast, minimum: float):
     if value < minimum:
         raise ValueError(f"--conf {key} must be >= {minimum}, got {value}")
     return value
+
+
+def _per_model_iterations(conf: Mapping[str, str], key: str, models: List[str]) -> Dict[str, int]:
+    """``key`` as {model: iterations}: one integer for every model, or a JSON object per model."""
+    raw = (conf.get(key) or OPTIONS[key][0]).strip()
+    if not raw.startswith("{"):
+        value = _number(conf, key, int, minimum=0)
+        return {model: value for model in models}
+    try:
+        given = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"--conf {key} must be an integer or a JSON object {{model: integer}}, got {raw!r}") from None
+    unknown = sorted(set(given) - set(models))
+    if unknown:
+        raise ValueError(f"--conf {key}: {unknown} are not served models ({models})")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in given.values()):
+        raise ValueError(f"--conf {key}: every value must be an integer >= 0, got {raw!r}")
+    return {model: int(given.get(model, 0)) for model in models}
 
 
 def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
@@ -171,6 +193,8 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         retrain_every=_number(conf, "retrain_every", int, minimum=1),
         retrain_max_seconds=_number(conf, "retrain_max_seconds", float, minimum=1),
         first_run_max_seconds=_number(conf, "first_run_max_seconds", float, minimum=1),
+        retrain_max_iterations=_per_model_iterations(conf, "retrain_max_iterations", models),
+        first_run_max_iterations=_per_model_iterations(conf, "first_run_max_iterations", models),
         retrain_debounce_s=_number(conf, "retrain_debounce_s", float, minimum=0),
         replay_ratio=_number(conf, "replay_ratio", float, minimum=0),
         promotion_tolerance=_number(conf, "promotion_tolerance", float, minimum=0),

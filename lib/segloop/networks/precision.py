@@ -11,6 +11,7 @@ A float32 pass on a CPU runs its convolutions on oneDNN (``segloop.networks.oned
 """
 
 import contextlib
+import os
 
 import torch
 from monai.inferers import SimpleInferer
@@ -24,11 +25,18 @@ def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 convolutions natively (not emulated)."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available() or not _onednn_isa_allows_bfloat16():
         return False
     # torch.cpu exposes the CPU's instruction sets only under these private names (torch 2.x).
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(bool(check()) for check in checks if check is not None)
+
+
+def _onednn_isa_allows_bfloat16() -> bool:
+    """False when ``ONEDNN_MAX_CPU_ISA`` (or its older name ``DNNL_MAX_CPU_ISA``) caps oneDNN below
+    AVX512-BF16: the CPU has the instructions, oneDNN may not use them, bfloat16 would be emulated."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return cap in ("ALL", "DEFAULT") or any(isa in cap for isa in ("BF16", "FP16", "AMX", "AVX10"))
 
 
 def autocast_for(device: torch.device, mode: str = "auto"):
