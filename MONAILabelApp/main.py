@@ -25,6 +25,7 @@ from monailabel.tasks.activelearning.random import Random
 import segloop
 from segloop.server.auth import authenticated_name, install_auth
 from segloop.server.gate import RequestGate
+from segloop.trainers.distributed import torchrun_world
 from segloop.server.lifecycle import die_with_server, mark_server_process, monai_label_children, stop_children_on_signals
 from segloop.server.request_checks import check_client_id, check_infer_image
 from segloop.server.routes import build_router
@@ -164,7 +165,9 @@ class SegLoopApp(MONAILabelApp):
     def async_scoring(self, method, params=None):
         """MONAI Label starts every scoring method at server start and after each
         ``/activelearning`` request; a subprocess (seconds of CPU to start) only when some image's
-        scores are stale."""
+        scores are stale. A distributed run's ranks leave it to their launcher (one request a run)."""
+        if method is None and torchrun_world() is not None:
+            return {}
         if method is None:
             datastore = self.datastore()
             stale = [m for m, task in self._scoring_methods.items() if not hasattr(task, "pending") or task.pending(datastore)]

@@ -4,6 +4,7 @@ Automatic retraining is off here: this is the manual path (press train, then inf
 """
 
 import os
+import re
 import shutil
 
 import nibabel as nib
@@ -31,7 +32,7 @@ def server(sample_root, tmp_path_factory):
         mp.delenv("OMP_WAIT_POLICY", raising=False)
         mp.setattr("segloop_bench.server.shared_cpu_env", lambda env: env)
         with running_server(studies, conf={"auto_train": "false"}, log_path=log) as handle:
-            handle.studies = studies
+            handle.studies, handle.log = studies, log
             yield handle
 
 
@@ -133,3 +134,31 @@ def test_bad_requests_get_clear_client_errors(server, sample_root, tmp_path):
     with pytest.raises(MONAILabelClientException):
         client.save_label("case_004", wrong, tag="final")
     assert "final" not in client.datastore()["objects"]["case_004"]["labels"]
+
+
+def test_a_training_run_on_two_processes_through_torchrun(server, tmp_path):
+    """``train_procs: 2`` (as ``--conf train_procs_per_node 2`` sets for every run): the run goes
+    through torchrun, 2 CPU ranks on gloo, each on its shard of the cases; one version recorded."""
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+    models = lambda: requests.get(f"{server.url}/segloop/models/segmentation", timeout=30).json()  # noqa: E731
+    before = len(models()["versions"])
+    too_many = requests.post(f"{server.url}/train/segmentation", json={"train_procs": 65}, timeout=30)
+    assert too_many.status_code == 400 and "train_procs" in too_many.text
+
+    started = client.train_start("segmentation", {"train_procs": 2, "max_epochs": 2, "val_split": 0.0, "seed": 0})
+    assert started["status"] in ("SUBMITTED", "RUNNING")
+    status = wait_for_training(client)
+    assert status["status"] == "DONE", status
+    state = models()
+    assert len(state["versions"]) == before + 1 and not state["training_run"]  # exactly one version, from rank 0
+    version = state["versions"][-1]
+    assert version["status"] in ("promoted", "kept") and version["iterations"] > 0
+    with open(server.log) as f:
+        log = f.read()
+    run = log[log.rindex("distributed training: 2 processes"):]
+    shards = [int(n) for rank in (0, 1) for n in re.findall(rf"\) - {rank} - Records for Training: (\d+)", run)[:1]]
+    labelled = len(version["labels_used"])
+    assert len(shards) == 2 and shards[0] == shards[1] == -(-labelled // 2), (shards, labelled)  # MONAI's even partition
+    assert run.count("Distributed Training = TRUE") == 0  # torchrun's ranks, not MONAI Label's multi-GPU spawn
+    stats = client.info()["train_stats"]["segmentation"]
+    assert stats["progress"]["epoch"] == 2 and stats["version"]["version"] == version["version"]

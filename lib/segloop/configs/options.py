@@ -5,6 +5,7 @@
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -37,6 +38,9 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "first_run_max_seconds": ("300", "time budget of a model's first automatic run (no version serving yet)"),
     "retrain_max_iterations": ("0", 'iteration budget of an automatic run besides its time budget, whichever ends first (0: time only; one number, or per model: {"segmentation":100,"prompt":20}): the same run on a fast or a slow machine'),
     "first_run_max_iterations": ("0", "iteration budget of a model's first automatic run besides first_run_max_seconds (0: time only; one number or per model)"),
+    "train_procs_per_node": ("1", "training processes per node; more than 1 (or train_nodes > 1) runs each training under torchrun with DistributedDataParallel (gloo on CPUs, NCCL on GPUs)"),
+    "train_nodes": ("1", "nodes a training run spans; the other nodes join with the command in the README (Scaling out)"),
+    "train_rdzv": ("", "host:port where the nodes of a multi-node training run meet (node 0, reachable from every node)"),
     "retrain_debounce_s": ("2", "wait this long after a label so a burst lands in one run"),
     "replay_ratio": ("1.0", "earlier labels replayed per new label in incremental runs"),
     "promotion_tolerance": ("0.02", "a new version serves unless its validation mean Dice is lower by more"),
@@ -73,6 +77,9 @@ class SegLoopOptions:
     first_run_max_seconds: float
     retrain_max_iterations: Dict[str, int]  # per served model; 0: time only
     first_run_max_iterations: Dict[str, int]
+    train_procs_per_node: int
+    train_nodes: int
+    train_rdzv: str
     retrain_debounce_s: float
     replay_ratio: float
     promotion_tolerance: float
@@ -176,6 +183,12 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
     agreement_threshold = _number(conf, "agreement_threshold", float, minimum=0)
     if agreement_threshold > 1:
         raise ValueError(f"--conf agreement_threshold must be in [0, 1], got {agreement_threshold}")
+    train_nodes = _number(conf, "train_nodes", int, minimum=1)
+    train_rdzv = (conf.get("train_rdzv") or "").strip()
+    if train_rdzv and not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", train_rdzv):
+        raise ValueError(f"--conf train_rdzv must be host:port, got {train_rdzv!r}")
+    if train_nodes > 1 and not train_rdzv:
+        raise ValueError("--conf train_nodes > 1 needs --conf train_rdzv host:port (node 0, reachable from every node)")
     return SegLoopOptions(
         models=models,
         labels=labels,
@@ -195,6 +208,9 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         first_run_max_seconds=_number(conf, "first_run_max_seconds", float, minimum=1),
         retrain_max_iterations=_per_model_iterations(conf, "retrain_max_iterations", models),
         first_run_max_iterations=_per_model_iterations(conf, "first_run_max_iterations", models),
+        train_procs_per_node=_number(conf, "train_procs_per_node", int, minimum=1),
+        train_nodes=train_nodes,
+        train_rdzv=train_rdzv,
         retrain_debounce_s=_number(conf, "retrain_debounce_s", float, minimum=0),
         replay_ratio=_number(conf, "replay_ratio", float, minimum=0),
         promotion_tolerance=_number(conf, "promotion_tolerance", float, minimum=0),

@@ -92,6 +92,9 @@ class Segmentation(TaskConfig):
             max_epochs=self.options.max_epochs,
             promotion_tolerance=self.options.promotion_tolerance,
             replay_ratio=self.options.replay_ratio,
+            train_procs=self.options.train_procs_per_node,
+            train_nodes=self.options.train_nodes,
+            train_rdzv=self.options.train_rdzv,
             description=f"Train {self.name} ({self.options.network}) on the final labels",
         )
 

@@ -8,19 +8,18 @@
   subprocess receives SIGTERM. A run cut short records no version, so the labels it saw stay new.
 """
 
-import ctypes
 import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Callable, Iterable
+
+from segloop.processes import end_with_parent
 
 logger = logging.getLogger(__name__)
 
 SERVER_PID_ENV = "SEGLOOP_SERVER_PID"
-PR_SET_PDEATHSIG = 1
 GRACE_S = 5.0
 
 
@@ -37,15 +36,15 @@ def in_server_subprocess() -> bool:
 
 
 def die_with_server() -> None:
-    """Called in a subprocess of the server (no-op in the server itself or off Linux)."""
+    """Called in a subprocess of the server (no-op in the server itself or off Linux). A torchrun
+    worker's parent is torchrun, which the training launcher ends with itself (trainers/distributed.py)."""
     server = os.environ.get(SERVER_PID_ENV)
-    if not server or server == str(os.getpid()) or not sys.platform.startswith("linux"):
+    if not server or server == str(os.getpid()):
         return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
+    parent = os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else int(server)
+    if not end_with_parent():
         return
-    if os.getppid() != int(server):  # the server died before the signal was armed
+    if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(1)
 
 

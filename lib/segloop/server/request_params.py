@@ -23,7 +23,7 @@ SERVER_SETTINGS = frozenset(
         "device", "gpus", "multi_gpu", "logging", "result_dtype", "result_compress", "sw_batch_size",
         "sw_overlap", "cache_transforms", "cache_transforms_in_memory", "cache_transforms_ttl",
         "tracking", "tracking_uri", "tracking_experiment_name", "tracking_run_name", "nice", "dataset",
-        "dataloader", "pretrained", "distributed_backend", "distributed_url", "name",
+        "dataloader", "pretrained", "distributed_backend", "distributed_url", "name", "train_rdzv",
         # MONAI Label's client adds its own id to every request; the annotator comes from the
         # token (auth on) or the /activelearning client_id, never from here.
         "client_id",
@@ -157,7 +157,8 @@ TRAIN_EXTRAS = {
     "early_stop_patience": lambda k, v: _number(k, v, integer=True),
     "max_interactions": lambda k, v: _number(k, v, integer=True),
 }
-BOUNDED_TRAIN = {"val_split": 1.0, "replay_ratio": 100.0, "promotion_tolerance": 1.0, "region_share": 1.0}
+BOUNDED_TRAIN = {"val_split": 1.0, "replay_ratio": 100.0, "promotion_tolerance": 1.0, "region_share": 1.0,
+                 "train_procs": 64, "train_nodes": 1024}
 PER_CLASS_TRAIN = ("crop_ratios", "class_weights")  # one number per class, background first
 
 

@@ -12,6 +12,7 @@ from monai.handlers import MeanDice, from_engine
 from monailabel.tasks.train.handler import prepare_stats
 
 from segloop.io import atomic_write_json, json_safe
+from segloop.trainers.distributed import all_ranks_agree
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,10 @@ class TrainingProgress:
         every_n_iterations: int = 5,
         max_seconds: float = 0.0,
         max_iterations: int = 0,
+        writes: bool = True,
     ):
         self.stats_path = stats_path
+        self.writes = writes  # False on every rank but 0 of a distributed run: one writer
         self.trainer = trainer
         self.evaluator = evaluator
         self.start_ts = start_ts
@@ -80,7 +83,7 @@ class TrainingProgress:
         return stats
 
     def _on_iteration(self, engine: Engine) -> None:
-        if engine.state.iteration % self.every_n_iterations == 0:
+        if self.writes and engine.state.iteration % self.every_n_iterations == 0:
             p = self.write()["progress"]
             logger.info(
                 f"progress: epoch {p['epoch']}/{p['max_epochs']} iteration {p['iteration']} "
@@ -88,8 +91,9 @@ class TrainingProgress:
             )
 
     def _on_epoch(self, engine: Engine) -> None:
-        # Checked at epoch ends so a budget-stopped run has still validated and saved its best model.
-        if self.max_seconds > 0 and time.time() - self.start_ts > self.max_seconds:
+        # Checked at epoch ends so a budget-stopped run has still validated and saved its best model;
+        # the ranks of a distributed run stop together, at the first epoch end any of them is past it.
+        if all_ranks_agree(self.max_seconds > 0 and time.time() - self.start_ts > self.max_seconds):
             logger.info(f"time budget of {self.max_seconds:.0f} s reached after epoch {engine.state.epoch}: stopping")
             engine.terminate()
         elif 0 < self.max_iterations <= engine.state.iteration:
@@ -99,6 +103,8 @@ class TrainingProgress:
     def attach(self) -> None:
         self.trainer.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
         self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch)
+        if not self.writes:
+            return
         if self.evaluator is not None:
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.write())
         else:

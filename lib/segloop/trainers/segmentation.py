@@ -24,19 +24,21 @@ centre, and its loss weight), ``promotion_tolerance``, ``nice`` (CPU priority of
 their speed while a run trains), ``seed``.
 """
 
+import copy
 import json
 import logging
 import math
 import os
 import shutil
 import time
+from datetime import datetime
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from ignite.engine import Events
 from ignite.handlers import TerminateOnNan
 from monai.handlers import from_engine
-from monai.data import PersistentDataset
+from monai.data import PersistentDataset, partition_dataset
 from monai.inferers import SlidingWindowInferer
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.transforms import (
@@ -60,6 +62,7 @@ from segloop.metrics.calibration import CalibrationAccumulator
 from segloop.networks import has_deep_supervision
 from segloop.networks.precision import AutocastInferer, native_bfloat16
 from segloop.trainers.candidate_eval import segmentation_dice
+from segloop.trainers.distributed import World, backend_for, rank_device, requested_processes, run_torchrun, torchrun_world
 from segloop.trainers.handlers import (
     BudgetCosineLR,
     TrainingProgress,
@@ -119,6 +122,9 @@ class SegmentationTrainer(BasicTrainTask):
         promotion_tolerance: float = 0.02,
         replay_ratio: float = 1.0,
         plan: Optional[Mapping] = None,
+        train_procs: int = 1,
+        train_nodes: int = 1,
+        train_rdzv: str = "",
         description: str = "Train the automatic segmentation model on the final labels",
         **kwargs,
     ):
@@ -149,6 +155,9 @@ class SegmentationTrainer(BasicTrainTask):
             "dataset": ["PersistentDataset", "CacheDataset", "Dataset"],
             "multi_gpu": False,
             "tracking": ["None", "mlflow"],
+            "train_procs": train_procs,  # processes per node; > 1 (or train_nodes > 1): torchrun (trainers/distributed.py)
+            "train_nodes": train_nodes,
+            "train_rdzv": train_rdzv,
         }
         super().__init__(
             model_dir,
@@ -166,6 +175,7 @@ class SegmentationTrainer(BasicTrainTask):
         self._context: Optional[Context] = None
         self._progress: Optional[TrainingProgress] = None
         self._run: Dict = {}
+        self._world: Optional[World] = None  # set in a torchrun worker
         self.quarantine = Quarantine(registry.quarantine_path)  # caches decode checks across this instance's runs
 
     @property
@@ -273,6 +283,8 @@ class SegmentationTrainer(BasicTrainTask):
         timestamp, so a re-edited label hashes to a new cache entry."""
         if context.dataset_type != "PersistentDataset":
             return super()._dataset(context, datalist, is_train, replace_rate)
+        if is_train and self._world and len(datalist) >= self._world.size:  # each rank its shard (fewer cases: all ranks all)
+            datalist = partition_dataset(data=datalist, num_partitions=self._world.size, even_divisible=True)[self._world.rank]
         transforms = self.train_pre_transforms(context) if is_train else self.val_pre_transforms(context)
         return PersistentDataset(datalist, Compose(transforms), cache_dir=self.cache_dir), datalist
 
@@ -333,6 +345,58 @@ class SegmentationTrainer(BasicTrainTask):
                 return path
         return None
 
+    # -- distributed runs (trainers/distributed.py) -----------------------------------------------
+    def __call__(self, request, datastore):
+        """MONAI Label's entry point for a run. A request for several processes makes this process
+        the launcher of a torchrun; a torchrun worker trains as its rank; otherwise MONAI Label's."""
+        world = torchrun_world()
+        if world is None and requested_processes({**self._config, **request}) > 1:
+            return self._launch(request)
+        if world is None:
+            return super().__call__(request, datastore)
+        self._world = world
+        req = copy.deepcopy(self._config)
+        req.update(copy.deepcopy(request))
+        device = rank_device(req.get("device", "cpu"), world)
+        req.update({"device": device, "multi_gpu": True, "distributed_backend": backend_for(device), "distributed_url": "env://"})
+        return self.train(world.rank, world.size, req, self.pre_process(req, datastore))
+
+    def _launch(self, request) -> Dict:
+        request = dict(request, run_id=request.get("run_id") or datetime.now().strftime("%Y%m%d_%H%M%S"))
+        request = {**{k: v for k, v in self._config.items() if k.startswith("train_")}, **request}
+        code = run_torchrun(request)
+        if code != 0:
+            interrupted = self.registry.discard_interrupted_run()  # a rank died before rank 0 could record it
+            raise RuntimeError(f"distributed training run exited with code {code}" + (" (discarded)" if interrupted else ""))
+        return self.stats()
+
+    def _is_writer(self) -> bool:
+        """Rank 0 of a distributed run, or the only process: the one that writes the run's files."""
+        return self._world is None or self._world.rank == 0
+
+    def _device(self, context: Context):
+        if self._world is None:
+            return super()._device(context)
+        return torch.device(context.request["device"])
+
+    def _create_network_and_optimizer(self, context: Context):
+        if self._world is None:
+            return super()._create_network_and_optimizer(context)
+        network = self.network(context).to(context.device)
+        context.network = network
+        optimizer = self.optimizer(context)
+        ids = [context.device.index] if context.device.type == "cuda" else None  # CPU (gloo): no device ids
+        # MONAI's transformer blocks hold cross-attention weights that UNETR never uses: without
+        # find_unused_parameters DDP would wait for their gradients at the second step.
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=ids, output_device=ids[0] if ids else None, find_unused_parameters=True
+        )
+        return wrapped, optimizer
+
+    def _create_evaluator(self, context: Context):
+        # A distributed run does not validate while it trains: rank 0 validates the candidate at the end.
+        return None if self._world is not None else super()._create_evaluator(context)
+
     def finalize(self, context: Context):
         self._context = context
         self._progress = TrainingProgress(
@@ -342,6 +406,7 @@ class SegmentationTrainer(BasicTrainTask):
             context.start_ts,
             max_seconds=float(context.request.get("max_seconds", 0) or 0),
             max_iterations=int(context.request.get("max_iterations", 0) or 0),
+            writes=self._is_writer(),
         )
         self._progress.attach()
         schedule = context.request.get("lr_schedule", "constant")
@@ -365,23 +430,29 @@ class SegmentationTrainer(BasicTrainTask):
         self._run = {"request": request, "parent": serving}
         self._context, self._progress = None, None
         lower_priority(int(request.get("nice", 10)))
-        if request.get("seed") is not None:  # reproducible runs (tests, benchmarks)
-            set_determinism(seed=int(request["seed"]))
-        self.registry.start_run(request["run_id"], {k: request.get(k) for k in ("incremental", "max_seconds", "max_epochs")})
+        if request.get("seed") is not None:  # reproducible runs (tests, benchmarks); each rank its own stream
+            set_determinism(seed=int(request["seed"]) + rank)
+        writer = self._is_writer()
+        if writer:
+            self.registry.start_run(request["run_id"], {k: request.get(k) for k in ("incremental", "max_seconds", "max_epochs")})
         start = time.time()
         try:
             stats = super().train(rank, world_size, request, datalist)
+            if not writer:
+                return stats  # the other ranks only trained: rank 0 validates, records and publishes
             loss = self._last_loss()
             if loss is None or not math.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss}: run stopped, serving model unchanged")
             record = self._decide(start)
         except Exception as e:
-            self.registry.record(self._version_record(start, status="failed", error=f"{type(e).__name__}: {e}"), None, False)
-            if self._progress is not None:
-                self._progress_extra({"error": f"{type(e).__name__}: {e}"})
+            if writer:
+                self.registry.record(self._version_record(start, status="failed", error=f"{type(e).__name__}: {e}"), None, False)
+                if self._progress is not None:
+                    self._progress_extra({"error": f"{type(e).__name__}: {e}"})
             raise
         finally:
-            shutil.rmtree(os.path.join(self._model_dir, request["name"]), ignore_errors=True)
+            if writer:
+                shutil.rmtree(os.path.join(self._model_dir, request["name"]), ignore_errors=True)
         stats["version"] = record
         self._progress_extra({"version": record})
         return stats

@@ -1,0 +1,126 @@
+"""Distributed training (segloop.trainers.distributed): the trainer's DistributedDataParallel
+wrapping on 2 CPU processes over gloo gives the gradients a single process computes for the same
+global batch, and the pieces the server uses to launch torchrun behave. The run through the real
+server (torchrun, 2 ranks, one version) is in tests/test_server_e2e.py."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from segloop.trainers.distributed import World, all_ranks_agree, requested_processes, torchrun_command, torchrun_world
+
+pytestmark = pytest.mark.slow
+
+ROI = (32, 32, 16)
+LABELS = {"liver": 1, "spleen": 2, "kidney": 3, "tumor": 4}
+
+
+def _trainer(folder):
+    from segloop.campaign.registry import ModelRegistry
+    from segloop.networks import build_network
+    from segloop.trainers.segmentation import SegmentationTrainer
+
+    torch.manual_seed(0)  # the same initial weights in every process (DDP also broadcasts rank 0's)
+    network = build_network("unetr_cpu", len(LABELS) + 1, ROI, dropout=0.0, target_spacing=(8.0, 8.0, 8.0))
+    return SegmentationTrainer(model_dir=folder, network=network, labels=LABELS, target_spacing=(8, 8, 8), roi_size=ROI,
+                               registry=ModelRegistry(folder, "seg"), device="cpu")
+
+
+def _batch():
+    """Two samples (image, label), the same in every process."""
+    generator = torch.Generator().manual_seed(123)
+    images = torch.rand((2, 1, *ROI), generator=generator)
+    labels = torch.randint(0, len(LABELS) + 1, (2, 1, *ROI), generator=generator).float()
+    return images, labels
+
+
+def _context(trainer):
+    from monailabel.tasks.train.basic_train import Context
+
+    context = Context()
+    context.device, context.request = torch.device("cpu"), {}
+    return context
+
+
+def _rank(rank, world_size, port, folder, out):
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        trainer = _trainer(os.path.join(folder, f"rank{rank}"))
+        trainer._world = World(rank, rank, world_size)
+        context = _context(trainer)
+        network, _ = trainer._create_network_and_optimizer(context)
+        assert isinstance(network, torch.nn.parallel.DistributedDataParallel)
+        images, labels = _batch()
+        loss = trainer.loss_function(context)(network(images[rank : rank + 1]), labels[rank : rank + 1])
+        loss.backward()  # DDP all-reduces (averages) the gradients across the ranks here
+        stop = all_ranks_agree(rank == 1)  # only rank 1 is past its budget: both must stop
+        if rank == 0:
+            grads = {n: p.grad.clone() for n, p in network.module.named_parameters() if p.grad is not None}
+            torch.save({"grads": grads, "stop": stop}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_give_the_single_process_gradients_of_the_same_global_batch(tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path), out), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    assert ddp["stop"] is True  # one rank's time budget stops both, at the same epoch end
+
+    # One process, the same two samples. The loss's Dice is computed over its batch, so the global
+    # batch is the two samples' losses averaged (what DDP's gradient averaging computes), not one
+    # batch of two.
+    torch.set_num_threads(1)
+    trainer = _trainer(str(tmp_path / "single"))
+    context = _context(trainer)
+    network, _ = trainer._create_network_and_optimizer(context)
+    assert not isinstance(network, torch.nn.parallel.DistributedDataParallel)
+    images, labels = _batch()
+    loss_fn = trainer.loss_function(context)
+    loss = sum(loss_fn(network(images[i : i + 1]), labels[i : i + 1]) for i in range(2)) / 2
+    loss.backward()
+    single = {n: p.grad for n, p in network.named_parameters() if p.grad is not None}
+    assert set(single) == set(ddp["grads"]) and len(single) > 50
+    worst = max(float((ddp["grads"][n] - g).abs().max() / (g.abs().max() + 1e-12)) for n, g in single.items())
+    assert worst < 1e-4, f"largest relative gradient difference {worst:.2e}"
+    # the check can fail: the gradient of one sample alone is far from the global batch's
+    network.zero_grad()
+    loss_fn(network(images[:1]), labels[:1]).backward()
+    alone = max(float((p.grad - single[n]).abs().max() / (single[n].abs().max() + 1e-12))
+                for n, p in network.named_parameters() if n in single)
+    assert alone > 1e-2
+
+
+def test_the_launch_command_and_the_worlds_place(monkeypatch):
+    request = {"run_id": "20261206_120000", "train_procs": 2, "model": "segmentation", "device": "cpu", "local_rank": 0}
+    assert requested_processes(request) == 2 and requested_processes({}) == 1
+    command = torchrun_command(request)
+    assert command[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in command
+    assert command[command.index("--nproc_per_node") + 1] == "2"
+    assert command[-5:-1] == ["monailabel.interfaces.utils.app", "-m", "train", "-r"]
+    assert '"run_id":"20261206_120000"' in command[-1] and '"device"' not in command[-1]  # each rank picks its device
+    with pytest.raises(ValueError, match="train_rdzv"):
+        torchrun_command(dict(request, train_nodes=2))
+    multi = torchrun_command(dict(request, train_nodes=2, train_rdzv="node0:29400"), node_rank=1)
+    assert multi[multi.index("--rdzv_endpoint") + 1] == "node0:29400" and multi[multi.index("--node_rank") + 1] == "1"
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert torchrun_world() is None
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert torchrun_world() == World(3, 1, 4)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert torchrun_world() is None  # torchrun with one process: an ordinary run
