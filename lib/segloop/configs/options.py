@@ -47,6 +47,8 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "dropout": ("0.1", "dropout rate of the automatic model (trained with it; sampled for MC-dropout scores)"),
     "mc_samples": ("4", "MC-dropout passes per unlabelled image in the active-learning scoring job"),
     "tta_samples": ("4", "test-time-augmentation passes per unlabelled image in the scoring job"),
+    "scoring_workers": ("0", "0: the scoring job scores its images itself; N: as Ray tasks, N at a time, on a local Ray runtime the job starts and stops (or on ray_address)"),
+    "ray_address": ("", "an existing Ray cluster for the scoring job (auto, host:port of its head, or ray://host:port); empty: a local runtime"),
     "reads_per_case": ("1", "independent reads (annotators) a case needs before it trains; with 2 or more their STAPLE consensus trains"),
     "review": ("false", "true: a label trains only once a reviewer approved it"),
     "agreement_threshold": ("0.7", "a case whose reads agree less (lowest per-label mean pairwise Dice) waits for adjudication"),
@@ -86,6 +88,8 @@ class SegLoopOptions:
     dropout: float
     mc_samples: int
     tta_samples: int
+    scoring_workers: int
+    ray_address: str
     reads_per_case: int
     review: bool
     agreement_threshold: float
@@ -189,6 +193,12 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         raise ValueError(f"--conf train_rdzv must be host:port, got {train_rdzv!r}")
     if train_nodes > 1 and not train_rdzv:
         raise ValueError("--conf train_nodes > 1 needs --conf train_rdzv host:port (node 0, reachable from every node)")
+    scoring_workers = _number(conf, "scoring_workers", int, minimum=0)
+    if scoring_workers > 256:
+        raise ValueError(f"--conf scoring_workers must be 0..256, got {scoring_workers}")
+    ray_address = (conf.get("ray_address") or "").strip()
+    if ray_address and ray_address != "auto" and not re.fullmatch(r"(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}", ray_address):
+        raise ValueError(f"--conf ray_address must be auto, host:port or ray://host:port, got {ray_address!r}")
     return SegLoopOptions(
         models=models,
         labels=labels,
@@ -217,6 +227,8 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         dropout=dropout,
         mc_samples=_number(conf, "mc_samples", int, minimum=0),
         tta_samples=_number(conf, "tta_samples", int, minimum=0),
+        scoring_workers=scoring_workers,
+        ray_address=ray_address,
         reads_per_case=reads_per_case,
         review=review == "true",
         agreement_threshold=agreement_threshold,

@@ -112,5 +112,7 @@ class Segmentation(TaskConfig):
                 mc_samples=self.options.mc_samples,
                 tta_samples=self.options.tta_samples,
                 registry=self.registry,
+                workers=self.options.scoring_workers,
+                ray_address=self.options.ray_address,
             )
         }

@@ -19,8 +19,12 @@ shown by ``GET /segloop/activelearning``.
 """
 
 import logging
+import os
 import time
+import zlib
 from typing import Dict, List, Optional, Sequence
+
+import torch
 
 from monai.transforms import Compose
 from monailabel.interfaces.datastore import Datastore
@@ -28,6 +32,7 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from segloop.cpu_sharing import lower_priority
 from segloop.scoring.embedding import image_embedding
+from segloop.scoring.ray_pool import score_on_ray
 from segloop.scoring.store import COMPONENTS, ScoreStore
 from segloop.scoring.uncertainty import (
     has_dropout,
@@ -60,6 +65,17 @@ class ImageScorer:
         out = [c if c != "mc" or sampled_mc else "tta" for c in components]
         return [c for c in dict.fromkeys(out) if c != "tta" or self.tta_samples > 1]
 
+    def record(self, image_path: str, components: Sequence[str]) -> Dict:
+        """:meth:`__call__` with its ``seconds``, or ``{"error", "components": []}`` when it raises:
+        one bad image must not stop the campaign's scoring."""
+        start = time.time()
+        try:
+            record = self(image_path, components)
+        except Exception as e:
+            logger.exception(f"scoring {image_path} failed")
+            record = {"error": f"{type(e).__name__}: {e}", "components": []}
+        return dict(record, seconds=round(time.time() - start, 2))
+
     def __call__(self, image_path: str, components: Sequence[str]) -> Dict:
         item = self.pre_transforms({"image": image_path})
         image = item["image"]
@@ -72,18 +88,21 @@ class ImageScorer:
             probs = softmax_predictor(self.network, self.inferer, self.device)(image[None])
             record.update(summarize_samples(probs))  # one sample: entropy of the served prediction
             del record["mutual_information"], record["variance"]
+        seed = zlib.crc32(os.path.basename(image_path).encode())  # sampling seeded by the image: the same scores in any process
         if "mc" in components:
-            record["mc"] = summarize_samples(
-                mc_dropout_samples(self.network, image, self.inferer, self.device, self.mc_samples)
-            )
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                samples = mc_dropout_samples(self.network, image, self.inferer, self.device, self.mc_samples)
+            record["mc"] = summarize_samples(samples)
         if "tta" in components:
-            record["tta"] = summarize_samples(tta_samples(self.network, item, self.inferer, self.device, self.tta_samples))
+            record["tta"] = summarize_samples(tta_samples(self.network, item, self.inferer, self.device, self.tta_samples, seed))
         return record
 
 
 class UncertaintyScoring(ScoringMethod):
     def __init__(
-        self, infer_task, store: ScoreStore, roi_size, device: str, mc_samples: int = 4, tta_samples: int = 4, registry=None
+        self, infer_task, store: ScoreStore, roi_size, device: str, mc_samples: int = 4, tta_samples: int = 4, registry=None,
+        workers: int = 0, ray_address: str = "",
     ):
         super().__init__("Active learning scores of the automatic model: entropy, MC dropout, TTA, embedding")
         self.infer_task = infer_task
@@ -93,6 +112,8 @@ class UncertaintyScoring(ScoringMethod):
         self.mc_samples = mc_samples
         self.tta_samples = tta_samples
         self.registry = registry
+        self.workers = int(workers)  # 0: score in this process; N: N Ray tasks at a time (ray_pool.py)
+        self.ray_address = ray_address
 
     def scorer(self, network) -> ImageScorer:
         task = self.infer_task
@@ -136,23 +157,34 @@ class UncertaintyScoring(ScoringMethod):
         scorer = self.scorer(network)
         todo = self.plan(datastore, version, scorer.available(components))
         start = time.time()
-        self.store.set_job(new=True, version=version, total=len(todo), done=0, errors=0, started=time.time(), finished=None)
-        errors = 0
-        for done, item in enumerate(todo, start=1):
+        self.store.set_job(new=True, version=version, total=len(todo), done=0, errors=0, started=time.time(), finished=None,
+                           workers=self.workers or 1, ray=bool(self.workers or self.ray_address))
+        progress = {"done": 0, "errors": 0}
+
+        def store(item: Dict, record: Dict) -> None:
+            record.update(version=version, label_ts=item["label_ts"])
+            self.store.put(item["id"], record)
+            progress["done"] += 1
+            progress["errors"] += bool(record.get("error"))
+            self.store.set_job(**progress)
+            logger.info(f"{SCORING_METHOD}: {progress['done']}/{len(todo)} {item['id']} ({record.get('seconds')} s)")
+
+        def newer_version_serves() -> bool:
             if self.registry is not None and self.registry.serving() != version:
                 logger.info(f"{SCORING_METHOD}: version {self.registry.serving()} now serves; stopping this job")
                 self.store.set_job(stopped="a newer version serves")
-                break
-            t0 = time.time()
-            try:
-                record = scorer(datastore.get_image_uri(item["id"]), item["components"])
-            except Exception as e:  # one bad image must not stop the campaign's scoring
-                logger.exception(f"scoring {item['id']} failed")
-                record, errors = {"error": f"{type(e).__name__}: {e}", "components": []}, errors + 1
-            record.update(version=version, label_ts=item["label_ts"], seconds=round(time.time() - t0, 2))
-            self.store.put(item["id"], record)
-            self.store.set_job(done=done, errors=errors)
-            logger.info(f"{SCORING_METHOD}: {done}/{len(todo)} {item['id']} ({record['seconds']} s)")
+                return True
+            return False
+
+        if self.workers or self.ray_address:
+            score_on_ray(scorer, todo, datastore.get_image_uri, store, newer_version_serves,
+                         workers=max(1, self.workers), address=self.ray_address)
+        else:
+            for item in todo:
+                if newer_version_serves():
+                    break
+                store(item, scorer.record(datastore.get_image_uri(item["id"]), item["components"]))
+        errors = progress["errors"]
         self.store.set_job(finished=time.time())
         summary = {"version": version, "scored": len(todo), "errors": errors, "seconds": round(time.time() - start, 1)}
         logger.info(f"{SCORING_METHOD}: {summary}")

@@ -5,8 +5,11 @@ Shapes: an image is ``[1, H, W, D]`` (one CT channel, RAS, ``target_spacing``); 
 
 * **Monte-Carlo dropout** (Gal & Ghahramani): the network's dropout layers stay active at
   inference; ``N`` stochastic forward passes sample the weight posterior.
-* **Test-time augmentation** (Wang et al.): MONAI's ``TestTimeAugmentation`` with random flips,
-  each prediction inverted back onto the image grid.
+* **Test-time augmentation** (Wang et al.): the image flipped along a set of axes (MONAI's
+  ``Flip``), each prediction flipped back onto the image grid. The ``N`` flip sets are taken in
+  turn from the seven non-trivial ones, starting at ``seed``: no random draw, so a volume gets the
+  same samples in any process (MONAI's ``TestTimeAugmentation`` draws its flips from a generator
+  its DataLoader re-seeds, which gave a process's and a Ray worker's scores different samples).
 * From the samples: **predictive entropy** of the mean prediction, **mutual information** (BALD:
   entropy of the mean minus mean entropy, the epistemic part) and the per-voxel **variance**
   summed over channels. Entropies are divided by ``log C`` so they lie in [0, 1].
@@ -21,8 +24,7 @@ import math
 from typing import Callable, Dict, Iterator
 
 import torch
-from monai.data import TestTimeAugmentation
-from monai.transforms import Compose, RandFlipd
+from monai.transforms import Flip
 
 EPS = 1e-6
 
@@ -62,21 +64,20 @@ def mc_dropout_samples(network, image: torch.Tensor, inferer, device, samples: i
         return torch.cat([predict(image[None]) for _ in range(samples)])
 
 
+FLIP_SETS = ((0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))  # spatial axes of each TTA sample
+
+
 def tta_samples(network, item: Dict, inferer, device, samples: int, seed: int = 0) -> torch.Tensor:
-    """``[N, C, H, W, D]`` probabilities under random flips (MONAI ``TestTimeAugmentation``), on ``item["image"]``'s grid."""
-    flips = Compose([RandFlipd(keys="image", prob=0.5, spatial_axis=axis) for axis in range(3)])
-    flips.set_random_state(seed=seed)
+    """``[N, C, H, W, D]`` probabilities of ``item["image"]`` flipped along ``FLIP_SETS[(seed + k) % 7]``
+    for sample k, each flipped back onto the image's grid."""
     network.eval()
-    tta = TestTimeAugmentation(
-        flips,
-        batch_size=1,
-        inferrer_fn=softmax_predictor(network, inferer, device),
-        orig_key="image",
-        nearest_interp=False,
-        return_full_data=True,
-        progress=False,
-    )
-    return torch.as_tensor(tta({"image": item["image"]}, num_examples=samples)).float()
+    predict = softmax_predictor(network, inferer, device)
+    image = torch.as_tensor(item["image"])
+    out = []
+    for k in range(samples):
+        flip = Flip(spatial_axis=FLIP_SETS[(seed + k) % len(FLIP_SETS)])
+        out.append(torch.as_tensor(flip(predict(torch.as_tensor(flip(image))[None])[0])))
+    return torch.stack(out).float()
 
 
 def entropy(probs: torch.Tensor, dim: int) -> torch.Tensor:

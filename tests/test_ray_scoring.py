@@ -1,0 +1,73 @@
+"""The scoring job on Ray (segloop/scoring/ray_pool.py): a local 2-worker runtime gives the scores
+the job computes in its own process, a worker killed mid-task loses only that task (Ray runs it
+again), and the runtime is gone when the job ends. Through the server: tests/test_activelearning_e2e.py."""
+
+import os
+import shutil
+import threading
+import time
+
+import pytest
+import torch
+
+from segloop.scoring import SCORING_METHOD
+from segloop.server.datastore import SegLoopDatastore
+from segloop_bench.training import build_task_config
+from ray_processes import ray_processes, wait_until_gone
+
+pytestmark = pytest.mark.slow
+
+TINY = {"models": "segmentation", "roi_size": "[32,32,32]", "target_spacing": "[6,6,6]", "mc_samples": "3", "tta_samples": "2"}
+def datastore_with_a_version(sample_root, folder, conf):
+    """The sample studies, case_000 labelled, and one published version (seeded weights)."""
+    studies = os.path.join(folder, "studies")
+    shutil.copytree(os.path.join(sample_root, "studies"), studies)
+    os.makedirs(os.path.join(studies, "labels", "final"))
+    shutil.copy(os.path.join(sample_root, "ground_truth", "case_000.nii.gz"), os.path.join(studies, "labels", "final"))
+    torch.manual_seed(0)  # the network's initial weights, every parameter of them
+    config = build_task_config(studies, conf)
+    config.registry.record({"status": "promoted"}, config.network.state_dict(), promote=True)
+    return build_task_config(studies, conf), SegLoopDatastore(studies, labels=config.labels)
+
+
+def differences(a, b, path=""):
+    """Where two score records disagree (numbers beyond 1e-4 relative: float sums in another
+    order); times and label timestamps are the two datastores' own."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = (set(a) | set(b)) - {"seconds", "scored", "label_ts"}
+        return [d for k in sorted(keys) for d in (differences(a.get(k), b.get(k), f"{path}.{k}"))]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")][:3]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if abs(a - b) <= 1e-4 * max(1.0, abs(a), abs(b)) else [f"{path}: {a} vs {b}"]
+    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+
+
+def test_ray_scores_equal_the_single_process_jobs_and_a_killed_workers_task_runs_again(sample_root, tmp_path):
+    config, datastore = datastore_with_a_version(sample_root, str(tmp_path / "single"), TINY)
+    single = config.scoring_method()[SCORING_METHOD]({}, datastore)
+    expected = config.scores.records()
+    assert single["errors"] == 0 and len(expected) == len(datastore.list_images())
+
+    config, datastore = datastore_with_a_version(sample_root, str(tmp_path / "ray"), dict(TINY, scoring_workers="2"))
+    job = config.scoring_method()[SCORING_METHOD]
+    result, killed = {}, []
+    runner = threading.Thread(target=lambda: result.update(job({}, datastore)))
+    runner.start()
+    deadline = time.time() + 300
+    while runner.is_alive() and not killed and time.time() < deadline:  # a worker busy with an image: kill it
+        busy = [p for p in ray_processes() if "ray::_score_one" in " ".join(p.cmdline() or [])]
+        if busy:
+            busy[0].kill()
+            killed.append(busy[0].pid)
+        time.sleep(0.05)
+    runner.join(timeout=600)
+    assert killed, "no Ray worker was seen scoring an image"
+    assert result["errors"] == 0 and result["scored"] == len(expected)  # the killed worker's image was scored again
+    got = config.scores.records()
+    assert set(got) == set(expected)
+    for image, record in expected.items():
+        assert not differences(record, got[image]), (image, differences(record, got[image]))
+    job_state = config.scores.state()["job"]
+    assert job_state["ray"] and job_state["workers"] == 2 and job_state["done"] == job_state["total"]
+    assert wait_until_gone(30) == [], "the job's local Ray runtime is still running"
