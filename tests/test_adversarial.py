@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import requests
 
-from segloop_bench.server import running_server
+from segloop_bench.server import NO_SCORING, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def server(trained_segmentation, tmp_path_factory):
     tmpdir = base / "server_tmp"
     tmpdir.mkdir()
     conf = {"models": "segmentation,prompt", "auto_train": "false", "max_upload_mb": str(MAX_UPLOAD_MB), "max_voxels": str(MAX_VOXELS)}
-    with running_server(studies, conf=conf, log_path=str(base / "server.log"), env={"TMPDIR": str(tmpdir)}) as handle:
+    with running_server(studies, conf=conf, log_path=str(base / "server.log"), env={"TMPDIR": str(tmpdir), **NO_SCORING}) as handle:
         handle.studies, handle.tmpdir, handle.base = studies, str(tmpdir), str(base)
         handle.truth = os.path.join(trained_segmentation["root"], "ground_truth")
         yield handle

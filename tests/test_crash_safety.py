@@ -28,7 +28,7 @@ import psutil
 import pytest
 import requests
 
-from segloop_bench.server import running_server, wait_for
+from segloop_bench.server import NO_SCORING, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_kill_during_label_saves_keeps_every_acknowledged_label(studies, trained
     for k in range(40):
         case = f"case_{8 + k % 4:03d}"
         uploads.append((case, f"t{k}", marked_label(os.path.join(truth, f"{case}.nii.gz"), str(tmp_path / f"l{k}.nii.gz"), k + 1)))
-    with running_server(studies, conf=conf, log_path=str(tmp_path / "server1.log")) as server:
+    with running_server(studies, conf=conf, log_path=str(tmp_path / "server1.log"), env=NO_SCORING) as server:
         stop = threading.Event()
 
         def submit():
@@ -97,7 +97,7 @@ def test_kill_during_label_saves_keeps_every_acknowledged_label(studies, trained
     # What a kill during a copy leaves: a temporary file beside the data.
     open(os.path.join(studies, ".tmp-leftover.nii.gz"), "wb").write(b"partial")
     open(os.path.join(studies, "labels", "final", ".tmp-leftover.nii.gz"), "wb").write(b"partial")
-    with running_server(studies, conf=conf, log_path=str(tmp_path / "server2.log")) as server:
+    with running_server(studies, conf=conf, log_path=str(tmp_path / "server2.log"), env=NO_SCORING) as server:
         assert not temporaries(studies)
         objects = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]
         assert not [i for i in objects if "tmp" in i]
@@ -114,7 +114,7 @@ def test_kill_during_training_keeps_the_serving_version(studies, trained_segment
     model_dir = os.path.join(studies, ".segloop", "model")
     serving_before = sha256(os.path.join(model_dir, "segmentation.pt"))
     truth = os.path.join(trained_segmentation["root"], "ground_truth")
-    with running_server(studies, conf=conf, log_path=str(tmp_path / "server1.log")) as server:
+    with running_server(studies, conf=conf, log_path=str(tmp_path / "server1.log"), env=NO_SCORING) as server:
         with open(os.path.join(truth, "case_008.nii.gz"), "rb") as f:
             assert requests.put(f"{server.url}/datastore/label", params={"image": "case_008"}, files={"label": ("case_008.nii.gz", f)}, timeout=60).status_code == 200
         unseen_before = requests.get(f"{server.url}/segloop/models/segmentation", timeout=60).json()["trigger"]["unseen_labels"]
@@ -136,7 +136,7 @@ def test_kill_during_training_keeps_the_serving_version(studies, trained_segment
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait()
         assert wait_for(lambda: not any(alive(c) for c in children), 30, 0.5, "the orphaned run to end")
-    with running_server(studies, conf=conf, log_path=str(tmp_path / "server2.log")) as server:
+    with running_server(studies, conf=conf, log_path=str(tmp_path / "server2.log"), env=NO_SCORING) as server:
         state = requests.get(f"{server.url}/segloop/models/segmentation", timeout=60).json()
         assert state["training_run"] is None
         assert state["serving_version"] == 1 and len(state["versions"]) == 1
@@ -205,7 +205,7 @@ def alive(process):
 
 def test_sigterm_stops_the_training_run(studies, tmp_path):
     conf = {"models": "segmentation", "auto_train": "false"}
-    with running_server(studies, conf=conf, log_path=str(tmp_path / "server.log")) as server:
+    with running_server(studies, conf=conf, log_path=str(tmp_path / "server.log"), env=NO_SCORING) as server:
         assert requests.post(f"{server.url}/train/segmentation", json={"max_seconds": 300, "max_epochs": 1000}, timeout=60).status_code == 200
         children = wait_for(lambda: training_children(server.proc.pid), 60, 0.5, "the training subprocess")
         os.kill(server.proc.pid, signal.SIGTERM)  # the server alone, not its process group

@@ -8,7 +8,7 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from segloop_bench.server import running_server, wait_for
+from segloop_bench.server import NO_SCORING, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def studies(sample_root, tmp_path_factory):
 def test_live_loop(studies, sample_root, tmp_path):
     truth = lambda case: os.path.join(sample_root, "ground_truth", f"{case}.nii.gz")  # noqa: E731
     log = str(tmp_path / "server.log")
-    with running_server(studies, conf=CONF, log_path=log) as server:
+    with running_server(studies, conf=CONF, log_path=log, env=NO_SCORING) as server:
         url = server.url
         client = MONAILabelClient(url, tmpdir=str(tmp_path))
 
@@ -147,7 +147,7 @@ def test_live_loop(studies, sample_root, tmp_path):
 
     # ... is discarded cleanly at the next start; the promoted (here: rolled-back) version serves
     # again; nothing retrains by itself.
-    with running_server(studies, conf=CONF, log_path=log + ".2") as server:
+    with running_server(studies, conf=CONF, log_path=log + ".2", env=NO_SCORING) as server:
         state = model_state(server.url)
         assert state["training_run"] is None and state["serving_version"] == 2
         assert state["events"][-1]["event"] == "interrupted"

@@ -21,7 +21,7 @@ from dicomweb_client import DICOMwebClient
 from segloop.data.sample import write_sample_data
 from segloop.dicom.seg import reorient_to
 from segloop.pacs.orthanc import OrthancServer, free_port
-from segloop_bench.server import running_server, wait_for
+from segloop_bench.server import NO_SCORING, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def pacs(tmp_path_factory):
     with OrthancServer(os.path.join(root, "orthanc")) as orthanc:
         orthanc.upload(os.path.join(root, "dicom"))
         conf = dict(CONF, model_dir=os.path.join(root, "model"))
-        with running_server(orthanc.dicomweb_url, conf=conf, log_path=log) as server:
+        with running_server(orthanc.dicomweb_url, conf=conf, log_path=log, env=NO_SCORING) as server:
             yield orthanc, server, root, manifest, log
 
 

@@ -17,7 +17,7 @@ import requests
 
 from conftest import LEARNING_HELD_OUT
 from segloop.labels import DEFAULT_LABELS
-from segloop_bench.server import running_server, wait_for
+from segloop_bench.server import NO_SCORING, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def test_a_worse_candidate_is_kept_and_the_serving_version_answers(trained_segme
     shutil.copytree(os.path.join(root, "studies"), studies)
     truth = lambda case: os.path.join(root, "ground_truth", f"{case}.nii.gz")  # noqa: E731
     conf = {"models": "segmentation", "auto_train": "false", "promotion_tolerance": str(TOLERANCE)}
-    with running_server(studies, conf=conf, log_path=str(tmp_path / "server.log")) as server:
+    with running_server(studies, conf=conf, log_path=str(tmp_path / "server.log"), env=NO_SCORING) as server:
         url = server.url
         state = requests.get(f"{url}/segloop/models/segmentation", timeout=60).json()
         assert state["serving_version"] == 1

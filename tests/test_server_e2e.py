@@ -16,7 +16,7 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from segloop.data.sample import save_nifti
-from segloop_bench.server import running_server, wait_for
+from segloop_bench.server import NO_SCORING, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def server(sample_root, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("OMP_WAIT_POLICY", raising=False)
         mp.setattr("segloop_bench.server.shared_cpu_env", lambda env: env)
-        with running_server(studies, conf={"auto_train": "false"}, log_path=log) as handle:
+        with running_server(studies, conf={"auto_train": "false"}, log_path=log, env=NO_SCORING) as handle:
             handle.studies, handle.log = studies, log
             yield handle
 

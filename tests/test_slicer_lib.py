@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segloop_bench.server import running_server, wait_for
+from segloop_bench.server import NO_SCORING, running_server, wait_for
 from segloop.labels import DEFAULT_LABELS
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "SlicerModule", "SegLoop"))
@@ -167,7 +167,7 @@ CONF = {"models": "segmentation,prompt", "retrain_max_seconds": "4", "first_run_
 @pytest.mark.slow
 def test_every_module_action_against_a_real_server(slicer_studies, sample_root, tmp_path):
     truth = lambda case: os.path.join(sample_root, "ground_truth", f"{case}.nii.gz")  # noqa: E731
-    with running_server(slicer_studies, conf=CONF, log_path=str(tmp_path / "server.log")) as server:
+    with running_server(slicer_studies, conf=CONF, log_path=str(tmp_path / "server.log"), env=NO_SCORING) as server:
         client = SegLoopClient(server.url)
         client.login("dr_a", "unused")  # auth is off: no token needed, no error
         info = client.info()

@@ -37,6 +37,12 @@ def server_env() -> Dict[str, str]:
     return dict(shared_cpu_env(env))
 
 
+# For a server whose test or benchmark needs no active-learning scores: MONAI Label then starts no
+# scoring job at start-up and after each version (a job at the default MC-dropout and TTA settings
+# takes the cores the runs under test need).
+NO_SCORING = {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+
+
 @contextmanager
 def running_server(
     studies: str,
