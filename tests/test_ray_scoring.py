@@ -4,6 +4,7 @@ again), and the runtime is gone when the job ends. Through the server: tests/tes
 
 import os
 import shutil
+import tempfile
 import threading
 import time
 
@@ -71,3 +72,4 @@ def test_ray_scores_equal_the_single_process_jobs_and_a_killed_workers_task_runs
     job_state = config.scores.state()["job"]
     assert job_state["ray"] and job_state["workers"] == 2 and job_state["done"] == job_state["total"]
     assert wait_until_gone(30) == [], "the job's local Ray runtime is still running"
+    assert not [f for f in os.listdir(tempfile.gettempdir()) if f.startswith("segloop-ray-")]  # its folder removed

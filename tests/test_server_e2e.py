@@ -136,9 +136,10 @@ def test_bad_requests_get_clear_client_errors(server, sample_root, tmp_path):
     assert "final" not in client.datastore()["objects"]["case_004"]["labels"]
 
 
-def test_a_training_run_on_two_processes_through_torchrun(server, tmp_path):
+def test_training_runs_of_both_models_on_two_processes_through_torchrun(server, tmp_path):
     """``train_procs: 2`` (as ``--conf train_procs_per_node 2`` sets for every run): the run goes
-    through torchrun, 2 CPU ranks on gloo, each on its shard of the cases; one version recorded."""
+    through torchrun, 2 CPU ranks on gloo, each on its shard of the cases; one version recorded;
+    then the prompt model's run on 2 ranks."""
     client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
     models = lambda: requests.get(f"{server.url}/segloop/models/segmentation", timeout=30).json()  # noqa: E731
     before = len(models()["versions"])
@@ -162,3 +163,12 @@ def test_a_training_run_on_two_processes_through_torchrun(server, tmp_path):
     assert run.count("Distributed Training = TRUE") == 0  # torchrun's ranks, not MONAI Label's multi-GPU spawn
     stats = client.info()["train_stats"]["segmentation"]
     assert stats["progress"]["epoch"] == 2 and stats["version"]["version"] == version["version"]
+
+    # The prompt model trains the same way (its simulated clicks run on each rank's own crops).
+    prompt = lambda: requests.get(f"{server.url}/segloop/models/prompt", timeout=30).json()  # noqa: E731
+    before = len(prompt()["versions"])
+    client.train_start("prompt", {"train_procs": 2, "max_iterations": 4, "val_split": 0.0, "seed": 0})
+    status = wait_for_training(client)
+    assert status["status"] == "DONE", status
+    state = prompt()
+    assert len(state["versions"]) == before + 1 and state["versions"][-1]["iterations"] == 4

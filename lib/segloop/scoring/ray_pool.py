@@ -14,6 +14,8 @@ Ray's own reaper ends a local runtime whose driver is gone). ``address`` set (``
 """
 
 import logging
+import shutil
+import tempfile
 from typing import Callable, Dict, List
 
 logger = logging.getLogger(__name__)
@@ -44,9 +46,12 @@ def score_on_ray(
     import ray
 
     started_here = not address
+    # A local runtime keeps its sockets and logs in a folder of its own, removed with it (Ray's
+    # default, /tmp/ray, would keep one session folder per job for ever).
+    temp_dir = tempfile.mkdtemp(prefix="segloop-ray-") if started_here else None
     ray.init(
         address=address or None, num_cpus=workers if started_here else None, include_dashboard=False,
-        log_to_driver=False, configure_logging=False,
+        log_to_driver=False, configure_logging=False, _temp_dir=temp_dir,
     )
     stored = 0
     try:
@@ -74,4 +79,5 @@ def score_on_ray(
     finally:
         if started_here:
             ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
     return stored
