@@ -124,6 +124,15 @@ def _number(conf: Mapping[str, str], key: str, cast, minimum: float):
     return value
 
 
+def _endpoint(conf: Mapping[str, str], key: str, expected: str, schemes=(), words=()) -> str:
+    """``key`` as ``host:port`` (optionally after one of ``schemes``, or one of ``words``); empty if unset."""
+    raw = (conf.get(key) or "").strip()
+    address = next((raw[len(s):] for s in schemes if raw.startswith(s)), raw)
+    if raw and raw not in words and not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", address):
+        raise ValueError(f"--conf {key} must be {expected}, got {raw!r}")
+    return raw
+
+
 def _per_model_iterations(conf: Mapping[str, str], key: str, models: List[str]) -> Dict[str, int]:
     """``key`` as {model: iterations}: one integer for every model, or a JSON object per model."""
     raw = (conf.get(key) or OPTIONS[key][0]).strip()
@@ -188,17 +197,13 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
     if agreement_threshold > 1:
         raise ValueError(f"--conf agreement_threshold must be in [0, 1], got {agreement_threshold}")
     train_nodes = _number(conf, "train_nodes", int, minimum=1)
-    train_rdzv = (conf.get("train_rdzv") or "").strip()
-    if train_rdzv and not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", train_rdzv):
-        raise ValueError(f"--conf train_rdzv must be host:port, got {train_rdzv!r}")
+    train_rdzv = _endpoint(conf, "train_rdzv", "host:port")
     if train_nodes > 1 and not train_rdzv:
         raise ValueError("--conf train_nodes > 1 needs --conf train_rdzv host:port (node 0, reachable from every node)")
     scoring_workers = _number(conf, "scoring_workers", int, minimum=0)
     if scoring_workers > 256:
         raise ValueError(f"--conf scoring_workers must be 0..256, got {scoring_workers}")
-    ray_address = (conf.get("ray_address") or "").strip()
-    if ray_address and ray_address != "auto" and not re.fullmatch(r"(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}", ray_address):
-        raise ValueError(f"--conf ray_address must be auto, host:port or ray://host:port, got {ray_address!r}")
+    ray_address = _endpoint(conf, "ray_address", "auto, host:port or ray://host:port", schemes=("ray://",), words=("auto",))
     return SegLoopOptions(
         models=models,
         labels=labels,

@@ -19,7 +19,7 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -54,9 +54,15 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
+def _layout(request: Dict) -> Tuple[int, int]:
+    """(processes per node, nodes) of a training request (``train_procs``, ``train_nodes``; at least 1)."""
+    return max(1, int(request.get("train_procs", 1) or 1)), max(1, int(request.get("train_nodes", 1) or 1))
+
+
 def requested_processes(request: Dict) -> int:
     """Total processes a training request asks for (``train_procs`` x ``train_nodes``)."""
-    return max(1, int(request.get("train_procs", 1) or 1)) * max(1, int(request.get("train_nodes", 1) or 1))
+    procs, nodes = _layout(request)
+    return procs * nodes
 
 
 def torchrun_command(request: Dict, node_rank: int = 0) -> List[str]:
@@ -64,7 +70,7 @@ def torchrun_command(request: Dict, node_rank: int = 0) -> List[str]:
     around MONAI Label's own entry point, the request passed unchanged (its ``run_id`` fixed, so
     every rank names the run alike). One node rendezvous on a free local port (``--standalone``);
     several meet at ``train_rdzv`` (``host:port`` of node 0, reachable from every node)."""
-    procs, nodes = max(1, int(request.get("train_procs", 1) or 1)), max(1, int(request.get("train_nodes", 1) or 1))
+    procs, nodes = _layout(request)
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc_per_node", str(procs)]
     if nodes == 1:
         command.append("--standalone")
