@@ -51,6 +51,9 @@ def machine() -> Dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
+    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") if os.environ.get(k)}
+    if caps:  # instruction sets capped below the CPU's own (how a CPU without AVX512 is emulated)
+        info["cpu_isa_caps"] = caps
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()

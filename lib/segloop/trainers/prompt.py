@@ -61,6 +61,8 @@ def first_query(output):
 
 
 class PromptTrainer(SegmentationTrainer):
+    plans_class_sampling = False  # crops centre on a structure, every label equally (crop_ratios); one loss for all queries
+
     def __init__(self, *args, coarse_spacing: Sequence[float], fine_spacing: Sequence[float], **kwargs):
         # Warm-up, cosine decay and gradient clipping: at a constant 3e-3 a run can collapse (every
         # label query all-foreground or all-empty); see benchmarks/trials.md, section

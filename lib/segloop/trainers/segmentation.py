@@ -20,7 +20,8 @@ Request options (besides MONAI Label's ``max_epochs``, ``val_split``, ``dataset`
 ``lr``, ``lr_schedule`` (``constant``, or ``cosine``: warm-up then decay over the run's budget),
 ``grad_clip`` (global gradient-norm limit, 0 = none), ``samples_per_case``, ``replay_ratio``,
 ``crop_ratios`` and ``class_weights`` (per class, background first: how often each class is a crop
-centre, and its loss weight), ``promotion_tolerance``, ``nice`` (CPU priority of the run, default 10: inference requests keep
+centre, and its loss weight; empty = planned from the labelled structures' sizes by
+``segloop.planning.sampling``, recorded in the version as ``sampling``), ``promotion_tolerance``, ``nice`` (CPU priority of the run, default 10: inference requests keep
 their speed while a run trains), ``seed``.
 """
 
@@ -61,6 +62,7 @@ from segloop.cpu_sharing import lower_priority
 from segloop.metrics.calibration import CalibrationAccumulator
 from segloop.networks import has_deep_supervision
 from segloop.networks.precision import AutocastInferer, native_bfloat16
+from segloop.planning.sampling import plan_class_sampling
 from segloop.trainers.candidate_eval import segmentation_dice
 from segloop.trainers.distributed import World, backend_for, rank_device, requested_processes, run_torchrun, torchrun_world
 from segloop.trainers.handlers import (
@@ -103,6 +105,8 @@ def main_head(pred: torch.Tensor) -> torch.Tensor:
 
 
 class SegmentationTrainer(BasicTrainTask):
+    plans_class_sampling = True  # crop ratios and loss weights from the structures' sizes (segloop.planning.sampling)
+
     def __init__(
         self,
         model_dir: str,
@@ -201,7 +205,7 @@ class SegmentationTrainer(BasicTrainTask):
         return super().train_inferer(context)
 
     def loss_function(self, context: Context):
-        weights = self.per_class(context.request, "class_weights")
+        weights = self.class_setting(context.request, "class_weights")
         loss = DiceCELoss(
             to_onehot_y=True,
             softmax=True,
@@ -221,9 +225,14 @@ class SegmentationTrainer(BasicTrainTask):
 
     @property
     def crop_ratios(self) -> List[float]:
-        """How often each class (background first) is a crop centre. Equal: small organs and
-        tumours are seen as often as the liver."""
+        """How often each class (background first) is a crop centre when nothing is planned.
+        Equal: small organs and tumours are seen as often as the liver."""
         return [1.0] * self.num_channels
+
+    def class_setting(self, request: Mapping, key: str) -> Optional[List[float]]:
+        """The run's ``crop_ratios`` or ``class_weights``: the request's list, else the run's
+        planned class sampling (:meth:`partition_datalist`), else None."""
+        return self.per_class(request, key) or (self._run.get("sampling") or {}).get(key)
 
     def per_class(self, request: Mapping, key: str) -> Optional[List[float]]:
         """A request's per-class list (background first; JSON list or comma-separated), or None
@@ -251,7 +260,7 @@ class SegmentationTrainer(BasicTrainTask):
                 label_key="label",
                 spatial_size=self.train_crop_size,
                 num_classes=self.num_channels,
-                ratios=self.per_class(context.request, "crop_ratios") or self.crop_ratios,
+                ratios=self.class_setting(context.request, "crop_ratios") or self.crop_ratios,
                 num_samples=int(context.request.get("samples_per_case", 2)),
                 warn=False,
             ),
@@ -325,6 +334,9 @@ class SegmentationTrainer(BasicTrainTask):
                 train = parts["new"] + parts["replay"]
             run["replay_labels"] = sorted(case_key(d) for d in parts["replay"])
         run["labels_used"] = sorted(case_key(d) for d in train)
+        if self.plans_class_sampling and not (request.get("crop_ratios") and request.get("class_weights")):
+            # planned from every labelled case, not only this run's: the same plan on every rank
+            run["sampling"] = plan_class_sampling([d["label"] for d in context.datalist], self.label_map)
         self._run.update(run)
         # With few cases an epoch is one or two iterations: validate every ~VALIDATE_EVERY iterations,
         # not every epoch, or validation eats the run's time budget.

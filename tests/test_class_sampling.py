@@ -1,0 +1,80 @@
+"""Class sampling planned from the structures' sizes (segloop.planning.sampling) and its use by the trainer."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from segloop.labels import DEFAULT_LABELS
+from segloop.planning.sampling import SMALL_CROP_RATIO, SMALL_LOSS_WEIGHT, class_sampling, label_volumes_ml
+
+
+def test_a_structure_under_a_tenth_of_the_typical_volume_is_cropped_and_weighted_more():
+    volumes = {"liver": 700.0, "spleen": 120.0, "kidney": 90.0, "tumor": 8.0}  # typical (median) 105 ml
+    sampling = class_sampling(volumes, DEFAULT_LABELS)
+    assert sampling["crop_ratios"] == [1, 1, 1, 1, SMALL_CROP_RATIO]
+    assert sampling["class_weights"] == [1, 1, 1, 1, SMALL_LOSS_WEIGHT]
+    assert sampling["small_structures"] == ["tumor"]
+    # a tumour at 11 ml is above a tenth of 105 ml: every class equal
+    assert class_sampling({**volumes, "tumor": 11.0}, DEFAULT_LABELS)["crop_ratios"] == [1] * 5
+    # a label no case holds keeps 1; the channel order follows the label indices, not the dict order
+    labels = {"tumor": 2, "liver": 1, "kidney": 3}
+    sampling = class_sampling({"liver": 700.0, "tumor": 5.0}, labels)
+    assert sampling["crop_ratios"] == [1, 1, SMALL_CROP_RATIO, 1]
+    assert class_sampling({}, DEFAULT_LABELS)["crop_ratios"] == [1] * 5
+
+
+def write_label(path, spacing, blocks, flip=False):
+    data = np.zeros((40, 40, 20), dtype=np.uint8)
+    for value, (x, y, z, n) in blocks.items():
+        data[x:x + n, y:y + n, z:z + n] = value
+    affine = np.diag([*spacing, 1.0])
+    if flip:  # LPS: negative axes, same voxel volume
+        affine[0, 0], affine[1, 1] = -spacing[0], -spacing[1]
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+def test_label_volumes_are_medians_in_ml_over_the_files_that_hold_each_label(tmp_path):
+    write_label(tmp_path / "a.nii.gz", (2.0, 2.0, 2.0), {1: (0, 0, 0, 10), 4: (20, 20, 10, 2)})  # 8 ml, 0.064 ml
+    write_label(tmp_path / "b.nii.gz", (1.0, 1.0, 4.0), {1: (0, 0, 0, 10), 4: (20, 20, 10, 3)}, flip=True)  # 4 ml, 0.108 ml
+    write_label(tmp_path / "c.nii.gz", (1.0, 1.0, 1.0), {1: (0, 0, 0, 20)})  # 8 ml, no tumour
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    paths = [str(tmp_path / n) for n in ("a.nii.gz", "b.nii.gz", "c.nii.gz", "broken.nii.gz")]
+    volumes = label_volumes_ml(paths, DEFAULT_LABELS)
+    assert volumes == {"liver": pytest.approx(8.0), "tumor": pytest.approx((0.064 + 0.108) / 2)}
+
+
+def test_a_training_run_plans_its_class_sampling_and_records_it(tmp_path):
+    """Through the app's config and trainer on generated cases: with no crop_ratios / class_weights
+    in the request, the run samples tumour-centred crops 4x as often and weighs the tumour 3x, and
+    the version record says so; a request's lists override the plan."""
+    from monai.transforms import RandCropByLabelClassesd
+
+    from segloop.data.sample import write_sample_data
+    from segloop_bench.training import build_task_config, train
+
+    root = str(tmp_path)
+    write_sample_data(root, cases=3, seed=3, labelled=3, progress=None, shape=(64, 64, 32), spacing=(6.0, 6.0, 8.0))
+    studies = f"{root}/studies"
+    conf = {"roi_size": "[32,32,32]", "target_spacing": "[6,6,6]", "amp": "off"}
+    train(studies, {"max_iterations": 2, "val_split": 0.0, "seed": 0}, conf)
+    config = build_task_config(studies, conf)
+    version = config.registry.state()["versions"][-1]
+    sampling = version["sampling"]
+    assert sampling["small_structures"] == ["tumor"], sampling["volumes_ml"]
+    assert sampling["crop_ratios"] == [1, 1, 1, 1, SMALL_CROP_RATIO]
+
+    trainer = config.trainer()
+    trainer._run = {"sampling": sampling}
+
+    class Ctx:
+        request = {}
+
+    crop = next(t for t in trainer.train_pre_transforms(Ctx) if isinstance(t, RandCropByLabelClassesd))
+    assert list(crop.cropper.ratios) == [1, 1, 1, 1, SMALL_CROP_RATIO]
+    assert trainer.loss_function(Ctx).cross_entropy.weight.tolist() == [1, 1, 1, 1, SMALL_LOSS_WEIGHT]
+    Ctx.request = {"crop_ratios": json.dumps([1, 1, 1, 1, 1]), "class_weights": "[1,1,1,1,1]"}
+    crop = next(t for t in trainer.train_pre_transforms(Ctx) if isinstance(t, RandCropByLabelClassesd))
+    assert list(crop.cropper.ratios) == [1] * 5
+    assert trainer.loss_function(Ctx).cross_entropy.weight.tolist() == [1] * 5
