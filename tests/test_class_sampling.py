@@ -46,9 +46,9 @@ def test_label_volumes_are_medians_in_ml_over_the_files_that_hold_each_label(tmp
 
 
 def test_a_training_run_plans_its_class_sampling_and_records_it(tmp_path):
-    """Through the app's config and trainer on generated cases: with no crop_ratios / class_weights
-    in the request, the run samples tumour-centred crops 4x as often and weighs the tumour 3x, and
-    the version record says so; a request's lists override the plan."""
+    """Through the app's config and trainer on generated cases: with ``class_sampling: auto`` the run
+    samples tumour-centred crops 4x as often and weighs the tumour 3x, and the version record says
+    so (by default nothing is planned); a request's lists override the plan."""
     from monai.transforms import RandCropByLabelClassesd
 
     from segloop.data.sample import write_sample_data
@@ -58,8 +58,10 @@ def test_a_training_run_plans_its_class_sampling_and_records_it(tmp_path):
     write_sample_data(root, cases=3, seed=3, labelled=3, progress=None, shape=(64, 64, 32), spacing=(6.0, 6.0, 8.0))
     studies = f"{root}/studies"
     conf = {"roi_size": "[32,32,32]", "target_spacing": "[6,6,6]", "amp": "off"}
-    train(studies, {"max_iterations": 2, "val_split": 0.0, "seed": 0}, conf)
+    train(studies, {"max_iterations": 2, "val_split": 0.0, "seed": 0}, conf)  # the default: equal
     config = build_task_config(studies, conf)
+    assert "sampling" not in config.registry.state()["versions"][-1]
+    train(studies, {"max_iterations": 2, "val_split": 0.0, "seed": 0, "class_sampling": "auto"}, conf)
     version = config.registry.state()["versions"][-1]
     sampling = version["sampling"]
     assert sampling["small_structures"] == ["tumor"], sampling["volumes_ml"]

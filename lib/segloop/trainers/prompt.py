@@ -73,6 +73,7 @@ class PromptTrainer(SegmentationTrainer):
         self.coarse_spacing = tuple(coarse_spacing)
         self.fine_spacing = tuple(fine_spacing)
         self._config["max_interactions"] = 2
+        self._config.pop("class_sampling", None)  # see plans_class_sampling
         self._config["region_share"] = 0.0  # label-free clicks on image regions (prompt_interaction.py)
 
     @property

@@ -20,8 +20,9 @@ Request options (besides MONAI Label's ``max_epochs``, ``val_split``, ``dataset`
 ``lr``, ``lr_schedule`` (``constant``, or ``cosine``: warm-up then decay over the run's budget),
 ``grad_clip`` (global gradient-norm limit, 0 = none), ``samples_per_case``, ``replay_ratio``,
 ``crop_ratios`` and ``class_weights`` (per class, background first: how often each class is a crop
-centre, and its loss weight; empty = planned from the labelled structures' sizes by
-``segloop.planning.sampling``, recorded in the version as ``sampling``), ``promotion_tolerance``, ``nice`` (CPU priority of the run, default 10: inference requests keep
+centre, and its loss weight; they override ``class_sampling``), ``class_sampling`` (``equal``, the
+default, or ``auto``: both planned from the labelled structures' sizes by ``segloop.planning.sampling``,
+recorded in the version as ``sampling``), ``promotion_tolerance``, ``nice`` (CPU priority of the run, default 10: inference requests keep
 their speed while a run trains), ``seed``.
 """
 
@@ -80,6 +81,7 @@ logger = logging.getLogger(__name__)
 
 VALIDATE_EVERY = 20  # training iterations between validation rounds during a run
 LR_SCHEDULES = ("constant", "cosine")
+CLASS_SAMPLINGS = ("equal", "auto")  # the first is the default
 DEFAULT_LR = 3e-3  # AdamW; chosen over 1e-3 and 3e-4 for the small UNETR on a short CPU time budget
 
 
@@ -153,6 +155,8 @@ class SegmentationTrainer(BasicTrainTask):
             "samples_per_case": 2,
             "crop_ratios": "",
             "class_weights": "",
+            # "auto": crop ratios and loss weights planned from the labels' sizes (segloop.planning.sampling)
+            "class_sampling": list(CLASS_SAMPLINGS),
             "replay_ratio": replay_ratio,
             "promotion_tolerance": promotion_tolerance,
             "nice": 10,  # CPU priority of training runs: interactive inference comes first
@@ -334,7 +338,7 @@ class SegmentationTrainer(BasicTrainTask):
                 train = parts["new"] + parts["replay"]
             run["replay_labels"] = sorted(case_key(d) for d in parts["replay"])
         run["labels_used"] = sorted(case_key(d) for d in train)
-        if self.plans_class_sampling and not (request.get("crop_ratios") and request.get("class_weights")):
+        if self.plans_class_sampling and request.get("class_sampling") == "auto":
             # planned from every labelled case, not only this run's: the same plan on every rank
             run["sampling"] = plan_class_sampling([d["label"] for d in context.datalist], self.label_map)
         self._run.update(run)
@@ -435,7 +439,7 @@ class SegmentationTrainer(BasicTrainTask):
 
     def train(self, rank, world_size, request, datalist):
         request = dict(request, name=f"run_{request['run_id']}")  # one output folder per run
-        for key in ("dataset", "dataloader", "tracking", "lr_schedule"):  # a choice list left as is means its default
+        for key in ("dataset", "dataloader", "tracking", "lr_schedule", "class_sampling"):  # a choice list left as is means its default
             if isinstance(request.get(key), list):
                 request[key] = request[key][0]
         serving = self.registry.serving()
