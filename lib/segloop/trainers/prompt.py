@@ -61,8 +61,6 @@ def first_query(output):
 
 
 class PromptTrainer(SegmentationTrainer):
-    plans_class_sampling = False  # crops centre on a structure, every label equally (crop_ratios); one loss for all queries
-
     def __init__(self, *args, coarse_spacing: Sequence[float], fine_spacing: Sequence[float], **kwargs):
         # Warm-up, cosine decay and gradient clipping: at a constant 3e-3 a run can collapse (every
         # label query all-foreground or all-empty); see benchmarks/trials.md, section
@@ -73,7 +71,7 @@ class PromptTrainer(SegmentationTrainer):
         self.coarse_spacing = tuple(coarse_spacing)
         self.fine_spacing = tuple(fine_spacing)
         self._config["max_interactions"] = 2
-        self._config.pop("class_sampling", None)  # see plans_class_sampling
+        self._config.pop("class_sampling", None)  # crops centre on a structure, every label equally (crop_ratios)
         self._config["region_share"] = 0.0  # label-free clicks on image regions (prompt_interaction.py)
 
     @property

@@ -107,8 +107,6 @@ def main_head(pred: torch.Tensor) -> torch.Tensor:
 
 
 class SegmentationTrainer(BasicTrainTask):
-    plans_class_sampling = True  # crop ratios and loss weights from the structures' sizes (segloop.planning.sampling)
-
     def __init__(
         self,
         model_dir: str,
@@ -338,7 +336,7 @@ class SegmentationTrainer(BasicTrainTask):
                 train = parts["new"] + parts["replay"]
             run["replay_labels"] = sorted(case_key(d) for d in parts["replay"])
         run["labels_used"] = sorted(case_key(d) for d in train)
-        if self.plans_class_sampling and request.get("class_sampling") == "auto":
+        if "class_sampling" in self._config and request.get("class_sampling") == "auto":
             # planned from every labelled case, not only this run's: the same plan on every rank
             run["sampling"] = plan_class_sampling([d["label"] for d in context.datalist], self.label_map)
         self._run.update(run)
