@@ -9,18 +9,54 @@ raises is recorded as an error, as in a single-process job.
 
 ``address`` empty: a local runtime with ``workers`` CPUs, started here and shut down when the job
 ends, whatever ends it (the job's process is a MONAI Label subprocess that dies with the server;
-Ray's own reaper ends a local runtime whose driver is gone). ``address`` set (``auto``, a
+Ray's own reaper ends a local runtime whose driver is gone). A job killed before it could shut its
+runtime down (SIGKILL, a server stopped mid-job) leaves its folder and some of Ray's helper
+processes behind: the next local job removes both (:func:`sweep_stale_runtimes`), knowing them by
+the dead driver's PID in the folder's name. ``address`` set (``auto``, a
 ``host:port`` of a head node, or ``ray://host:port``): an existing cluster, left running.
 """
 
+import glob
 import logging
+import os
 import shutil
 import tempfile
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
+
+import psutil
 
 logger = logging.getLogger(__name__)
 
 TASK_RETRIES = 2
+RUNTIME_PREFIX = "segloop-ray-"  # + the driver's PID + "-": a local runtime's folder
+
+
+def _driver_pid(folder: str) -> Optional[int]:
+    name = os.path.basename(folder)[len(RUNTIME_PREFIX):]
+    pid = name.split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def sweep_stale_runtimes(root: Optional[str] = None) -> List[str]:
+    """Remove the local runtimes whose driver is gone: each ``segloop-ray-<pid>-*`` folder in
+    ``root`` (the temporary folder) whose PID runs no more, after killing the processes whose
+    command line names that folder (Ray's helpers that outlived it). Returns the folders removed."""
+    removed = []
+    for folder in glob.glob(os.path.join(root or tempfile.gettempdir(), RUNTIME_PREFIX + "*")):
+        pid = _driver_pid(folder)
+        if pid is None or psutil.pid_exists(pid):
+            continue
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if any(folder in arg for arg in process.info["cmdline"] or []):
+                    process.kill()
+            except psutil.Error:
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if removed:
+        logger.info(f"removed {len(removed)} Ray runtime(s) left by scoring jobs that were killed: {removed}")
+    return removed
 
 
 def _score_one(scorer, image_path: str, components: List[str]) -> Dict:
@@ -48,7 +84,9 @@ def score_on_ray(
     started_here = not address
     # A local runtime keeps its sockets and logs in a folder of its own, removed with it (Ray's
     # default, /tmp/ray, would keep one session folder per job for ever).
-    temp_dir = tempfile.mkdtemp(prefix="segloop-ray-") if started_here else None
+    if started_here:
+        sweep_stale_runtimes()
+    temp_dir = tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-") if started_here else None
     ray.init(
         address=address or None, num_cpus=workers if started_here else None, include_dashboard=False,
         log_to_driver=False, configure_logging=False, _temp_dir=temp_dir,

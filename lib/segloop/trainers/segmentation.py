@@ -20,8 +20,10 @@ Request options (besides MONAI Label's ``max_epochs``, ``val_split``, ``dataset`
 ``lr``, ``lr_schedule`` (``constant``, or ``cosine``: warm-up then decay over the run's budget),
 ``grad_clip`` (global gradient-norm limit, 0 = none), ``samples_per_case``, ``replay_ratio``,
 ``crop_ratios`` and ``class_weights`` (per class, background first: how often each class is a crop
-centre, and its loss weight; they override ``class_sampling``), ``class_sampling`` (``equal``, the
-default, or ``auto``: both planned from the labelled structures' sizes by ``segloop.planning.sampling``,
+centre, and its loss weight; they override ``class_sampling``), ``class_sampling`` (``staged``, the
+default: every class equally until the other structures are learnt, then the plan of ``auto``,
+``trainers/staged_sampling.py``; ``auto``: both lists planned from the labelled structures' sizes by
+``segloop.planning.sampling`` from the first step; ``equal``: every class equally throughout;
 recorded in the version as ``sampling``), ``promotion_tolerance``, ``nice`` (CPU priority of the run, default 10: inference requests keep
 their speed while a run trains), ``seed``.
 """
@@ -75,13 +77,15 @@ from segloop.trainers.handlers import (
 )
 from segloop.trainers.quarantine import Quarantine
 from segloop.trainers.split import case_key, select_incremental, stable_split
+from segloop.trainers.staged_sampling import StagedClassSampling, SwitchableLoss, uses_stages
 from segloop.transforms import DEFAULT_HU_WINDOW, load_and_normalize
 
 logger = logging.getLogger(__name__)
 
 VALIDATE_EVERY = 20  # training iterations between validation rounds during a run
 LR_SCHEDULES = ("constant", "cosine")
-CLASS_SAMPLINGS = ("equal", "auto")  # the first is the default
+CLASS_SAMPLINGS = ("staged", "equal", "auto")  # the first is the default
+PLANNED_SAMPLINGS = ("auto", "staged")  # the class samplings planned from the labels' sizes
 DEFAULT_LR = 3e-3  # AdamW; chosen over 1e-3 and 3e-4 for the small UNETR on a short CPU time budget
 
 
@@ -182,6 +186,8 @@ class SegmentationTrainer(BasicTrainTask):
         self._progress: Optional[TrainingProgress] = None
         self._run: Dict = {}
         self._world: Optional[World] = None  # set in a torchrun worker
+        self._cropper: Optional[RandCropByLabelClassesd] = None  # this run's crop transform
+        self._staged_loss: Optional[SwitchableLoss] = None  # a staged run's loss
         self.quarantine = Quarantine(registry.quarantine_path)  # caches decode checks across this instance's runs
 
     @property
@@ -207,15 +213,21 @@ class SegmentationTrainer(BasicTrainTask):
         return super().train_inferer(context)
 
     def loss_function(self, context: Context):
-        weights = self.class_setting(context.request, "class_weights")
-        loss = DiceCELoss(
+        loss = self._dice_ce(self.class_setting(context.request, "class_weights"))
+        staged = self.staged_sampling(context.request)
+        if staged:  # equal weights until the switch (StagedClassSampling), then the plan's
+            loss = self._staged_loss = SwitchableLoss(loss, self._dice_ce(staged["class_weights"]))
+        return StackedDeepSupervisionLoss(loss) if has_deep_supervision(self._network) else loss
+
+    @staticmethod
+    def _dice_ce(weights: Optional[Sequence[float]]) -> DiceCELoss:
+        return DiceCELoss(
             to_onehot_y=True,
             softmax=True,
             include_background=False,
             batch=True,
             weight=torch.tensor(weights, dtype=torch.float32) if weights else None,
         )
-        return StackedDeepSupervisionLoss(loss) if has_deep_supervision(self._network) else loss
 
     def lr_scheduler_handler(self, context: Context):
         return None  # constant learning rate: runs are short and resume from the serving model
@@ -232,9 +244,21 @@ class SegmentationTrainer(BasicTrainTask):
         return [1.0] * self.num_channels
 
     def class_setting(self, request: Mapping, key: str) -> Optional[List[float]]:
-        """The run's ``crop_ratios`` or ``class_weights``: the request's list, else the run's
-        planned class sampling (:meth:`partition_datalist`), else None."""
-        return self.per_class(request, key) or (self._run.get("sampling") or {}).get(key)
+        """The run's ``crop_ratios`` or ``class_weights`` at its start: the request's list, else
+        the planned class sampling of an ``auto`` run (:meth:`partition_datalist`), else None
+        (equal; a ``staged`` run starts so)."""
+        sampling = self._run.get("sampling") or {}
+        return self.per_class(request, key) or (sampling.get(key) if sampling.get("mode") == "auto" else None)
+
+    def staged_sampling(self, request: Mapping) -> Optional[Dict]:
+        """The plan a ``staged`` run switches to, or None: not staged, nothing small to stage, or
+        the request sets ``crop_ratios`` / ``class_weights`` itself (then those hold throughout)."""
+        sampling = self._run.get("sampling") or {}
+        if sampling.get("mode") != "staged" or not uses_stages(sampling):
+            return None
+        if self.per_class(request, "crop_ratios") or self.per_class(request, "class_weights"):
+            return None
+        return sampling
 
     def per_class(self, request: Mapping, key: str) -> Optional[List[float]]:
         """A request's per-class list (background first; JSON list or comma-separated), or None
@@ -255,17 +279,18 @@ class SegmentationTrainer(BasicTrainTask):
         return values
 
     def train_pre_transforms(self, context: Context):
+        self._cropper = RandCropByLabelClassesd(  # a staged run changes its ratios mid-run (in this process)
+            keys=("image", "label"),
+            label_key="label",
+            spatial_size=self.train_crop_size,
+            num_classes=self.num_channels,
+            ratios=self.class_setting(context.request, "crop_ratios") or self.crop_ratios,
+            num_samples=int(context.request.get("samples_per_case", 2)),
+            warn=False,
+        )
         return load_and_normalize(self.target_spacing, self.hu_window, "label", self.label_map) + [
             SpatialPadd(keys=("image", "label"), spatial_size=self.train_crop_size),
-            RandCropByLabelClassesd(
-                keys=("image", "label"),
-                label_key="label",
-                spatial_size=self.train_crop_size,
-                num_classes=self.num_channels,
-                ratios=self.class_setting(context.request, "crop_ratios") or self.crop_ratios,
-                num_samples=int(context.request.get("samples_per_case", 2)),
-                warn=False,
-            ),
+            self._cropper,
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
             SelectItemsd(keys=("image", "label")),
@@ -287,6 +312,10 @@ class SegmentationTrainer(BasicTrainTask):
 
     def val_additional_metrics(self, context: Context):
         return per_label_dice(self.label_map)
+
+    def train_additional_metrics(self, context: Context):
+        # a staged run switches on the training Dice of each label (trainers/staged_sampling.py)
+        return per_label_dice(self.label_map) if self.staged_sampling(context.request) else None
 
     def _dataset(self, context, datalist, is_train, replace_rate=0.25):
         """PersistentDataset keeps its cache across runs (MONAI Label's is per run): a case whose
@@ -336,9 +365,11 @@ class SegmentationTrainer(BasicTrainTask):
                 train = parts["new"] + parts["replay"]
             run["replay_labels"] = sorted(case_key(d) for d in parts["replay"])
         run["labels_used"] = sorted(case_key(d) for d in train)
-        if "class_sampling" in self._config and request.get("class_sampling") == "auto":
+        mode = request.get("class_sampling")
+        if "class_sampling" in self._config and mode in PLANNED_SAMPLINGS:
             # planned from every labelled case, not only this run's: the same plan on every rank
-            run["sampling"] = plan_class_sampling([d["label"] for d in context.datalist], self.label_map)
+            sampling = plan_class_sampling([d["label"] for d in context.datalist], self.label_map)
+            run["sampling"] = {**sampling, "mode": mode} if sampling else None
         self._run.update(run)
         # With few cases an epoch is one or two iterations: validate every ~VALIDATE_EVERY iterations,
         # not every epoch, or validation eats the run's time budget.
@@ -432,6 +463,9 @@ class SegmentationTrainer(BasicTrainTask):
         if clip > 0:
             clip_gradients(context.optimizer, clip)
         configure_autocast(context.trainer, self.amp_mode)
+        staged = self.staged_sampling(context.request)
+        if staged:
+            StagedClassSampling(self._cropper, self._staged_loss, staged).attach(context.trainer)
         nan_guard = TerminateOnNan(output_transform=from_engine(["loss"], first=True))
         context.trainer.add_event_handler(Events.ITERATION_COMPLETED, nan_guard)
 
