@@ -34,6 +34,7 @@ from segloop.campaign.assignments import AssignmentBook, UnassignedView
 from segloop.campaign.loop import CampaignLoop
 from segloop.campaign.reads import CampaignRules, Reads
 from segloop.configs import TASK_CONFIGS
+from segloop.infers.batch_ray import RayBatchInfer
 from segloop.configs.options import parse_options
 from segloop.cpu_sharing import SHARED_CPU_SETTINGS, shared_cpu_env
 from segloop.server.datastore import SegLoopDatastore
@@ -146,6 +147,13 @@ class SegLoopApp(MONAILabelApp):
             tasks = config.infer()
             infers.update(tasks if isinstance(tasks, dict) else {name: tasks})
         return infers
+
+    def init_batch_infer(self):
+        """``/batch/infer``: the automatic model's images as Ray tasks with ``--conf
+        batch_infer_workers N`` (or ``ray_address``), else MONAI Label's thread pool."""
+        if self.options.batch_infer_workers or self.options.ray_address:
+            return RayBatchInfer(lambda: self._infers, self.options.batch_infer_workers, self.options.ray_address)
+        return super().init_batch_infer()
 
     def init_trainers(self):
         return dict(self.model_trainers)

@@ -1,5 +1,6 @@
 """Active learning through the real server: scores after each version, distinct cases for
-concurrent annotators, calibration per version, and the uncertainty map of /infer."""
+concurrent annotators, calibration per version, the uncertainty map of /infer, and /batch/infer
+on Ray."""
 
 import json
 import os
@@ -23,6 +24,7 @@ CONF = {
     "tta_samples": "2",
     "promotion_tolerance": "1.0",
     "scoring_workers": "2",  # the scoring job's images as Ray tasks on a local 2-worker runtime
+    "batch_infer_workers": "2",  # and /batch/infer's
 }
 LABELLED = ("case_000", "case_001", "case_002")  # from 3 labels on, one case validates: calibration is measured
 
@@ -115,6 +117,19 @@ def test_active_learning_through_the_server(studies, sample_root, tmp_path):
         assert 0 <= float(np.min(stored.dataobj)) and float(np.max(stored.dataobj)) <= 1
         assert requests.get(f"{url}/segloop/uncertainty/{'0' * 32}").status_code == 404
         assert requests.get(f"{url}/segloop/uncertainty/..%2F..%2Fregistry.json").status_code == 404
+
+        # /batch/infer of the unlabelled images on Ray: each gets an "original" label, Ray stops after.
+        unlabelled_now = sorted(i for i in requests.get(f"{url}/datastore/?output=all", timeout=30).json()["objects"]
+                                if not os.path.exists(os.path.join(studies, "labels", "final", f"{i}.nii.gz")))
+        r = requests.post(f"{url}/batch/infer/segmentation", params={"images": "unlabeled"}, json={}, timeout=60)
+        assert r.status_code == 200, r.text
+        original = lambda i: os.path.join(studies, "labels", "original", f"{i}.nii.gz")  # noqa: E731
+        wait_for(lambda: all(os.path.exists(original(i)) for i in unlabelled_now), 300, 1.0, "batch inference's labels")
+        for image in unlabelled_now:
+            label, source = nib.load(original(image)), nib.load(os.path.join(studies, f"{image}.nii.gz"))
+            assert label.shape == source.shape and set(np.unique(np.asarray(label.dataobj))) <= {0, 1, 2, 3, 4}
+        assert "on Ray, 2 at a time" in open(server.log_path).read()  # SegLoop's Ray path, not the thread pool
+        assert wait_until_gone(30) == [], "batch inference's Ray runtime is still running"
 
         # A new label: version 2, whose scoring job starts a Ray runtime; the server stops while it
         # runs, and nothing of Ray is left.

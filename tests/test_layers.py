@@ -14,7 +14,7 @@ LIB = os.path.join(os.path.dirname(__file__), "..", "lib")
 
 LAYERS = {
     "segloop.errors": 1, "segloop.io": 1, "segloop.labels": 1, "segloop.validation": 1, "segloop.cpu_sharing": 1,
-    "segloop.processes": 1,
+    "segloop.processes": 1, "segloop.ray_tasks": 1,
     "segloop.metrics": 2, "segloop.networks": 2, "segloop.dicom": 2, "segloop.transforms": 2, "segloop.planning": 2,
     "segloop.prompts": 3,
     "segloop.campaign": 4,

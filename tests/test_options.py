@@ -51,6 +51,8 @@ def test_iteration_budgets_for_every_model_or_per_model():
         ({"agreement_threshold": "1.5"}, r"\[0, 1\]"),
         ({"retrain_max_iterations": "-3"}, ">= 0"),
         ({"scoring_workers": "1000"}, "0..256"),
+        ({"batch_infer_workers": "300"}, "batch_infer_workers must be 0..256"),
+        ({"batch_infer_workers": "two"}, "batch_infer_workers"),
         ({"ray_address": "http://head:6379/x"}, "ray_address"),
         ({"train_nodes": "2"}, "train_rdzv"),
         ({"train_rdzv": "no port"}, "host:port"),

@@ -1,6 +1,7 @@
-"""The scoring job on Ray (segloop/scoring/ray_pool.py): a local 2-worker runtime gives the scores
-the job computes in its own process, a worker killed mid-task loses only that task (Ray runs it
-again), and the runtime is gone when the job ends. Through the server: tests/test_activelearning_e2e.py."""
+"""The scoring job and batch inference on Ray (segloop/scoring/ray_pool.py, segloop/infers/batch_ray.py):
+a local 2-worker runtime gives the scores the job computes in its own process and the labels the
+infer task gives in it, a worker killed mid-task loses only that task (Ray runs it again), and the
+runtime is gone when the job ends. Through the server: tests/test_activelearning_e2e.py."""
 
 import os
 import shutil
@@ -8,9 +9,12 @@ import tempfile
 import threading
 import time
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
+from segloop.infers.batch_ray import RayBatchInfer
 from segloop.scoring import SCORING_METHOD
 from segloop.server.datastore import SegLoopDatastore
 from segloop_bench.training import build_task_config
@@ -74,6 +78,47 @@ def test_ray_scores_equal_the_single_process_jobs_and_a_killed_workers_task_runs
     assert job_state["ray"] and job_state["workers"] == 2 and job_state["done"] == job_state["total"]
     assert wait_until_gone(30) == [], "the job's local Ray runtime is still running"
     assert ray_folders() <= folders_before  # its session folder removed with it
+
+
+def run_killing_one_busy_worker(target, task_name):
+    """``target()`` in a thread while the first Ray worker seen running ``task_name`` is SIGKILLed;
+    returns its result and the killed PIDs."""
+    result, killed = {}, []
+    runner = threading.Thread(target=lambda: result.update(value=target()))
+    runner.start()
+    deadline = time.time() + 300
+    while runner.is_alive() and not killed and time.time() < deadline:
+        busy = [p for p in ray_processes() if f"ray::{task_name}" in " ".join(p.cmdline() or [])]
+        if busy:
+            busy[0].kill()
+            killed.append(busy[0].pid)
+        time.sleep(0.05)
+    runner.join(timeout=600)
+    return result.get("value"), killed
+
+
+def test_batch_inference_on_ray_saves_the_in_process_labels_and_a_killed_workers_image_runs_again(sample_root, tmp_path):
+    config, datastore = datastore_with_a_version(sample_root, str(tmp_path / "batch"), TINY)
+    task = config.infer()
+    images = sorted(datastore.list_images())
+    expected = {}
+    for image in images:  # the infer task in this process, image by image
+        path, _ = task({"image": datastore.get_image_uri(image), "device": "cpu"})
+        expected[image] = np.asarray(nib.load(path).dataobj)
+        os.remove(path)
+    folders_before = ray_folders()
+    batch = RayBatchInfer(lambda: {"segmentation": task}, workers=2)
+    request = {"model": "segmentation", "images": "all", "label_tag": "original"}
+    results, killed = run_killing_one_busy_worker(lambda: batch(request, datastore, infer=None), "_segment_one")
+    assert killed, "no Ray worker was seen segmenting an image"
+    assert sorted(results) == images and all(r.get("label") for r in results.values()), results
+    for image in images:
+        saved = np.asarray(nib.load(datastore.get_label_uri(image, "original")).dataobj)
+        assert saved.shape == expected[image].shape and np.array_equal(saved, expected[image]), image
+        info = datastore.get_label_info(image, "original")
+        assert info["model"] == "segmentation" and info["params"]["model_version"] == 1, info
+    assert wait_until_gone(30) == [], "the batch's local Ray runtime is still running"
+    assert ray_folders() <= folders_before
 
 
 def ray_folders():

@@ -1,12 +1,12 @@
 """A local Ray runtime left by a killed scoring job (its folder and helper processes) is removed by
-the next job (segloop/scoring/ray_pool.py), and nothing of a running job's is touched."""
+the next run (segloop/ray_tasks.py), and nothing of a running job's is touched."""
 
 import os
 import signal
 import subprocess
 import sys
 
-from segloop.scoring.ray_pool import RUNTIME_PREFIX, sweep_stale_runtimes
+from segloop.ray_tasks import RUNTIME_PREFIX, sweep_stale_runtimes
 
 
 def test_a_killed_jobs_runtime_folder_and_helpers_are_removed_a_live_ones_kept(tmp_path):

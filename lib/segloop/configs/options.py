@@ -48,7 +48,8 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
     "mc_samples": ("4", "MC-dropout passes per unlabelled image in the active-learning scoring job"),
     "tta_samples": ("4", "test-time-augmentation passes per unlabelled image in the scoring job"),
     "scoring_workers": ("0", "0: the scoring job scores its images itself; N: as Ray tasks, N at a time, on a local Ray runtime the job starts and stops (or on ray_address)"),
-    "ray_address": ("", "an existing Ray cluster for the scoring job (auto, host:port of its head, or ray://host:port); empty: a local runtime"),
+    "batch_infer_workers": ("0", "0: /batch/infer runs MONAI Label's thread pool; N: the automatic model's batch inference as Ray tasks, N at a time, on a local Ray runtime it starts and stops (or on ray_address)"),
+    "ray_address": ("", "an existing Ray cluster for the scoring job and batch inference (auto, host:port of its head, or ray://host:port); empty: a local runtime"),
     "reads_per_case": ("1", "independent reads (annotators) a case needs before it trains; with 2 or more their STAPLE consensus trains"),
     "review": ("false", "true: a label trains only once a reviewer approved it"),
     "agreement_threshold": ("0.7", "a case whose reads agree less (lowest per-label mean pairwise Dice) waits for adjudication"),
@@ -89,6 +90,7 @@ class SegLoopOptions:
     mc_samples: int
     tta_samples: int
     scoring_workers: int
+    batch_infer_workers: int
     ray_address: str
     reads_per_case: int
     review: bool
@@ -200,9 +202,10 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
     train_rdzv = _endpoint(conf, "train_rdzv", "host:port")
     if train_nodes > 1 and not train_rdzv:
         raise ValueError("--conf train_nodes > 1 needs --conf train_rdzv host:port (node 0, reachable from every node)")
-    scoring_workers = _number(conf, "scoring_workers", int, minimum=0)
-    if scoring_workers > 256:
-        raise ValueError(f"--conf scoring_workers must be 0..256, got {scoring_workers}")
+    scoring_workers, batch_infer_workers = (_number(conf, key, int, minimum=0) for key in ("scoring_workers", "batch_infer_workers"))
+    for key, workers in (("scoring_workers", scoring_workers), ("batch_infer_workers", batch_infer_workers)):
+        if workers > 256:
+            raise ValueError(f"--conf {key} must be 0..256, got {workers}")
     ray_address = _endpoint(conf, "ray_address", "auto, host:port or ray://host:port", schemes=("ray://",), words=("auto",))
     return SegLoopOptions(
         models=models,
@@ -233,6 +236,7 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         mc_samples=_number(conf, "mc_samples", int, minimum=0),
         tta_samples=_number(conf, "tta_samples", int, minimum=0),
         scoring_workers=scoring_workers,
+        batch_infer_workers=batch_infer_workers,
         ray_address=ray_address,
         reads_per_case=reads_per_case,
         review=review == "true",

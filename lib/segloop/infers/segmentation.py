@@ -8,6 +8,7 @@ shape and affine, and a JSON result naming the model, its version and checkpoint
 Probabilities are softmax(logits / T) with the serving version's fitted temperature T.
 """
 
+import copy
 import logging
 import os
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -133,6 +134,17 @@ class SegmentationInfer(BasicInferTask):
             data.setdefault("result", {})["model_version"] = cached[2]
             data["temperature"] = cached[3]
         return cached[0]
+
+    def portable(self, data: Optional[Dict] = None) -> "SegmentationInfer":
+        """A copy of this task to run in another process (a Ray worker, ``infers/batch_ray.py``):
+        the serving network checked and loaded here, on the CPU (``data`` gets its version, as for a
+        request); no registry and no uncertainty-map writer, which write files: the calling process
+        is their only writer. A worker on another device loads the serving file itself."""
+        self._get_network("cpu", data)
+        twin = copy.copy(self)
+        twin.registry, twin.uncertainty_maps = None, None
+        twin._networks = {"cpu": self._networks["cpu"]}
+        return twin
 
     def _verified_path(self) -> str:
         """The serving file after the registry's integrity check (which may restore or remove it)."""
