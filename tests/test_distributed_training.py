@@ -53,6 +53,32 @@ def _batch(kind):
     return [((images[i : i + 1],), labels[i : i + 1]) for i in range(2)]
 
 
+def _metric_items(ranks):
+    """One-hot (pred, label) items, one per rank, whose per-label Dice differ from rank to rank."""
+    generator = torch.Generator().manual_seed(7)
+    items = []
+    for _ in ranks:
+        label = torch.randint(0, len(LABELS) + 1, (1, 8, 8, 8), generator=generator)
+        pred = torch.where(torch.rand(label.shape, generator=generator) < 0.7, label, torch.zeros_like(label))
+        one_hot = lambda x: torch.nn.functional.one_hot(x[0], len(LABELS) + 1).permute(3, 0, 1, 2).float()  # noqa: E731
+        items.append({"pred": one_hot(pred), "label": one_hot(label)})
+    return items
+
+
+def _label_dice(items):
+    """The per-label training Dice a run computes (``per_label_dice``: what a staged run switches on)
+    over ``items`` in one epoch of an ignite engine."""
+    from ignite.engine import Engine
+
+    from segloop.trainers.handlers import per_label_dice
+
+    engine = Engine(lambda e, batch: batch)
+    for name, metric in per_label_dice(LABELS).items():
+        metric.attach(engine, name)
+    engine.run([items], max_epochs=1)
+    return {name: float(engine.state.metrics[f"dice_{name}"]) for name in LABELS}
+
+
 def _context(trainer):
     from monailabel.tasks.train.basic_train import Context
 
@@ -75,9 +101,10 @@ def _rank(rank, world_size, port, folder, out, kind):
         loss = trainer.loss_function(context)(network(*inputs), target)
         loss.backward()  # DDP all-reduces (averages) the gradients across the ranks here
         stop = all_ranks_agree(rank == 1)  # only rank 1 is past its budget: both must stop
+        dice = _label_dice([_metric_items(range(world_size))[rank]])  # each rank its own item
         if rank == 0:
             grads = {n: p.grad.clone() for n, p in network.module.named_parameters() if p.grad is not None}
-            torch.save({"grads": grads, "stop": stop}, out)
+            torch.save({"grads": grads, "stop": stop, "dice": dice}, out)
     finally:
         dist.destroy_process_group()
 
@@ -94,6 +121,11 @@ def test_two_gloo_processes_give_the_single_process_gradients_of_the_same_global
     mp.spawn(_rank, args=(2, _free_port(), str(tmp_path), out, kind), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
     assert ddp["stop"] is True  # one rank's time budget stops both, at the same epoch end
+    # the training metrics are reduced across the ranks: rank 0's equal one process's over both items
+    items = _metric_items(range(2))
+    both, first = _label_dice(items), _label_dice(items[:1])
+    assert ddp["dice"] == pytest.approx(both, abs=1e-6)
+    assert any(abs(both[n] - first[n]) > 1e-3 for n in LABELS)  # rank 0's item alone differs
 
     # One process, the same two samples. The loss's Dice is computed over its batch, so the global
     # batch is the two samples' losses averaged (what DDP's gradient averaging computes), not one
