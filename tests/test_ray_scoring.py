@@ -3,14 +3,19 @@ a local 2-worker runtime gives the scores the job computes in its own process an
 infer task gives in it, a worker killed mid-task loses only that task (Ray runs it again), and the
 runtime is gone when the job ends. Through the server: tests/test_activelearning_e2e.py."""
 
+import contextlib
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 
 import nibabel as nib
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -123,3 +128,43 @@ def test_batch_inference_on_ray_saves_the_in_process_labels_and_a_killed_workers
 
 def ray_folders():
     return {f for f in os.listdir(tempfile.gettempdir()) if f.startswith("segloop-ray-")}
+
+
+def test_batch_inference_on_an_existing_ray_cluster_leaves_it_running(sample_root, tmp_path):
+    """``ray_address``: a Ray head started outside SegLoop (``ray start --head``, as a lab runs its
+    cluster) takes the batch's tasks; SegLoop connects, saves the labels and leaves the cluster up."""
+    config, datastore = datastore_with_a_version(sample_root, str(tmp_path / "cluster"), TINY)
+    task = config.infer()
+    cluster_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    port = _free_port()
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={cluster_dir}",
+                              "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+
+    def cluster():  # the head's raylet and GCS: their command lines name the cluster's folder
+        return [p for p in ray_processes() if any(cluster_dir in arg for arg in (p.cmdline() or []))]
+
+    try:
+        head = {p.pid for p in cluster()}
+        assert head, "the Ray head did not start"
+        images = sorted(datastore.list_images())[:3]
+        batch = RayBatchInfer(lambda: {"segmentation": task}, workers=2, address=f"127.0.0.1:{port}")
+        results = batch({"model": "segmentation", "images": images, "label_tag": "original"}, datastore, infer=None)
+        assert sorted(results) == images and all(r.get("label") for r in results.values()), results
+        for image in images:
+            assert os.path.exists(datastore.get_label_uri(image, "original"))
+        assert head <= {p.pid for p in cluster()}, "SegLoop stopped a cluster it did not start"
+    finally:  # stopped as a lab stops its head: every Ray process this machine runs
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        for p in ray_processes():  # workers orphaned by the raylet's stop, not all named by `ray stop`
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        shutil.rmtree(cluster_dir, ignore_errors=True)
+    assert wait_until_gone(30) == []
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
