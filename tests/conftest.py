@@ -15,6 +15,18 @@ from segloop.data.sample import write_sample_data
 os.environ.setdefault("MONAI_LABEL_TRACKING_ENABLED", "false")
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Each test leaves torch's thread count as it found it. The distributed tests pin 1 thread to
+    match their ranks; left so, every later in-process run (the prompt model's pretraining among
+    them) trained on 1 of the 2 cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory):
     """Six generated cases (seed 1), no labels in the datastore; ground truth beside it."""

@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import psutil
 import pytest
+import ray
 import torch
 
 from segloop.infers.batch_ray import RayBatchInfer
@@ -62,17 +63,7 @@ def test_ray_scores_equal_the_single_process_jobs_and_a_killed_workers_task_runs
     config, datastore = datastore_with_a_version(sample_root, str(tmp_path / "ray"), dict(TINY, scoring_workers="2"))
     job = config.scoring_method()[SCORING_METHOD]
     folders_before = ray_folders()  # (a server stopped in the middle of a Ray job, in another test, may leave its own)
-    result, killed = {}, []
-    runner = threading.Thread(target=lambda: result.update(job({}, datastore)))
-    runner.start()
-    deadline = time.time() + 300
-    while runner.is_alive() and not killed and time.time() < deadline:  # a worker busy with an image: kill it
-        busy = [p for p in ray_processes() if "ray::_score_one" in " ".join(p.cmdline() or [])]
-        if busy:
-            busy[0].kill()
-            killed.append(busy[0].pid)
-        time.sleep(0.05)
-    runner.join(timeout=600)
+    result, killed = run_killing_one_busy_worker(lambda: job({}, datastore), "_score_one")
     assert killed, "no Ray worker was seen scoring an image"
     assert result["errors"] == 0 and result["scored"] == len(expected)  # the killed worker's image was scored again
     got = config.scores.records()
@@ -102,7 +93,10 @@ def run_killing_one_busy_worker(target, task_name):
     return result.get("value"), killed
 
 
-def test_batch_inference_on_ray_saves_the_in_process_labels_and_a_killed_workers_image_runs_again(sample_root, tmp_path):
+def test_batch_inference_on_a_ray_cluster_saves_the_in_process_labels_reruns_a_killed_workers_image_and_leaves_the_cluster_up(
+        sample_root, tmp_path):
+    """``ray_address``: a Ray head started outside SegLoop, as a lab runs its cluster, takes the
+    batch's tasks. (The local runtime SegLoop starts and stops for a batch: tests/test_activelearning_e2e.py.)"""
     config, datastore = datastore_with_a_version(sample_root, str(tmp_path / "batch"), TINY)
     task = config.infer()
     images = sorted(datastore.list_images())
@@ -111,57 +105,46 @@ def test_batch_inference_on_ray_saves_the_in_process_labels_and_a_killed_workers
         path, _ = task({"image": datastore.get_image_uri(image), "device": "cpu"})
         expected[image] = np.asarray(nib.load(path).dataobj)
         os.remove(path)
-    folders_before = ray_folders()
-    batch = RayBatchInfer(lambda: {"segmentation": task}, workers=2)
-    request = {"model": "segmentation", "images": "all", "label_tag": "original"}
-    results, killed = run_killing_one_busy_worker(lambda: batch(request, datastore, infer=None), "_segment_one")
-    assert killed, "no Ray worker was seen segmenting an image"
-    assert sorted(results) == images and all(r.get("label") for r in results.values()), results
-    for image in images:
-        saved = np.asarray(nib.load(datastore.get_label_uri(image, "original")).dataobj)
-        assert saved.shape == expected[image].shape and np.array_equal(saved, expected[image]), image
-        info = datastore.get_label_info(image, "original")
-        assert info["model"] == "segmentation" and info["params"]["model_version"] == 1, info
-    assert wait_until_gone(30) == [], "the batch's local Ray runtime is still running"
-    assert ray_folders() <= folders_before
-
-
-def ray_folders():
-    return {f for f in os.listdir(tempfile.gettempdir()) if f.startswith("segloop-ray-")}
-
-
-def test_batch_inference_on_an_existing_ray_cluster_leaves_it_running(sample_root, tmp_path):
-    """``ray_address``: a Ray head started outside SegLoop (``ray start --head``, as a lab runs its
-    cluster) takes the batch's tasks; SegLoop connects, saves the labels and leaves the cluster up."""
-    config, datastore = datastore_with_a_version(sample_root, str(tmp_path / "cluster"), TINY)
-    task = config.infer()
-    cluster_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    port = _free_port()
-    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={cluster_dir}",
-                              "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stdout + started.stderr
-
-    def cluster():  # the head's raylet and GCS: their command lines name the cluster's folder
-        return [p for p in ray_processes() if any(cluster_dir in arg for arg in (p.cmdline() or []))]
-
-    try:
-        head = {p.pid for p in cluster()}
+    with ray_head() as (address, head_processes):
+        head = {p.pid for p in head_processes()}
         assert head, "the Ray head did not start"
-        images = sorted(datastore.list_images())[:3]
-        batch = RayBatchInfer(lambda: {"segmentation": task}, workers=2, address=f"127.0.0.1:{port}")
-        results = batch({"model": "segmentation", "images": images, "label_tag": "original"}, datastore, infer=None)
+        batch = RayBatchInfer(lambda: {"segmentation": task}, workers=2, address=address)
+        request = {"model": "segmentation", "images": "all", "label_tag": "original"}
+        results, killed = run_killing_one_busy_worker(lambda: batch(request, datastore, infer=None), "_segment_one")
+        assert killed, "no Ray worker was seen segmenting an image"
         assert sorted(results) == images and all(r.get("label") for r in results.values()), results
         for image in images:
-            assert os.path.exists(datastore.get_label_uri(image, "original"))
-        assert head <= {p.pid for p in cluster()}, "SegLoop stopped a cluster it did not start"
-    finally:  # stopped as a lab stops its head: every Ray process this machine runs
+            saved = np.asarray(nib.load(datastore.get_label_uri(image, "original")).dataobj)
+            assert saved.shape == expected[image].shape and np.array_equal(saved, expected[image]), image
+            info = datastore.get_label_info(image, "original")
+            assert info["model"] == "segmentation" and info["params"]["model_version"] == 1, info
+        assert head <= {p.pid for p in head_processes()}, "SegLoop stopped a cluster it did not start"
+        assert not ray.is_initialized(), "the batch left its driver connected to the cluster"
+    assert wait_until_gone(30) == []
+
+
+@contextlib.contextmanager
+def ray_head():
+    """A one-node Ray cluster started as a lab starts its head (``ray start --head``) and stopped as
+    it stops one (``ray stop``); yields its address and a function listing its raylet and GCS."""
+    folder = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    port = _free_port()
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={folder}",
+                              "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield f"127.0.0.1:{port}", lambda: [p for p in ray_processes() if any(folder in a for a in (p.cmdline() or []))]
+    finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
         for p in ray_processes():  # workers orphaned by the raylet's stop, not all named by `ray stop`
             with contextlib.suppress(psutil.Error):
                 p.kill()
-        shutil.rmtree(cluster_dir, ignore_errors=True)
-    assert wait_until_gone(30) == []
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def ray_folders():
+    return {f for f in os.listdir(tempfile.gettempdir()) if f.startswith("segloop-ray-")}
 
 
 def _free_port():

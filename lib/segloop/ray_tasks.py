@@ -112,7 +112,10 @@ def map_on_ray(
                 on_result(item, result)
                 handed += 1
     finally:
+        # A local runtime stops; from an existing cluster the driver only disconnects (the cluster
+        # runs on). A driver left connected would fail its next ray.init, and Ray ends a driver
+        # whose cluster has gone away.
+        ray.shutdown()
         if started_here:
-            ray.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)
     return handed

@@ -5,6 +5,10 @@
   process (``scoring_workers 0``, torch on every core), then as Ray tasks on a local runtime with 1
   and 2 workers. Wall time of the whole job (Ray's start and stop included) and the steady part
   (the per-volume seconds the workers report).
+* **Batch inference** (volumes per minute): ``POST /batch/infer/segmentation?images=unlabeled`` to
+  a real server serving the same published weights, timed from the request to the last saved
+  label: MONAI Label's own batch task (``batch_infer_workers 0``: one image after another in the
+  batch's process, torch on every core), then SegLoop's Ray tasks with 1 and 2 workers.
 * **Training** (steps and samples per second): the automatic model's trainer for a fixed number of
   iterations on the same labelled cases, in one process (torch on every core), then under
   torchrun with 2 gloo processes (one thread each, torchrun's default). A distributed step is one
@@ -20,12 +24,14 @@ import tempfile
 import time
 from typing import Dict
 
+import requests
 import torch
 
 from segloop.data.sample import write_sample_data
 from segloop.scoring import SCORING_METHOD
 from segloop.server.datastore import SegLoopDatastore
 from segloop_bench.provenance import write_result
+from segloop_bench.server import NO_SCORING, running_server, wait_for
 from segloop_bench.training import build_task_config
 
 APP_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "MONAILabelApp")
@@ -37,16 +43,23 @@ def _studies(root: str, cases: int, labelled: int, seed: int) -> str:
     return os.path.join(root, "studies")
 
 
+def _published_copy(studies: str, conf: Dict[str, str]) -> str:
+    """A fresh copy of ``studies`` in a temporary folder, serving the same seeded weights as version 1."""
+    work = tempfile.mkdtemp(prefix="segloop-scale-")
+    copy = os.path.join(work, "studies")
+    shutil.copytree(studies, copy, ignore=shutil.ignore_patterns(".segloop"))
+    torch.manual_seed(0)  # the same published weights for every arm
+    config = build_task_config(copy, conf)
+    config.registry.record({"status": "promoted"}, config.network.state_dict(), promote=True)
+    return copy
+
+
 def scoring(studies: str, conf: Dict[str, str], workers: int) -> Dict:
     """One full scoring job of a fresh copy of ``studies`` with ``workers`` (0: in-process)."""
-    work = tempfile.mkdtemp(prefix="segloop-scale-")
+    conf = dict(conf, scoring_workers=str(workers))
+    copy = _published_copy(studies, conf)
     try:
-        copy = os.path.join(work, "studies")
-        shutil.copytree(studies, copy, ignore=shutil.ignore_patterns(".segloop"))
-        torch.manual_seed(0)  # the same published weights for every arm
-        config = build_task_config(copy, dict(conf, scoring_workers=str(workers)))
-        config.registry.record({"status": "promoted"}, config.network.state_dict(), promote=True)
-        config = build_task_config(copy, dict(conf, scoring_workers=str(workers)))
+        config = build_task_config(copy, conf)
         datastore = SegLoopDatastore(copy, labels=config.labels)
         job = config.scoring_method()[SCORING_METHOD]
         start = time.time()
@@ -61,7 +74,28 @@ def scoring(studies: str, conf: Dict[str, str], workers: int) -> Dict:
             "seconds_per_volume_in_worker": round(sum(per_volume) / max(1, len(per_volume)), 2),
         }
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(copy), ignore_errors=True)
+
+
+def batch_inference(studies: str, conf: Dict[str, str], workers: int) -> Dict:
+    """``/batch/infer`` of the unlabelled images through a real server with ``batch_infer_workers``
+    = ``workers`` (0: MONAI Label's batch task), from the request to the last label on disk."""
+    copy = _published_copy(studies, conf)
+    try:
+        datastore = SegLoopDatastore(copy, labels=build_task_config(copy, conf).labels)
+        unlabelled = sorted(datastore.get_unlabeled_images())
+        labels = [os.path.join(copy, "labels", "original", f"{image}.nii.gz") for image in unlabelled]
+        server_conf = dict(conf, auto_train="false", batch_infer_workers=str(workers))
+        with running_server(copy, conf=server_conf, env=NO_SCORING) as server:
+            start = time.time()
+            r = requests.post(f"{server.url}/batch/infer/segmentation", params={"images": "unlabeled"}, json={}, timeout=60)
+            r.raise_for_status()
+            wait_for(lambda: all(os.path.exists(label) for label in labels), 1800, 0.25, "batch inference's labels")
+            wall = time.time() - start
+        return {"workers": workers, "volumes": len(labels), "wall_s": round(wall, 1),
+                "volumes_per_minute": round(60 * len(labels) / wall, 2)}
+    finally:
+        shutil.rmtree(os.path.dirname(copy), ignore_errors=True)
 
 
 def training(studies: str, conf: Dict[str, str], procs: int, iterations: int) -> Dict:
@@ -97,18 +131,24 @@ def main(args) -> int:
         studies = _studies(root, args.cases, args.labelled, args.seed)
         conf = {"models": "segmentation", "mc_samples": str(args.mc_samples), "tta_samples": str(args.tta_samples)}
         report: Dict = {"cases": args.cases, "labelled": args.labelled, "seed": args.seed, "conf": conf,
-                        "scoring": [], "training": []}
+                        "scoring": [], "batch_inference": [], "training": []}
         for workers in (0, 1, 2):
             report["scoring"].append(scoring(studies, conf, workers))
             print("scoring", report["scoring"][-1], flush=True)
+        for workers in (0, 1, 2):
+            report["batch_inference"].append(batch_inference(studies, conf, workers))
+            print("batch inference", report["batch_inference"][-1], flush=True)
         for procs in (1, 2):
             report["training"].append(training(studies, conf, procs, args.iterations))
             print("training", report["training"][-1], flush=True)
         one, ray1, ray2 = report["scoring"]
+        ratio = lambda arms, i: round(arms[i]["volumes_per_minute"] / arms[0]["volumes_per_minute"], 2)  # noqa: E731
         report["ratios"] = {
             "scoring_ray_1_worker_vs_in_process": round(ray1["volumes_per_minute"] / one["volumes_per_minute"], 2),
             "scoring_ray_2_workers_vs_in_process": round(ray2["volumes_per_minute"] / one["volumes_per_minute"], 2),
             "scoring_ray_2_vs_1_worker": round(ray2["volumes_per_minute"] / ray1["volumes_per_minute"], 2),
+            "batch_inference_ray_1_worker_vs_monai_label": ratio(report["batch_inference"], 1),
+            "batch_inference_ray_2_workers_vs_monai_label": ratio(report["batch_inference"], 2),
             "training_samples_per_second_2_vs_1_process": round(
                 report["training"][1]["samples_per_second"] / report["training"][0]["samples_per_second"], 2),
         }
