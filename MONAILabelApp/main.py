@@ -34,6 +34,7 @@ from segloop.campaign.assignments import AssignmentBook, UnassignedView
 from segloop.campaign.loop import CampaignLoop
 from segloop.campaign.reads import CampaignRules, Reads
 from segloop.configs import TASK_CONFIGS
+from segloop.infers.batch import BatchInfer
 from segloop.infers.batch_ray import RayBatchInfer
 from segloop.configs.options import parse_options
 from segloop.cpu_sharing import SHARED_CPU_SETTINGS, shared_cpu_env
@@ -150,10 +151,11 @@ class SegLoopApp(MONAILabelApp):
 
     def init_batch_infer(self):
         """``/batch/infer``: the automatic model's images as Ray tasks with ``--conf
-        batch_infer_workers N`` (or ``ray_address``), else MONAI Label's thread pool."""
+        batch_infer_workers N`` (or ``ray_address``), else MONAI Label's batch task (on the CPU
+        where torch sees no GPU: segloop.infers.batch)."""
         if self.options.batch_infer_workers or self.options.ray_address:
             return RayBatchInfer(lambda: self._infers, self.options.batch_infer_workers, self.options.ray_address)
-        return super().init_batch_infer()
+        return BatchInfer()
 
     def init_trainers(self):
         return dict(self.model_trainers)

@@ -107,6 +107,18 @@ def test_full_annotation_round_trip(server, sample_root, tmp_path):
     result_file, _ = client.infer("segmentation", "", {}, file=os.path.join(sample_root, "studies", "case_003.nii.gz"))
     assert nib.load(result_file).shape == nib.load(os.path.join(sample_root, "studies", "case_003.nii.gz")).shape
 
+    # /batch/infer with MONAI Label's own batch task (no batch_infer_workers) on this GPU-less
+    # machine: every unlabelled image gets an "original" label on its grid.
+    unlabelled = [i for i, o in client.datastore()["objects"].items() if "final" not in o["labels"]]
+    r = requests.post(f"{server.url}/batch/infer/segmentation", params={"images": "unlabeled"}, json={}, timeout=60)
+    assert r.status_code == 200, r.text
+    done = wait_for(lambda: (s := requests.get(f"{server.url}/batch/infer/").json())["status"] not in ("SUBMITTED", "RUNNING") and s,
+                    300, 1, "batch inference")
+    assert done["status"] == "DONE", done["details"][-5:]
+    for image_id in unlabelled:
+        label = nib.load(os.path.join(server.studies, "labels", "original", f"{image_id}.nii.gz"))
+        assert label.shape == nib.load(os.path.join(server.studies, f"{image_id}.nii.gz")).shape, image_id
+
 
 def test_bad_requests_get_clear_client_errors(server, sample_root, tmp_path):
     url = server.url

@@ -9,7 +9,7 @@ path, which a cluster's workers must see at the same path), and saves each retur
 datastore itself under the request's ``label_tag``, as MONAI Label does, so the datastore has one
 writer. An image whose inference fails gets an empty result (MONAI Label's convention) and the run
 goes on; a worker that dies loses only its image, which Ray runs again. Other models (the
-prompt-able one) keep MONAI Label's batch inference.
+prompt-able one) keep MONAI Label's batch inference (:class:`segloop.infers.batch.BatchInfer`).
 """
 
 import logging
@@ -20,8 +20,8 @@ import tempfile
 from typing import Callable, Dict, Mapping
 
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
-from monailabel.interfaces.tasks.batch_infer import BatchInferTask
 
+from segloop.infers.batch import BatchInfer
 from segloop.infers.segmentation import SegmentationInfer
 from segloop.ray_tasks import map_on_ray
 
@@ -43,7 +43,7 @@ def _segment_one(task: SegmentationInfer, request: Dict) -> Dict:
     return {"content": content, "suffix": "".join(pathlib.Path(result_file).suffixes), "params": params}
 
 
-class RayBatchInfer(BatchInferTask):
+class RayBatchInfer(BatchInfer):
     """MONAI Label's batch inference task with the automatic model's images on Ray; ``infers``
     gives the app's infer tasks by name (read when a request comes: the app builds them after
     this task)."""
