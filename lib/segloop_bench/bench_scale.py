@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Dict
+from typing import Dict, Tuple
 
 import requests
 import torch
@@ -43,23 +43,24 @@ def _studies(root: str, cases: int, labelled: int, seed: int) -> str:
     return os.path.join(root, "studies")
 
 
-def _published_copy(studies: str, conf: Dict[str, str]) -> str:
-    """A fresh copy of ``studies`` in a temporary folder, serving the same seeded weights as version 1."""
+def _published_copy(studies: str, conf: Dict[str, str]) -> Tuple[str, Dict[str, int]]:
+    """A fresh copy of ``studies`` in a temporary folder, serving the same seeded weights as version
+    1; returns its path and the labels of its config."""
     work = tempfile.mkdtemp(prefix="segloop-scale-")
     copy = os.path.join(work, "studies")
     shutil.copytree(studies, copy, ignore=shutil.ignore_patterns(".segloop"))
     torch.manual_seed(0)  # the same published weights for every arm
     config = build_task_config(copy, conf)
     config.registry.record({"status": "promoted"}, config.network.state_dict(), promote=True)
-    return copy
+    return copy, config.labels
 
 
 def scoring(studies: str, conf: Dict[str, str], workers: int) -> Dict:
     """One full scoring job of a fresh copy of ``studies`` with ``workers`` (0: in-process)."""
     conf = dict(conf, scoring_workers=str(workers))
-    copy = _published_copy(studies, conf)
+    copy, _ = _published_copy(studies, conf)
     try:
-        config = build_task_config(copy, conf)
+        config = build_task_config(copy, conf)  # built again: it loads the version just published
         datastore = SegLoopDatastore(copy, labels=config.labels)
         job = config.scoring_method()[SCORING_METHOD]
         start = time.time()
@@ -80,20 +81,20 @@ def scoring(studies: str, conf: Dict[str, str], workers: int) -> Dict:
 def batch_inference(studies: str, conf: Dict[str, str], workers: int) -> Dict:
     """``/batch/infer`` of the unlabelled images through a real server with ``batch_infer_workers``
     = ``workers`` (0: MONAI Label's batch task), from the request to the last label on disk."""
-    copy = _published_copy(studies, conf)
+    copy, labels = _published_copy(studies, conf)
     try:
-        datastore = SegLoopDatastore(copy, labels=build_task_config(copy, conf).labels)
+        datastore = SegLoopDatastore(copy, labels=labels)
         unlabelled = sorted(datastore.get_unlabeled_images())
-        labels = [os.path.join(copy, "labels", "original", f"{image}.nii.gz") for image in unlabelled]
+        outputs = [os.path.join(copy, "labels", "original", f"{image}.nii.gz") for image in unlabelled]
         server_conf = dict(conf, auto_train="false", batch_infer_workers=str(workers))
         with running_server(copy, conf=server_conf, env=NO_SCORING) as server:
             start = time.time()
             r = requests.post(f"{server.url}/batch/infer/segmentation", params={"images": "unlabeled"}, json={}, timeout=60)
             r.raise_for_status()
-            wait_for(lambda: all(os.path.exists(label) for label in labels), 1800, 0.25, "batch inference's labels")
+            wait_for(lambda: all(os.path.exists(output) for output in outputs), 1800, 0.25, "batch inference's labels")
             wall = time.time() - start
-        return {"workers": workers, "volumes": len(labels), "wall_s": round(wall, 1),
-                "volumes_per_minute": round(60 * len(labels) / wall, 2)}
+        return {"workers": workers, "volumes": len(outputs), "wall_s": round(wall, 1),
+                "volumes_per_minute": round(60 * len(outputs) / wall, 2)}
     finally:
         shutil.rmtree(os.path.dirname(copy), ignore_errors=True)
 
@@ -125,6 +126,11 @@ def training(studies: str, conf: Dict[str, str], procs: int, iterations: int) ->
         shutil.rmtree(work, ignore_errors=True)
 
 
+def ratio(arms, i: int, of: int = 0) -> float:
+    """Volumes per minute of arm ``i`` over arm ``of``'s."""
+    return round(arms[i]["volumes_per_minute"] / arms[of]["volumes_per_minute"], 2)
+
+
 def main(args) -> int:
     root = tempfile.mkdtemp(prefix="segloop-scale-data-")
     try:
@@ -141,12 +147,10 @@ def main(args) -> int:
         for procs in (1, 2):
             report["training"].append(training(studies, conf, procs, args.iterations))
             print("training", report["training"][-1], flush=True)
-        one, ray1, ray2 = report["scoring"]
-        ratio = lambda arms, i: round(arms[i]["volumes_per_minute"] / arms[0]["volumes_per_minute"], 2)  # noqa: E731
         report["ratios"] = {
-            "scoring_ray_1_worker_vs_in_process": round(ray1["volumes_per_minute"] / one["volumes_per_minute"], 2),
-            "scoring_ray_2_workers_vs_in_process": round(ray2["volumes_per_minute"] / one["volumes_per_minute"], 2),
-            "scoring_ray_2_vs_1_worker": round(ray2["volumes_per_minute"] / ray1["volumes_per_minute"], 2),
+            "scoring_ray_1_worker_vs_in_process": ratio(report["scoring"], 1),
+            "scoring_ray_2_workers_vs_in_process": ratio(report["scoring"], 2),
+            "scoring_ray_2_vs_1_worker": ratio(report["scoring"], 2, of=1),
             "batch_inference_ray_1_worker_vs_monai_label": ratio(report["batch_inference"], 1),
             "batch_inference_ray_2_workers_vs_monai_label": ratio(report["batch_inference"], 2),
             "training_samples_per_second_2_vs_1_process": round(
