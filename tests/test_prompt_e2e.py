@@ -41,12 +41,12 @@ def upstream_slicer_client():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The prompt model trained for PROMPT_TRAIN_STEPS on 8 labelled cases (tests/pretrain.py), in
-    this process; case_008 and case_009 are held out."""
-    trained = pretrained("prompt", tmp_path_factory)
-    print(f"\nprompt model: {trained['run']['stats']['current_iteration']} iterations in {trained['run']['seconds']} s")
-    return trained["root"]
+def trained_prompt(tmp_path_factory):
+    """The prompt model trained for PROMPT_TRAIN_STEPS on 8 labelled cases (tests/pretrain.py) in the
+    background since collection (conftest.py); case_008 and case_009 are held out."""
+    run = pretrained("prompt", tmp_path_factory)
+    print(f"\nprompt model: {run['run']['stats']['current_iteration']} iterations in {run['run']['seconds']} s")
+    return run["root"]
 
 
 def truth_of(root, case_id):
@@ -58,12 +58,12 @@ MARGIN = 0.05  # Dice over the learns-nothing baseline of the same prompt
 BOX_MARGIN = 0.02  # the box arm's, over the box itself: 0.05-0.09 in three runs of this test
 
 
-def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained, capsys, tmp_path):
+def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained_prompt, capsys, tmp_path):
     """Every arm of ``eval interactive`` on the held-out cases, each beside the baseline that gets
     the same information and learns nothing: clicks against a ball of the organ's median training
     size at the first click, a box against the box itself; free text against the label prompt it
     resolves to. The label-only figures are printed beside the mean label (not asserted, below)."""
-    report = evaluate_interactive(f"{trained}/studies", f"{trained}/ground_truth", clicks=3, segfm_clicks=1)
+    report = evaluate_interactive(f"{trained_prompt}/studies", f"{trained_prompt}/ground_truth", clicks=3, segfm_clicks=1)
     assert report["cases"] == HELD_OUT
     rows = report["labels"]
     mean = lambda key: float(np.mean([key(rows[o]) for o in ORGANS]))  # noqa: E731
@@ -137,12 +137,12 @@ def test_each_prompt_arm_against_a_baseline_that_learns_nothing(trained, capsys,
     assert os.path.getsize(paths["png"]) > 10_000
 
 
-def test_latency_bench_times_http_and_each_cpu_path_on_the_trained_model(trained, tmp_path):
+def test_latency_bench_times_http_and_each_cpu_path_on_the_trained_model(trained_prompt, tmp_path):
     from segloop_bench.cli import build_parser
 
     out = tmp_path / "latency"
     args = build_parser().parse_args(
-        ["bench", "latency", "--studies", f"{trained}/studies", "--ground-truth", f"{trained}/ground_truth",
+        ["bench", "latency", "--studies", f"{trained_prompt}/studies", "--ground-truth", f"{trained_prompt}/ground_truth",
          "--cases", HELD_OUT[0], "--clicks", "2", "--out", str(out)]
     )
     assert args.func(args) == 0
@@ -161,9 +161,9 @@ def test_latency_bench_times_http_and_each_cpu_path_on_the_trained_model(trained
     assert report["speedup_of_median_vs_float32_native"]["float32_onednn"] > 0
 
 
-def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
+def test_upstream_plugin_requests_through_the_real_server(trained_prompt, tmp_path):
     Client = upstream_slicer_client()
-    studies = f"{trained}/studies"
+    studies = f"{trained_prompt}/studies"
     conf = {"models": "prompt", "auto_train": "true", "retrain_max_seconds": "5", "first_run_max_seconds": "5", "retrain_debounce_s": "0"}
     with running_server(studies, conf=conf, log_path=str(tmp_path / "server.log")) as server:
         client = Client(server.url, tmpdir=str(tmp_path))
@@ -171,14 +171,14 @@ def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
         assert info["models"]["prompt"]["type"] == "deepgrow"  # the plugin shows its point tools
         assert info["models"]["prompt"]["dimension"] == 3
 
-        truth = truth_of(trained, "case_008")
+        truth = truth_of(trained_prompt, "case_008")
         image = nib.load(f"{studies}/case_008.nii.gz")
         liver = truth == DEFAULT_LABELS["liver"]
         click = [int(v) for v in region_centre(largest_component(liver))]
         # The server must answer what the evaluated model answers (test above): the same prompts
         # through the in-process zoom-out-zoom-in pipeline give the same masks.
         pipeline, matcher, labels = build_pipeline(studies)
-        stored_image, _ = load_case(f"{studies}/case_008.nii.gz", f"{trained}/ground_truth/case_008.nii.gz")
+        stored_image, _ = load_case(f"{studies}/case_008.nii.gz", f"{trained_prompt}/ground_truth/case_008.nii.gz")
         classes = class_indices(labels)
         sessions, results = {}, {}
         for name in ("liver", "spleen"):
@@ -303,7 +303,7 @@ def test_upstream_plugin_requests_through_the_real_server(trained, tmp_path):
         assert r.status_code in (400, 404)
 
         # A submitted correction retrains the prompt model in the background: version 2 appears.
-        with open(f"{trained}/ground_truth/case_009.nii.gz", "rb") as f:
+        with open(f"{trained_prompt}/ground_truth/case_009.nii.gz", "rb") as f:
             r = requests.put(f"{url}/datastore/label", params={"image": "case_009", "tag": "final"}, files={"label": ("case_009.nii.gz", f)})
         assert r.status_code == 200, r.text
 
