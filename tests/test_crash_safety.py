@@ -191,9 +191,17 @@ def test_kills_during_promotion_leave_a_consistent_registry(tmp_path):
 
 def training_children(pid):
     try:
-        return [p for p in psutil.Process(pid).children(recursive=True) if "monailabel.interfaces.utils.app" in " ".join(p.cmdline())]
+        children = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+    found = []
+    for p in children:
+        try:  # a child that has just exited (gone, or a zombie not yet reaped) is not training
+            if "monailabel.interfaces.utils.app" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def alive(process):

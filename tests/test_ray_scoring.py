@@ -84,7 +84,7 @@ def run_killing_one_busy_worker(target, task_name):
     runner.start()
     deadline = time.time() + 300
     while runner.is_alive() and not killed and time.time() < deadline:
-        busy = [p for p in ray_processes() if f"ray::{task_name}" in " ".join(p.cmdline() or [])]
+        busy = [p for p in ray_processes() if f"ray::{task_name}" in " ".join(p.info["cmdline"] or [])]
         if busy:
             busy[0].kill()
             killed.append(busy[0].pid)
@@ -134,7 +134,9 @@ def ray_head():
                               "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
-        yield f"127.0.0.1:{port}", lambda: [p for p in ray_processes() if any(folder in a for a in (p.cmdline() or []))]
+        # the command lines read once by ray_processes (a worker killed by the test is a zombie until
+        # the raylet reaps it, and reading its command line again raises)
+        yield f"127.0.0.1:{port}", lambda: [p for p in ray_processes() if any(folder in a for a in (p.info["cmdline"] or []))]
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
         for p in ray_processes():  # workers orphaned by the raylet's stop, not all named by `ray stop`
