@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import requests
 import torch
@@ -43,24 +43,23 @@ def _studies(root: str, cases: int, labelled: int, seed: int) -> str:
     return os.path.join(root, "studies")
 
 
-def _published_copy(studies: str, conf: Dict[str, str]) -> Tuple[str, Dict[str, int]]:
+def _published_copy(studies: str, conf: Dict[str, str]) -> Tuple[str, Any]:
     """A fresh copy of ``studies`` in a temporary folder, serving the same seeded weights as version
-    1; returns its path and the labels of its config."""
+    1; returns its path and its task config (whose infer tasks load the published weights)."""
     work = tempfile.mkdtemp(prefix="segloop-scale-")
     copy = os.path.join(work, "studies")
     shutil.copytree(studies, copy, ignore=shutil.ignore_patterns(".segloop"))
     torch.manual_seed(0)  # the same published weights for every arm
     config = build_task_config(copy, conf)
     config.registry.record({"status": "promoted"}, config.network.state_dict(), promote=True)
-    return copy, config.labels
+    return copy, config
 
 
 def scoring(studies: str, conf: Dict[str, str], workers: int) -> Dict:
     """One full scoring job of a fresh copy of ``studies`` with ``workers`` (0: in-process)."""
     conf = dict(conf, scoring_workers=str(workers))
-    copy, _ = _published_copy(studies, conf)
+    copy, config = _published_copy(studies, conf)
     try:
-        config = build_task_config(copy, conf)  # built again: it loads the version just published
         datastore = SegLoopDatastore(copy, labels=config.labels)
         job = config.scoring_method()[SCORING_METHOD]
         start = time.time()
@@ -81,9 +80,9 @@ def scoring(studies: str, conf: Dict[str, str], workers: int) -> Dict:
 def batch_inference(studies: str, conf: Dict[str, str], workers: int) -> Dict:
     """``/batch/infer`` of the unlabelled images through a real server with ``batch_infer_workers``
     = ``workers`` (0: MONAI Label's batch task), from the request to the last label on disk."""
-    copy, labels = _published_copy(studies, conf)
+    copy, config = _published_copy(studies, conf)
     try:
-        datastore = SegLoopDatastore(copy, labels=labels)
+        datastore = SegLoopDatastore(copy, labels=config.labels)
         unlabelled = sorted(datastore.get_unlabeled_images())
         outputs = [os.path.join(copy, "labels", "original", f"{image}.nii.gz") for image in unlabelled]
         server_conf = dict(conf, auto_train="false", batch_infer_workers=str(workers))
