@@ -17,6 +17,7 @@ from monailabel.client.client import MONAILabelClientException
 
 from segloop.data.sample import save_nifti
 from segloop_bench.server import NO_SCORING, running_server, wait_for
+from segloop_bench.training import build_task_config
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,7 @@ def test_full_annotation_round_trip(server, sample_root, tmp_path):
         client.save_label(image_id, truth(sample_root, case), tag="final", params={"annotator": "dr_test"})
     assert sorted(client.datastore()["objects"]["my_ct"]["labels"]) == ["final", "read-dr_test"]  # the label and the annotator's read
 
-    started = client.train_start("segmentation", {"max_epochs": 2, "val_split": 0.0})
+    started = client.train_start("segmentation", {"max_epochs": 2, "val_split": 0.0, "seed": 0})
     assert started["status"] in ("SUBMITTED", "RUNNING")
     # The training subprocess shares the CPU with the server: the app lets its OpenMP threads sleep.
     assert "OMP_WAIT_POLICY" not in psutil.Process(server.proc.pid).environ()
@@ -99,8 +100,15 @@ def test_full_annotation_round_trip(server, sample_root, tmp_path):
     result_file, params = client.infer("segmentation", "case_002", {})
     out, ref = nib.load(result_file), nib.load(image_path)
     assert out.shape == ref.shape and np.allclose(out.affine, ref.affine, atol=1e-4)
-    values = set(np.unique(np.asarray(out.dataobj)).tolist())
-    assert values <= {0, 1, 2, 3, 4} and len(values) > 1
+    served = np.asarray(out.dataobj)
+    assert set(np.unique(served).tolist()) <= {0, 1, 2, 3, 4}
+    # It is the trained version's answer: the same published model run in this process gives the
+    # same labels. (Six iterations may well answer background everywhere: quality is the learning
+    # and active-learning tests' business, not this one's.)
+    local_file, _ = build_task_config(server.studies, {"auto_train": "false"}).infer()({"image": image_path})
+    local = np.asarray(nib.load(local_file).dataobj)
+    os.remove(local_file)
+    assert np.mean(served != local) <= 1e-3, f"{np.mean(served != local):.4%} of voxels differ from the in-process answer"
     assert params["model"] == "segmentation" and params["checkpoint"] == "segmentation.pt"
 
     # ... and on an uploaded file that is not in the datastore.
