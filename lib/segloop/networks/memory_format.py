@@ -1,10 +1,11 @@
 """Channels-last (NDHWC) memory layout for float32 CPU training.
 
-oneDNN runs a CPU training step's 3D convolutions, forward and backward, in channels-last layouts;
-a network held in PyTorch's default NCDHW layout pays for reordering every convolution's input,
-weights and gradients both ways. Holding the weights and the batch channels-last spares that: the
-arithmetic is the same up to float32 rounding, the step shorter on a CPU (both CPU networks,
-2 threads, no AVX512: ``benchmarks/training_step_precision.py`` times the layouts side by side).
+A float32 training step on a CPU spends most of its time in the convolutions' backward pass on
+oneDNN. With the network's weights and the batch held channels-last (``torch.channels_last_3d``)
+instead of PyTorch's default NCDHW, oneDNN takes the step in less time with the same arithmetic up
+to float32 rounding (both CPU networks, 2 threads, no AVX512: ``benchmarks/training_step_precision.py``
+times the layouts side by side; the profile is in ``benchmarks/trials.md``). Layers that hand back
+the default layout (instance norms) leave the next convolution to take it as it comes.
 
 Used where it was measured: float32 training on a CPU. Training under bfloat16 autocast (a CPU with
 native bfloat16) or on a GPU keeps the default layout. Inference has its own oneDNN path
