@@ -115,7 +115,10 @@ def test_the_seed_summary_gives_mean_and_sd_and_never_calls_an_unreached_noc_met
 def test_bench_auto_arms_and_picture(tmp_path):
     from segloop_bench.bench_auto import parse_arm, plot
 
-    assert parse_arm("unetr_cpu") == {"name": "unetr_cpu", "conf": {"network": "unetr_cpu", "plan": "off"}, "request": {}}
+    assert parse_arm("unetr_cpu") == {"name": "unetr_cpu", "model": "segmentation", "infer": "segmentation",
+                                      "conf": {"network": "unetr_cpu", "plan": "off"}, "request": {}}
+    prompt = parse_arm("prompt")  # the prompt model's label-only answers as the proposal
+    assert (prompt["model"], prompt["infer"], prompt["conf"]) == ("prompt", "prompt_seg", {"prompt_proposal": "true"})
     assert parse_arm("dynunet_cpu+plan")["conf"] == {"network": "dynunet_cpu", "plan": "auto"}
     tumour = parse_arm("unetr_cpu+plan+tumour")
     assert tumour["conf"]["plan"] == "auto" and set(tumour["request"]) == {"crop_ratios", "class_weights"}

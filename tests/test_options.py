@@ -48,6 +48,7 @@ def test_iteration_budgets_for_every_model_or_per_model():
         ({"reads_per_case": "0"}, ">= 1"),
         ({"reads_per_case": "11"}, "1..10"),
         ({"review": "sometimes"}, "true or false"),
+        ({"prompt_proposal": "yes"}, "prompt_proposal must be true or false"),
         ({"agreement_threshold": "1.5"}, r"\[0, 1\]"),
         ({"retrain_max_iterations": "-3"}, ">= 0"),
         ({"scoring_workers": "1000"}, "0..256"),

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from segloop.data.phantom import NOVEL_STRUCTURES
+from segloop.infers.prompt_proposal import merge_structure_masks
 from segloop.labels import DEFAULT_LABELS
 from segloop.metrics.dice import dice
 from segloop.prompts.click_protocol import class_indices, click_session, load_case
@@ -164,7 +165,8 @@ def test_latency_bench_times_http_and_each_cpu_path_on_the_trained_model(trained
 def test_upstream_plugin_requests_through_the_real_server(trained_prompt, tmp_path):
     Client = upstream_slicer_client()
     studies = f"{trained_prompt}/studies"
-    conf = {"models": "prompt", "auto_train": "true", "retrain_max_seconds": "5", "first_run_max_seconds": "5", "retrain_debounce_s": "0"}
+    conf = {"models": "prompt", "auto_train": "true", "retrain_max_seconds": "5", "first_run_max_seconds": "5", "retrain_debounce_s": "0",
+            "prompt_proposal": "true"}
     with running_server(studies, conf=conf, log_path=str(tmp_path / "server.log")) as server:
         client = Client(server.url, tmpdir=str(tmp_path))
         info = client.info()
@@ -180,6 +182,21 @@ def test_upstream_plugin_requests_through_the_real_server(trained_prompt, tmp_pa
         pipeline, matcher, labels = build_pipeline(studies)
         stored_image, _ = load_case(f"{studies}/case_008.nii.gz", f"{trained_prompt}/ground_truth/case_008.nii.gz")
         classes = class_indices(labels)
+
+        # The label-only proposal (prompt_proposal), as the plugin asks an automatic model: every
+        # label's label-only answer of the in-process pipeline, merged, on the input grid.
+        assert info["models"]["prompt_seg"]["type"] == "segmentation"
+        proposal_file, params = client.infer("prompt_seg", "case_008", {})
+        proposal = nib.load(proposal_file)
+        assert proposal.shape == image.shape and np.allclose(proposal.affine, image.affine, atol=1e-4)
+        assert params["label_names"] == labels and params["model_version"] == 1
+        served = np.asarray(proposal.dataobj)
+        expected = merge_structure_masks({labels[n]: pipeline(stored_image, Prompt(label=c))[0] for n, c in classes.items()})
+        assert set(np.unique(served).tolist()) <= {0, *labels.values()}
+        for name, value in labels.items():
+            assert (served == value).sum() == params["voxels"][name]
+            assert dice(served == value, expected == value) > 0.99, name  # (1 where both are empty)
+
         sessions, results = {}, {}
         for name in ("liver", "spleen"):
             target = truth == DEFAULT_LABELS[name]

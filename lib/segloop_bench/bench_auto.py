@@ -5,7 +5,8 @@ labelled cases, the same wall-clock CPU training budget each, the same held-out 
 1. Generates ``--train-cases`` labelled and ``--held-out`` unlabelled phantoms (seed 101, random
    sizes and spacings), plus one 128 x 128 x 64 case for the latency target.
 2. Trains each SegLoop arm (``--arms``: ``network``, ``+plan`` for the planned geometry,
-   ``segloop.planning``, ``+tumour`` for tumour-directed crops and loss weight) in-process through the app's own config and trainer for
+   ``segloop.planning``, ``+tumour`` for tumour-directed crops and loss weight; ``prompt`` for the prompt
+   model served as an automatic proposal, ``prompt_proposal``) in-process through the app's own config and trainer for
    ``--train-minutes``, from scratch, seed 0, every label trained on (no validation split).
 3. Trains the radiology app's ``segmentation`` model (SegResNet at 1.5 mm, 96^3 patches, its own
    trainer and transforms; ``--conf labels`` set to SegLoop's labels, so no pretrained weights) on
@@ -38,6 +39,7 @@ import numpy as np
 import requests
 
 from segloop.data.sample import write_sample_data
+from segloop.infers.prompt_proposal import PROPOSAL_SUFFIX
 from segloop.labels import DEFAULT_LABELS
 from segloop.metrics.dice import dice_per_label
 from segloop_bench.baselines import hu_ranges, hu_threshold_dice, mean_label_dice
@@ -136,13 +138,19 @@ TUMOUR_RECIPE = {"crop_ratios": "[1,1,1,1,4]", "class_weights": "[1,1,1,1,3]"}  
 def parse_arm(arm: str) -> Dict:
     """``network`` with optional ``+plan`` (the planned geometry) and ``+tumour`` (tumour-centred
     crops 4x as often as each other class, tumour loss weight 3: :data:`TUMOUR_RECIPE`) -> its
-    name, app ``--conf`` and training request options."""
+    name, app ``--conf`` and training request options. ``prompt``: the prompt model (its default
+    preset), trained on the same labels for the same minutes and served with ``prompt_proposal``:
+    its label-only answers merged into a label map (``/infer/prompt_seg``)."""
+    if arm == "prompt":
+        return {"name": arm, "model": "prompt", "infer": "prompt" + PROPOSAL_SUFFIX, "conf": {"prompt_proposal": "true"}, "request": {}}
     network, *extras = arm.split("+")
     unknown = [e for e in extras if e not in ("plan", "tumour")]
     if unknown or len(set(extras)) != len(extras):
         raise ValueError(f"arm {arm!r}: write network, then optionally +plan and/or +tumour")
     return {
         "name": arm,
+        "model": "segmentation",
+        "infer": "segmentation",
         "conf": {"network": network, "plan": "auto" if "plan" in extras else "off"},
         "request": dict(TUMOUR_RECIPE) if "tumour" in extras else {},
     }
@@ -153,10 +161,12 @@ def train_arm(arm: Dict, studies: str, work: str, budget_s: float) -> Dict:
     shutil.copytree(studies, folder)
     print(f"Training SegLoop {arm['name']} for {budget_s / 60:g} min ...", flush=True)
     run = train(folder, {"max_epochs": 100000, "max_seconds": budget_s, "val_split": 0.0, "seed": 0,
-                         "from_scratch": True, **arm["request"]}, conf=arm["conf"])
+                         "from_scratch": True, **arm["request"]}, conf=arm["conf"], name=arm["model"])
     version = run["stats"].get("version") or {}
     return {
         "folder": folder,
+        "model": arm["model"],
+        "infer": arm["infer"],
         "conf": arm["conf"],
         "request": arm["request"],
         "training": {"wall_s": run["seconds"], "iterations": version.get("iterations"), "epochs": run["stats"].get("epoch")},
@@ -247,11 +257,11 @@ def main(args) -> int:
         model_dir = os.path.join(serve, ".segloop", "model")
         shutil.copytree(os.path.join(arm["folder"], ".segloop", "model"), model_dir, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("cache", "run_*"))
-        print(f"Serving SegLoop {name}: /infer/segmentation on the held-out cases ...", flush=True)
-        conf = {"models": "segmentation", "auto_train": "false", **arm["conf"]}
+        print(f"Serving SegLoop {name}: /infer/{arm['infer']} on the held-out cases ...", flush=True)
+        conf = {"models": arm["model"], "auto_train": "false", **arm["conf"]}
         with running_server(serve, conf=conf, log_path=os.path.join(work, f"server_{os.path.basename(serve)}.log")) as handle:
-            result = serve_and_score(handle, "segmentation", held_ids, truth, labels, scratch)
-            result["latency_128x128x64"] = latency_probe(handle, "segmentation", probe_id)
+            result = serve_and_score(handle, arm["infer"], held_ids, truth, labels, scratch)
+            result["latency_128x128x64"] = latency_probe(handle, arm["infer"], probe_id)
         report["arms"][name] = {k: v for k, v in arm.items() if k != "folder"} | result
 
     if not args.skip_upstream:

@@ -20,6 +20,7 @@ from segloop.validation import DEFAULT_MAX_VOXELS
 
 OPTIONS: Dict[str, Tuple[str, str]] = {
     "models": ("segmentation,prompt", "comma-separated task names to serve: segmentation, prompt"),
+    "prompt_proposal": ("false", "true: also serve the prompt model's label-only answers (one per label, merged into one label map) as the automatic model <prompt>_seg, beside the segmentation model's proposal"),
     "labels": ("", 'JSON name->index map, e.g. {"liver":1,"spleen":2}; default: the sample labels'),
     "network": (DEFAULT_NETWORK, "unetr_cpu (CPU-sized UNETR), unetr (full size, GPU), dynunet_cpu / dynunet (nnU-Net topology, deep supervision), swinunetr_cpu or segresnet"),
     "prompt_network": (DEFAULT_PROMPT_NETWORK, "prompt model size: prompt_cpu (CPU default) or prompt (GPU)"),
@@ -63,6 +64,7 @@ OPTIONS: Dict[str, Tuple[str, str]] = {
 @dataclass
 class SegLoopOptions:
     models: List[str]
+    prompt_proposal: bool
     labels: Dict[str, int]
     network: str
     plan: str
@@ -126,6 +128,13 @@ def _number(conf: Mapping[str, str], key: str, cast, minimum: float):
     return value
 
 
+def _flag(conf: Mapping[str, str], key: str) -> bool:
+    raw = (conf.get(key) or OPTIONS[key][0]).lower()
+    if raw not in ("true", "false"):
+        raise ValueError(f"--conf {key} must be true or false, got {raw!r}")
+    return raw == "true"
+
+
 def _endpoint(conf: Mapping[str, str], key: str, expected: str, schemes=(), words=()) -> str:
     """``key`` as ``host:port`` (optionally after one of ``schemes``, or one of ``words``); empty if unset."""
     raw = (conf.get(key) or "").strip()
@@ -181,17 +190,11 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         raise ValueError(f"--conf amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     models = [m.strip() for m in (conf.get("models") or OPTIONS["models"][0]).split(",") if m.strip()]
     max_epochs = _number(conf, "max_epochs", int, minimum=1)
-    auto_train = (conf.get("auto_train") or OPTIONS["auto_train"][0]).lower()
-    if auto_train not in ("true", "false"):
-        raise ValueError(f"--conf auto_train must be true or false, got {auto_train!r}")
     labels = parse_labels(conf.get("labels"))
     dropout = _number(conf, "dropout", float, minimum=0)
     if dropout >= 1:
         raise ValueError(f"--conf dropout must be in [0, 1), got {dropout}")
     parse_vocabulary(conf.get("label_vocabulary"), list(labels))  # a bad vocabulary stops the server
-    review = (conf.get("review") or OPTIONS["review"][0]).lower()
-    if review not in ("true", "false"):
-        raise ValueError(f"--conf review must be true or false, got {review!r}")
     reads_per_case = _number(conf, "reads_per_case", int, minimum=1)
     if reads_per_case > 10:
         raise ValueError(f"--conf reads_per_case must be 1..10, got {reads_per_case}")
@@ -209,6 +212,7 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
     ray_address = _endpoint(conf, "ray_address", "auto, host:port or ray://host:port", schemes=("ray://",), words=("auto",))
     return SegLoopOptions(
         models=models,
+        prompt_proposal=_flag(conf, "prompt_proposal"),
         labels=labels,
         network=network,
         plan=plan,
@@ -220,7 +224,7 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         amp=amp,
         checkpoint=os.path.abspath(checkpoint) if checkpoint else None,
         max_epochs=max_epochs,
-        auto_train=auto_train == "true",
+        auto_train=_flag(conf, "auto_train"),
         retrain_every=_number(conf, "retrain_every", int, minimum=1),
         retrain_max_seconds=_number(conf, "retrain_max_seconds", float, minimum=1),
         first_run_max_seconds=_number(conf, "first_run_max_seconds", float, minimum=1),
@@ -239,7 +243,7 @@ def parse_options(conf: Mapping[str, str]) -> SegLoopOptions:
         batch_infer_workers=batch_infer_workers,
         ray_address=ray_address,
         reads_per_case=reads_per_case,
-        review=review == "true",
+        review=_flag(conf, "review"),
         agreement_threshold=agreement_threshold,
         assignment_lock_s=_number(conf, "assignment_lock_s", float, minimum=0),
         max_upload_mb=_number(conf, "max_upload_mb", float, minimum=1),

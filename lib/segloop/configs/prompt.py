@@ -10,6 +10,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from segloop.campaign.registry import ModelRegistry
 from segloop.configs.options import parse_options, resolve_device
 from segloop.infers.prompt import PromptInfer
+from segloop.infers.prompt_proposal import PROPOSAL_SUFFIX, PromptProposalInfer
 from segloop.networks.prompt import build_prompt_network, get_prompt_preset
 from segloop.prompts.text import LabelMatcher, parse_vocabulary
 from segloop.trainers.prompt import PromptTrainer
@@ -37,24 +38,19 @@ class InteractiveSegmentation(TaskConfig):
         )
 
     def infer(self):
-        """Two infer tasks on one network, as MONAI Label's DeepEdit config names its two: ``<name>``
+        """The infer tasks on one network, as MONAI Label's DeepEdit config names its two: ``<name>``
         (DeepGrow type: the plugin's point tools and every SegLoop prompt) and ``<name>_scribbles``
-        (Scribbles type: the plugin's scribbles panel)."""
-        return {
-            task_name: PromptInfer(
-                path=self.path,
-                network=self.network,
-                labels=self.labels,
-                preset=self.preset,
-                matcher=self.matcher,
-                hu_window=self.options.hu_window,
-                model_name=self.name,
-                device=self.device,
-                amp=self.options.amp,
-                infer_type=infer_type,
-            )
+        (Scribbles type: the plugin's scribbles panel); with ``prompt_proposal``, also ``<name>_seg``
+        (Segmentation type: every label's label-only answer, merged), as DeepEdit's ``deepedit_seg``."""
+        common = dict(path=self.path, network=self.network, labels=self.labels, preset=self.preset, matcher=self.matcher,
+                      hu_window=self.options.hu_window, model_name=self.name, device=self.device, amp=self.options.amp)
+        tasks = {
+            task_name: PromptInfer(**common, infer_type=infer_type)
             for task_name, infer_type in ((self.name, InferType.DEEPGROW), (f"{self.name}_scribbles", InferType.SCRIBBLES))
         }
+        if self.options.prompt_proposal:  # its label-only answers as an automatic proposal (infers/prompt_proposal.py)
+            tasks[self.name + PROPOSAL_SUFFIX] = PromptProposalInfer(**common)
+        return tasks
 
     def trainer(self):
         return PromptTrainer(

@@ -47,6 +47,18 @@ logger = logging.getLogger(__name__)
 SCRIBBLES_FOREGROUND, SCRIBBLES_BACKGROUND = "foreground_scribbles", "background_scribbles"  # the plugin's segment names
 
 
+def save_on_input_grid(volume: np.ndarray, image_path: str) -> str:
+    """Write ``volume`` (the image's voxel grid) as a temporary NIfTI with the stored image's affine
+    and q/s-form codes; returns its path."""
+    stored = nib.load(image_path)
+    out = nib.Nifti1Image(volume, stored.affine)
+    out.set_qform(stored.get_qform(), code=int(stored.header["qform_code"]) or 1)
+    out.set_sform(stored.get_sform(), code=int(stored.header["sform_code"]) or 1)
+    result_file = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
+    nib.save(out, result_file)
+    return result_file
+
+
 class PromptInfer(SegmentationInfer):
     def __init__(
         self,
@@ -81,6 +93,17 @@ class PromptInfer(SegmentationInfer):
     def info(self) -> Dict[str, Any]:
         """MONAI Label's model info plus ``prompts``: the request forms this model takes."""
         return dict(super().info(), prompts=list(PROMPT_FORMS))
+
+    def _pipeline(self, result: Dict) -> ZoomOutZoomIn:
+        """The zoom-out-zoom-in pipeline on the serving version (its number goes into ``result``)."""
+        device = self._config.get("device", "cpu")
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"
+        network = self._get_network(device, {"result": result})  # fills result["model_version"]
+        return ZoomOutZoomIn(
+            network, self.preset.roi_size, self.preset.coarse_spacing, self.preset.fine_spacing, self.hu_window, device,
+            amp=self.amp,
+        )
 
     def _not_trained_message(self) -> str:
         return (
@@ -179,15 +202,8 @@ class PromptInfer(SegmentationInfer):
             previous = self.memory.previous(image_path, prompt)
             source = "remembered" if previous is not None else None
 
-        device = self._config.get("device", "cpu")
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            device = "cpu"
         result: dict = {}
-        network = self._get_network(device, {"result": result})  # fills result["model_version"]
-        pipeline = ZoomOutZoomIn(
-            network, self.preset.roi_size, self.preset.coarse_spacing, self.preset.fine_spacing, self.hu_window, device,
-            amp=self.amp,
-        )
+        pipeline = self._pipeline(result)
         mask, details = pipeline(image, prompt, previous, candidates=candidates)
         if details.get("label_from_click"):
             details["label_from_click"] = next(n for n, c in classes.items() if c == details["label_from_click"])
@@ -199,12 +215,7 @@ class PromptInfer(SegmentationInfer):
             details["excluded_voxels"] = int(excluded.sum())
         self.memory.remember(image_path, prompt, mask)
 
-        stored = nib.load(image_path)
-        out = nib.Nifti1Image(mask.astype(np.uint8), stored.affine)
-        out.set_qform(stored.get_qform(), code=int(stored.header["qform_code"]) or 1)
-        out.set_sform(stored.get_sform(), code=int(stored.header["sform_code"]) or 1)
-        result_file = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
-        nib.save(out, result_file)
+        result_file = save_on_input_grid(mask.astype(np.uint8), image_path)
         segment = request.get("label")  # the plugin's segment name, unless it is an uploaded file
         name = (
             notes.get("target")
