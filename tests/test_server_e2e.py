@@ -6,6 +6,7 @@ Automatic retraining is off here: this is the manual path (press train, then inf
 import os
 import re
 import shutil
+import subprocess
 
 import nibabel as nib
 import numpy as np
@@ -16,6 +17,7 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from segloop.data.sample import save_nifti
+from segloop.pacs.orthanc import free_port
 from segloop_bench.server import NO_SCORING, running_server, wait_for
 from segloop_bench.training import build_task_config
 
@@ -32,8 +34,10 @@ def server(sample_root, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("OMP_WAIT_POLICY", raising=False)
         mp.setattr("segloop_bench.server.shared_cpu_env", lambda env: env)
-        with running_server(studies, conf={"auto_train": "false"}, log_path=log, env=NO_SCORING) as handle:
-            handle.studies, handle.log = studies, log
+        # train_rdzv: where the nodes of a multi-node run meet (node 0 = this machine, loopback here)
+        conf = {"auto_train": "false", "train_rdzv": f"127.0.0.1:{free_port()}"}
+        with running_server(studies, conf=conf, log_path=log, env=NO_SCORING) as handle:
+            handle.studies, handle.log, handle.rdzv = studies, log, conf["train_rdzv"]
             yield handle
 
 
@@ -156,18 +160,37 @@ def test_bad_requests_get_clear_client_errors(server, sample_root, tmp_path):
     assert "final" not in client.datastore()["objects"]["case_004"]["labels"]
 
 
-def test_training_runs_of_both_models_on_two_processes_through_torchrun(server, tmp_path):
-    """``train_procs: 2`` (as ``--conf train_procs_per_node 2`` sets for every run): the run goes
-    through torchrun, 2 CPU ranks on gloo, each on its shard of the cases; one version recorded;
-    then the prompt model's run on 2 ranks."""
+def node_zero_torchrun(server):
+    """(command line, environment) of the torchrun agent the server started for the current run, once it runs."""
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            command = child.cmdline()
+            if "torch.distributed.run" in command:
+                return command, child.environ()
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_training_runs_of_both_models_on_two_nodes_and_on_two_processes_through_torchrun(server, tmp_path):
+    """``train_nodes: 2`` (as ``--conf train_nodes 2`` sets for every run): the server's run is node
+    0 of a torchrun meeting at ``train_rdzv``; node 1 joins with the README's command (node 0's,
+    ``--node_rank 1``, the server's environment), started here on the same machine; one CPU rank
+    each on gloo, each on its shard of the cases; one version recorded. Then the prompt model's run
+    on 2 processes of one node (``train_procs: 2``)."""
     client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
     models = lambda: requests.get(f"{server.url}/segloop/models/segmentation", timeout=30).json()  # noqa: E731
     before = len(models()["versions"])
     too_many = requests.post(f"{server.url}/train/segmentation", json={"train_procs": 65}, timeout=30)
     assert too_many.status_code == 400 and "train_procs" in too_many.text
 
-    started = client.train_start("segmentation", {"train_procs": 2, "max_epochs": 2, "val_split": 0.0, "seed": 0})
+    started = client.train_start("segmentation", {"train_nodes": 2, "max_epochs": 2, "val_split": 0.0, "seed": 0})
     assert started["status"] in ("SUBMITTED", "RUNNING")
+    command, env = wait_for(lambda: node_zero_torchrun(server), 120, 0.2, "node 0's torchrun")
+    rank = command.index("--node_rank")
+    assert command[rank + 1] == "0" and command[command.index("--rdzv_endpoint") + 1] == server.rdzv
+    node_one = subprocess.run(command[:rank + 1] + ["1"] + command[rank + 2:], env=env, capture_output=True, text=True, timeout=600)
+    assert node_one.returncode == 0, node_one.stdout[-3000:] + node_one.stderr[-3000:]
     status = wait_for_training(client)
     assert status["status"] == "DONE", status
     state = models()
@@ -177,7 +200,8 @@ def test_training_runs_of_both_models_on_two_processes_through_torchrun(server, 
     with open(server.log) as f:
         log = f.read()
     run = log[log.rindex("distributed training: 2 processes"):]
-    shards = [int(n) for rank in (0, 1) for n in re.findall(rf"\) - {rank} - Records for Training: (\d+)", run)[:1]]
+    shards = [int(n) for rank, text in ((0, run), (1, node_one.stdout + node_one.stderr))
+              for n in re.findall(rf"\) - {rank} - Records for Training: (\d+)", text)[:1]]
     labelled = len(version["labels_used"])
     assert len(shards) == 2 and shards[0] == shards[1] == -(-labelled // 2), (shards, labelled)  # MONAI's even partition
     assert run.count("Distributed Training = TRUE") == 0  # torchrun's ranks, not MONAI Label's multi-GPU spawn
