@@ -7,7 +7,8 @@ to float32 rounding (both CPU networks, 2 threads, no AVX512: ``benchmarks/train
 times the layouts side by side; the profile is in ``benchmarks/trials.md``). Layers that hand back
 the default layout (instance norms) leave the next convolution to take it as it comes.
 
-Used where it was measured: float32 training on a CPU. Training under bfloat16 autocast (a CPU with
+Used where it was measured: float32 training on a CPU, by trainers that opt in (the automatic
+model's; ``SegmentationTrainer.channels_last``). Training under bfloat16 autocast (a CPU with
 native bfloat16) or on a GPU keeps the default layout. Inference has its own oneDNN path
 (``segloop.networks.onednn``).
 """

@@ -112,6 +112,8 @@ def main_head(pred: torch.Tensor) -> torch.Tensor:
 
 
 class SegmentationTrainer(BasicTrainTask):
+    channels_last = True  # float32 CPU training holds the network channels-last (networks/memory_format.py)
+
     def __init__(
         self,
         model_dir: str,
@@ -211,7 +213,7 @@ class SegmentationTrainer(BasicTrainTask):
         device = torch.device(context.device)
         if device.type == "cpu" and self.amp_mode == "auto" and native_bfloat16(device):
             return AutocastInferer(device, self.amp_mode)
-        if trains_channels_last(device, self.amp_mode):  # float32 on a CPU: a shorter step (networks/memory_format.py)
+        if self.channels_last and trains_channels_last(device, self.amp_mode):  # float32 on a CPU: a shorter step (networks/memory_format.py)
             return ChannelsLastInferer()
         return super().train_inferer(context)
 
@@ -447,7 +449,7 @@ class SegmentationTrainer(BasicTrainTask):
     def _hold_layout(self, context: Context, network: Optional[torch.nn.Module] = None) -> None:
         """Float32 CPU training holds the network channels-last (networks/memory_format.py); the
         optimiser keeps the same parameters. :meth:`train` puts the default layout back."""
-        if trains_channels_last(context.device, self.amp_mode):
+        if self.channels_last and trains_channels_last(context.device, self.amp_mode):
             to_channels_last(network if network is not None else context.network)
 
     def _create_evaluator(self, context: Context):
