@@ -90,9 +90,12 @@ class PromptInfer(SegmentationInfer):
         self.memory = ClickMemory()
         self.amp = amp  # precision of the zoom passes (networks/precision.py)
 
+    prompt_forms = PROMPT_FORMS  # the request forms this task takes (none for an automatic proposal)
+
     def info(self) -> Dict[str, Any]:
-        """MONAI Label's model info plus ``prompts``: the request forms this model takes."""
-        return dict(super().info(), prompts=list(PROMPT_FORMS))
+        """MONAI Label's model info plus ``prompts``: the request forms this model takes, if any."""
+        info = super().info()
+        return dict(info, prompts=list(self.prompt_forms)) if self.prompt_forms else info
 
     def _pipeline(self, result: Dict) -> ZoomOutZoomIn:
         """The zoom-out-zoom-in pipeline on the serving version (its number goes into ``result``)."""

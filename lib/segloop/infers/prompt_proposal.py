@@ -10,7 +10,7 @@ labels and CPU budget: ``segloop-bench bench auto --arms ...,prompt`` (README, B
 
 import os
 import time
-from typing import Any, Dict, Mapping
+from typing import Dict, Mapping
 
 import numpy as np
 from monai.transforms import LoadImage
@@ -34,13 +34,11 @@ def merge_structure_masks(masks: Mapping[int, np.ndarray]) -> np.ndarray:
 
 
 class PromptProposalInfer(PromptInfer):
+    prompt_forms = ()  # an automatic model: the image alone
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, infer_type=InferType.SEGMENTATION, **kwargs)
         self.description = "The prompt model's label-only answer for every label, merged: an automatic proposal"
-
-    def info(self) -> Dict[str, Any]:
-        """MONAI Label's model info: an automatic model takes no prompts."""
-        return super(PromptInfer, self).info()
 
     def __call__(self, request, callbacks=None):
         start = time.time()
