@@ -1,6 +1,7 @@
 """The benchmark package's support code: result provenance and the baselines that learn nothing."""
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -135,3 +136,22 @@ def test_bench_auto_arms_and_picture(tmp_path):
     path = tmp_path / "auto.png"
     plot(report, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_auto_reuses_only_an_arm_trained_with_the_options_asked_for(tmp_path):
+    from segloop.io import atomic_write_json
+    from segloop_bench.bench_auto import ARM_RECORD, arm_folder, parse_arm, reused_arm
+    from segloop_bench.errors import HarnessError
+
+    arm, work = parse_arm("prompt"), str(tmp_path)
+    with pytest.raises(HarnessError, match="not found"):
+        reused_arm(arm, work, 1800)
+    record = {"folder": arm_folder(arm, work), "model": "prompt", "infer": "prompt_seg", "conf": arm["conf"], "request": {},
+              "training": {"wall_s": 1801.0, "iterations": 700, "budget_min": 30.0, "provenance": {"commit": "abc"}}}
+    os.makedirs(record["folder"])
+    atomic_write_json(os.path.join(record["folder"], ARM_RECORD), record)
+    assert reused_arm(arm, work, 1800) == record
+    with pytest.raises(HarnessError, match="other options or minutes"):
+        reused_arm(arm, work, 600)  # trained for 30 minutes, asked for 10
+    with pytest.raises(HarnessError, match="other options or minutes"):
+        reused_arm(dict(arm, request={"crop_ratios": "[1,1,1,1,4]"}), work, 1800)

@@ -564,6 +564,24 @@ def test_a_click_without_a_label_takes_the_label_of_the_structure_under_it():
     assert "label_from_click" not in off(image, Prompt(positive=[click]))[1] and net.queries[0] == [0]
 
 
+def test_every_label_at_once_gives_each_labels_own_answer_from_one_zoom_out_pass():
+    """The automatic proposal's path (``segment_labels``): one zoom-out pass with every class query,
+    then each class's own zoom-in, gives each class the mask a label prompt alone gets from
+    ``__call__`` (its own zoom-out pass), classes found nowhere an empty mask."""
+    image, _, _, _ = case(1)
+    net = HalfSpaces()
+    pipeline = ZoomOutZoomIn(net, PRESET.roi_size, PRESET.coarse_spacing, PRESET.fine_spacing)
+    masks, timings = pipeline.segment_labels(image, [1, 2, 3, 4])
+    assert net.queries[0] == [1, 2, 3, 4] and [1, 2, 3, 4] not in net.queries[1:]  # one pass asked for all
+    assert all(len(q) == 1 for q in net.queries[1:]) and {q[0] for q in net.queries[1:]} == {1, 2}  # zoom-ins: 1 and 2 only
+    assert set(timings["fine_s"]) == {1, 2, 3, 4} and timings["coarse_s"] >= 0
+    for c in (1, 2, 3, 4):
+        alone, _ = pipeline(image, Prompt(label=c))
+        assert masks[c].shape == alone.shape and masks[c].dtype == bool and np.array_equal(masks[c], alone), c
+    assert masks[1].sum() > 100 and masks[2].sum() > 100 and not masks[3].any() and not masks[4].any()
+    assert not (masks[1] & masks[2]).any()
+
+
 def test_a_click_on_other_tissue_inside_a_structure_is_not_given_its_label():
     """A click on a lesion inside an organ's mask is on the mask but not on the organ's tissue: its
     HU (the median around it) is far from the median under the mask, so the organ is not its label."""

@@ -39,11 +39,13 @@ import numpy as np
 import requests
 
 from segloop.data.sample import write_sample_data
+from segloop.io import atomic_write_json, json_safe
 from segloop.infers.prompt_proposal import PROPOSAL_SUFFIX
 from segloop.labels import DEFAULT_LABELS
 from segloop.metrics.dice import dice_per_label
 from segloop_bench.baselines import hu_ranges, hu_threshold_dice, mean_label_dice
-from segloop_bench.provenance import write_result
+from segloop_bench.errors import HarnessError
+from segloop_bench.provenance import provenance, write_result
 from segloop_bench.server import running_server, server_env
 from segloop_bench.training import mean_per_label, train
 from segloop_bench.upstream import radiology_app
@@ -156,22 +158,47 @@ def parse_arm(arm: str) -> Dict:
     }
 
 
+ARM_RECORD = "bench_arm.json"  # in each arm's folder: its training run, for --reuse-training
+
+
+def arm_folder(arm: Dict, work: str) -> str:
+    return os.path.join(work, f"segloop_{arm['name'].replace('+', '_')}")
+
+
 def train_arm(arm: Dict, studies: str, work: str, budget_s: float) -> Dict:
-    folder = os.path.join(work, f"segloop_{arm['name'].replace('+', '_')}")
+    folder = arm_folder(arm, work)
     shutil.copytree(studies, folder)
     print(f"Training SegLoop {arm['name']} for {budget_s / 60:g} min ...", flush=True)
+    started = provenance("none: a training run")  # the code that trains is the code at the start
     run = train(folder, {"max_epochs": 100000, "max_seconds": budget_s, "val_split": 0.0, "seed": 0,
                          "from_scratch": True, **arm["request"]}, conf=arm["conf"], name=arm["model"])
     version = run["stats"].get("version") or {}
-    return {
+    record = {
         "folder": folder,
         "model": arm["model"],
         "infer": arm["infer"],
         "conf": arm["conf"],
         "request": arm["request"],
-        "training": {"wall_s": run["seconds"], "iterations": version.get("iterations"), "epochs": run["stats"].get("epoch")},
+        "training": {"wall_s": run["seconds"], "iterations": version.get("iterations"), "epochs": run["stats"].get("epoch"),
+                     "budget_min": budget_s / 60, "provenance": started},
         "geometry": version.get("geometry"),
     }
+    atomic_write_json(os.path.join(folder, ARM_RECORD), json_safe(record))
+    return record
+
+
+def reused_arm(arm: Dict, work: str, budget_s: float) -> Dict:
+    """The arm an earlier run of this bench trained in ``work`` (its record, :data:`ARM_RECORD`),
+    to serve again: for changes that touch inference only. The record keeps the training's commit."""
+    path = os.path.join(arm_folder(arm, work), ARM_RECORD)
+    if not os.path.isfile(path):
+        raise HarnessError(f"--reuse-training: {path} not found; train this arm first with --work {work}")
+    with open(path) as f:
+        record = json.load(f)
+    if record["conf"] != arm["conf"] or record["request"] != arm["request"] or record["training"].get("budget_min") != budget_s / 60:
+        raise HarnessError(f"--reuse-training: {path} was trained with other options or minutes than asked for now")
+    print(f"Reusing SegLoop {arm['name']}, trained at {record['training']['provenance']['commit']}", flush=True)
+    return record
 
 
 def latency_probe(handle, model: str, image_id: str) -> Dict:
@@ -247,7 +274,9 @@ def main(args) -> int:
     }
     print(f"baselines: {report['baselines']}", flush=True)
 
-    trained = {arm["name"]: train_arm(arm, studies, work, budget_s) for arm in arms}
+    if args.reuse_training and not args.work:
+        raise HarnessError("--reuse-training needs the --work folder of the run that trained the arms")
+    trained = {arm["name"]: (reused_arm if args.reuse_training else train_arm)(arm, studies, work, budget_s) for arm in arms}
 
     scratch = os.path.join(work, "responses")
     os.makedirs(scratch, exist_ok=True)

@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", default="unetr_cpu,unetr_cpu+plan,dynunet_cpu+plan,swinunetr_cpu",
                    help="SegLoop configurations, comma-separated: a network, then optionally +plan (planned geometry) and +tumour (tumour-centred crops and loss weight); or prompt (the prompt model's label-only answers, merged)")
     p.add_argument("--skip-upstream", action="store_true")
+    p.add_argument(
+        "--reuse-training", action="store_true",
+        help="serve the arms an earlier run trained in --work again, without training (for changes to inference "
+        "only; each arm keeps its training's commit); the data is generated again, identically",
+    )
     p.set_defaults(func=_runs("bench_auto"))
 
     p = bench.add_parser("first-session", help="the README's first session, scripted: held-out Dice of the proposal after it")

@@ -2,8 +2,9 @@
 
 Served as ``<prompt model>_seg``, of MONAI Label's ``segmentation`` type, the way MONAI Label's
 DeepEdit app serves its interactive model in automatic mode (``deepedit_seg``): one zoom-out-
-zoom-in pass per campaign label with the label prompt alone, no clicks, and the masks merged into
-one label map on the input grid. Where two masks overlap, the smaller structure keeps the voxel (a
+zoom-in per campaign label with the label prompt alone, no clicks (one zoom-out pass asks for every
+label at once; each label then zooms in on its own regions), and the masks merged into one label
+map on the input grid. Where two masks overlap, the smaller structure keeps the voxel (a
 tumour inside the liver stays a tumour). How it compares with the automatic model on the same
 labels and CPU budget: ``segloop-bench bench auto --arms ...,prompt`` (README, Benchmarks).
 """
@@ -18,7 +19,6 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from segloop.infers.prompt import PromptInfer, save_on_input_grid
 from segloop.prompts.click_protocol import class_indices
-from segloop.prompts.encoding import Prompt
 
 PROPOSAL_SUFFIX = "_seg"  # task name: the prompt model's name + this (MONAI Label's deepedit_seg)
 
@@ -45,13 +45,9 @@ class PromptProposalInfer(PromptInfer):
         checkpoint, image_path = self.check_request(request)
         image = LoadImage(image_only=True, ensure_channel_first=True)(image_path)
         result: Dict = {}
-        pipeline = self._pipeline(result)
-        masks, seconds = {}, {}
-        for name, c in class_indices(self.labels).items():
-            began = time.time()
-            masks[self.labels[name]], _ = pipeline(image, Prompt(label=c))
-            seconds[name] = round(time.time() - began, 3)
-        label_map = merge_structure_masks(masks)
+        classes = class_indices(self.labels)  # label name -> the network's class index
+        by_class, timings = self._pipeline(result).segment_labels(image, list(classes.values()))
+        label_map = merge_structure_masks({self.labels[name]: by_class[c] for name, c in classes.items()})
         result_file = save_on_input_grid(label_map, image_path)
         return result_file, {
             "model": self.model_name,
@@ -59,5 +55,9 @@ class PromptProposalInfer(PromptInfer):
             "model_version": result.get("model_version"),
             "label_names": dict(self.labels),
             "voxels": {name: int((label_map == value).sum()) for name, value in self.labels.items()},
-            "latencies": {"total": round(time.time() - start, 3), "per_label": seconds},
+            "latencies": {
+                "total": round(time.time() - start, 3),
+                "zoom_out": timings["coarse_s"],  # one pass for every label
+                "zoom_in_per_label": {name: timings["fine_s"][c] for name, c in classes.items()},
+            },
         }

@@ -277,6 +277,59 @@ class ZoomOutZoomIn:
         grown = [(np.clip(a - self.margin_mm, lo, hi), np.clip(b + self.margin_mm, lo, hi)) for a, b in boxes]
         return merge_overlapping(grown)
 
+    def _zoom_in(
+        self, hu: torch.Tensor, affine: np.ndarray, coarse: Grid, coarse_logits: torch.Tensor, prompt: Prompt,
+        coarse_prompt: Prompt, previous: Optional[np.ndarray] = None,
+    ) -> Tuple[np.ndarray, List[Tuple[np.ndarray, np.ndarray]], List[List[int]]]:
+        """Steps 2-4 (module docstring) from one structure's zoom-out logits [X, Y, Z] on the
+        ``coarse`` grid: (its probability [X, Y, Z] on the image's grid, 0 outside the regions; the
+        regions' world boxes, mm; each region's fine grid shape). ``prompt`` is on the image's grid
+        (``hu`` [1, X, Y, Z], ``affine``), ``coarse_prompt`` on the coarse one."""
+        shape = tuple(hu.shape[1:])
+        lo, hi = world_bounds(affine, shape)
+        # Only coarse voxels inside the image count: the grid is padded to whole windows, and a
+        # false positive in that padding must not pull the region of interest off the image.
+        parts = self._region((coarse_logits.numpy() > 0) & inside(coarse, lo, hi), coarse_prompt)
+        rois = self._rois(parts, coarse, coarse_prompt, previous, affine, lo, hi)
+        on_input = np.zeros(shape, np.float32)
+        fine_grids = []
+        for roi_lo, roi_hi in rois:
+            fine = ras_grid(roi_lo, roi_hi, self.fine_spacing, self.size_multiple, minimum=self.roi_size)
+            fine_logits = self._segment(resample(hu, affine, fine), to_grid(prompt, affine, fine.affine))
+            window, part = sub_grid(affine, shape, roi_lo, roi_hi)
+            on_part = resample(torch.sigmoid(fine_logits)[None], fine.affine, part)[0].cpu().numpy()
+            on_input[window] = np.maximum(on_input[window], on_part)
+            fine_grids.append(list(fine.shape))
+        return on_input, rois, fine_grids
+
+    def _zoom_out(self, image: MetaTensor) -> Tuple[torch.Tensor, np.ndarray, Grid, torch.Tensor]:
+        """Step 1's grid: (HU [1, X, Y, Z] on the network's device, the image's affine, the coarse
+        RAS grid over the whole image, the image resampled onto it)."""
+        affine = np.asarray(image.affine, float)
+        hu = torch.as_tensor(image).float().to(self.device)  # every resampling runs where the network does
+        lo, hi = world_bounds(affine, tuple(image.shape[1:]))
+        coarse = ras_grid(lo, hi, self.coarse_spacing, self.size_multiple)
+        return hu, affine, coarse, resample(hu, affine, coarse)
+
+    def segment_labels(self, image: MetaTensor, classes: Sequence[int]) -> Tuple[Dict[int, np.ndarray], Dict]:
+        """Every class in ``classes`` from its label prompt alone (the automatic proposal,
+        ``segloop.infers.prompt_proposal``): one zoom-out pass asks for all of them at once (the
+        class head answers each query from the same features, as training's "all labels" mode),
+        then each class zooms in on its own regions as :meth:`__call__` does for ``Prompt(label=c)``.
+        Returns (class -> boolean mask [X, Y, Z] on the image's grid, timings)."""
+        start = time.time()
+        hu, affine, coarse, coarse_image = self._zoom_out(image)
+        coarse_logits = self._segment(coarse_image, Prompt(), classes=list(classes)).cpu()
+        coarse_seconds = time.time() - start
+        masks, fine_seconds = {}, {}
+        for c, logits in zip(classes, coarse_logits):
+            began = time.time()
+            prompt = Prompt(label=int(c))
+            on_input, _, _ = self._zoom_in(hu, affine, coarse, logits, prompt, prompt)
+            masks[int(c)] = on_input > 0.5
+            fine_seconds[int(c)] = round(time.time() - began, 3)
+        return masks, {"coarse_s": round(coarse_seconds, 3), "fine_s": fine_seconds}
+
     def __call__(
         self, image: MetaTensor, prompt: Prompt, previous: Optional[np.ndarray] = None,
         candidates: Optional[Sequence[int]] = None,
@@ -290,13 +343,8 @@ class ZoomOutZoomIn:
         Returns a boolean mask [X, Y, Z] on the image's grid and timing / ROI details.
         """
         start = time.time()
-        affine = np.asarray(image.affine, float)
         shape = tuple(image.shape[1:])
-        hu = torch.as_tensor(image).float().to(self.device)  # every resampling runs where the network does
-
-        lo, hi = world_bounds(affine, shape)
-        coarse = ras_grid(lo, hi, self.coarse_spacing, self.size_multiple)
-        coarse_image = resample(hu, affine, coarse)
+        hu, affine, coarse, coarse_image = self._zoom_out(image)
         coarse_prompt = to_grid(prompt, affine, coarse.affine)
         classes = getattr(self.network, "num_classes", 1)  # the label prompts the network knows
         if candidates is None:
@@ -317,21 +365,9 @@ class ZoomOutZoomIn:
         coarse_logits = self._segment(coarse_image, coarse_prompt).cpu()
         coarse_seconds = time.time() - start
 
-        # Only coarse voxels inside the image count: the grid is padded to whole windows, and a
-        # false positive in that padding must not pull the region of interest off the image.
-        parts = self._region((coarse_logits.numpy() > 0) & inside(coarse, lo, hi), coarse_prompt)
-        rois = self._rois(parts, coarse, coarse_prompt, previous, affine, lo, hi)
+        on_input, rois, fine_grids = self._zoom_in(hu, affine, coarse, coarse_logits, prompt, coarse_prompt, previous)
         if not rois:
             return np.zeros(shape, bool), {**resolved, "roi_mm": None, "coarse_s": round(coarse_seconds, 3), "fine_s": 0.0}
-        on_input = np.zeros(shape, np.float32)
-        fine_grids = []
-        for roi_lo, roi_hi in rois:
-            fine = ras_grid(roi_lo, roi_hi, self.fine_spacing, self.size_multiple, minimum=self.roi_size)
-            fine_logits = self._segment(resample(hu, affine, fine), to_grid(prompt, affine, fine.affine))
-            window, part = sub_grid(affine, shape, roi_lo, roi_hi)
-            on_part = resample(torch.sigmoid(fine_logits)[None], fine.affine, part)[0].cpu().numpy()
-            on_input[window] = np.maximum(on_input[window], on_part)
-            fine_grids.append(list(fine.shape))
         fine_seconds = time.time() - start - coarse_seconds
 
         mask = on_input > 0.5
