@@ -276,7 +276,10 @@ def main(args) -> int:
 
     if args.reuse_training and not args.work:
         raise HarnessError("--reuse-training needs the --work folder of the run that trained the arms")
-    trained = {arm["name"]: (reused_arm if args.reuse_training else train_arm)(arm, studies, work, budget_s) for arm in arms}
+    trained = {
+        arm["name"]: reused_arm(arm, work, budget_s) if args.reuse_training else train_arm(arm, studies, work, budget_s)
+        for arm in arms
+    }
 
     scratch = os.path.join(work, "responses")
     os.makedirs(scratch, exist_ok=True)
