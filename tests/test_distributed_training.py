@@ -87,24 +87,30 @@ def _context(trainer):
     return context
 
 
-def _rank(rank, world_size, port, folder, out, kind):
+def _rank(rank, world_size, port, folder, out, kinds):
+    """One rank of the 2-process group: for each model kind, DDP's gradients of this rank's sample,
+    the stop vote and the reduced training metrics; rank 0 saves them to ``out`` (kind -> record).
+    Both kinds share one group: the processes start once."""
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        trainer = _trainer(os.path.join(folder, f"rank{rank}"), kind)
-        trainer._world = World(rank, rank, world_size)
-        context = _context(trainer)
-        network, _ = trainer._create_network_and_optimizer(context)
-        assert isinstance(network, torch.nn.parallel.DistributedDataParallel)
-        inputs, target = _batch(kind)[rank]
-        loss = trainer.loss_function(context)(network(*inputs), target)
-        loss.backward()  # DDP all-reduces (averages) the gradients across the ranks here
-        stop = all_ranks_agree(rank == 1)  # only rank 1 is past its budget: both must stop
-        dice = _label_dice([_metric_items(range(world_size))[rank]])  # each rank its own item
-        if rank == 0:
+        records = {}
+        for kind in kinds:
+            trainer = _trainer(os.path.join(folder, f"{kind}_rank{rank}"), kind)
+            trainer._world = World(rank, rank, world_size)
+            context = _context(trainer)
+            network, _ = trainer._create_network_and_optimizer(context)
+            assert isinstance(network, torch.nn.parallel.DistributedDataParallel)
+            inputs, target = _batch(kind)[rank]
+            loss = trainer.loss_function(context)(network(*inputs), target)
+            loss.backward()  # DDP all-reduces (averages) the gradients across the ranks here
+            stop = all_ranks_agree(rank == 1)  # only rank 1 is past its budget: both must stop
+            dice = _label_dice([_metric_items(range(world_size))[rank]])  # each rank its own item
             grads = {n: p.grad.clone() for n, p in network.module.named_parameters() if p.grad is not None}
-            torch.save({"grads": grads, "stop": stop, "dice": dice}, out)
+            records[kind] = {"grads": grads, "stop": stop, "dice": dice}
+        if rank == 0:
+            torch.save(records, out)
     finally:
         dist.destroy_process_group()
 
@@ -115,11 +121,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["segmentation", "prompt"])
-def test_two_gloo_processes_give_the_single_process_gradients_of_the_same_global_batch(tmp_path, kind):
-    out = str(tmp_path / "ddp.pt")
-    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path), out, kind), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=True)
+KINDS = ("segmentation", "prompt")
+
+
+@pytest.fixture(scope="module")
+def two_process_records(tmp_path_factory):
+    """kind -> rank 0's record of the 2-process gloo group (:func:`_rank`), both kinds in one spawn."""
+    folder = tmp_path_factory.mktemp("ddp")
+    out = str(folder / "ddp.pt")
+    mp.spawn(_rank, args=(2, _free_port(), str(folder), out, KINDS), nprocs=2, join=True)
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_gloo_processes_give_the_single_process_gradients_of_the_same_global_batch(two_process_records, tmp_path, kind):
+    ddp = two_process_records[kind]
     assert ddp["stop"] is True  # one rank's time budget stops both, at the same epoch end
     # the training metrics are reduced across the ranks: rank 0's equal one process's over both items
     items = _metric_items(range(2))
