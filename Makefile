@@ -20,10 +20,10 @@ export MONAI_LABEL_TRACKING_ENABLED := false
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --progress-bar off -e '.[test]'
+	$(BIN)/python -m pip install --progress-bar off -c constraints.txt -e '.[test]'
 	touch $@
 
 # Generated once; delete the folder to regenerate.
