@@ -1,6 +1,9 @@
-"""Subprocesses that end with their parent (Linux's parent-death signal)."""
+"""Processes that end promptly: with their parent (Linux's parent-death signal), and without a
+last garbage collection over everything MONAI's imports created."""
 
+import atexit
 import ctypes
+import gc
 import signal
 import sys
 
@@ -16,3 +19,13 @@ def end_with_parent() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def exit_without_collecting() -> None:
+    """At interpreter exit, move every object to the collector's permanent generation
+    (``gc.freeze``) before the interpreter tears its modules down: teardown's collections then skip
+    the millions of objects ``import monai`` creates, which took seconds per process on a 2-core
+    CPU (every training run, scoring job and server stop paid it). The operating system frees the
+    memory. Only cyclic garbage left at exit goes uncollected; objects freed by reference counting
+    during teardown, and atexit handlers, behave as before."""
+    atexit.register(gc.freeze)

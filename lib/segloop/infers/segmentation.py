@@ -22,6 +22,7 @@ from monailabel.utils.others.generic import strtobool
 
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.transform.writer import Writer
 
 from segloop.campaign.registry import VERSION_KEY, ModelRegistry
 from segloop.infers.uncertainty import UncertaintyMaps, label_confidence
@@ -102,6 +103,17 @@ class SegmentationInfer(BasicInferTask):
         ]
         to_storage = channels_to_storage(self.labels)
         return transforms + ([to_storage] if to_storage else [])
+
+    def writer(self, data: Dict, extension=None, dtype=None):
+        """MONAI Label's label writer, through nibabel (its ``nibabel`` option) instead of ITK: ITK
+        loads its wrapped image types on first use, once per process, which every server's first
+        proposal (and every batch-inference worker) would wait for."""
+        if extension is not None:
+            data["result_extension"] = extension
+        if dtype is not None:
+            data["result_dtype"] = dtype
+        data["labels"] = self.labels
+        return Writer(label=self.output_label_key, json=self.output_json_key, nibabel=True)(data)
 
     def _get_network(self, device, data):
         """Load the serving checkpoint (weights only), reloading when its file is replaced.
