@@ -136,3 +136,19 @@ def test_corrupt_upload_answers_400(tmp_path):
     with pytest.raises(ClientError) as e:
         infer_task(tmp_path)({"image": str(bad)})
     assert e.value.status_code == 400 and "NIfTI" in e.value.message
+
+
+def test_channels_innermost_keeps_values_and_metadata_and_the_same_argmax():
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted
+
+    from segloop.transforms import ChannelsInnermostd
+
+    torch.manual_seed(0)
+    affine = torch.diag(torch.tensor([0.8, 0.8, 2.5, 1.0], dtype=torch.float64))
+    probs = MetaTensor(torch.rand(5, 12, 10, 7), affine=affine)
+    moved = ChannelsInnermostd(keys="pred")({"pred": probs})["pred"]
+    assert moved.stride()[0] == 1 and moved.shape == probs.shape  # channels innermost in memory
+    assert torch.equal(moved.as_tensor(), probs.as_tensor()) and torch.equal(moved.affine, affine)
+    argmax = lambda t: AsDiscreted(keys="pred", argmax=True)({"pred": t})["pred"]  # noqa: E731
+    assert torch.equal(argmax(moved).as_tensor(), argmax(probs).as_tensor())

@@ -31,7 +31,7 @@ from segloop.networks import copy_network
 from segloop.networks.onednn import register_onednn_convolutions
 from segloop.errors import bad_request, conflict
 from segloop.validation import read_header
-from segloop.transforms import DEFAULT_HU_WINDOW, channels_to_storage, load_and_normalize
+from segloop.transforms import DEFAULT_HU_WINDOW, ChannelsInnermostd, channels_to_storage, load_and_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class SegmentationInfer(BasicInferTask):
         transforms = [
             EnsureTyped(keys="pred", device="cpu"),
             self._uncertainty_output,
+            ChannelsInnermostd(keys="pred"),  # the argmax over channels on its fast path
             AsDiscreted(keys="pred", argmax=True),
             SqueezeDimd(keys="pred", dim=0),
         ]

@@ -12,6 +12,7 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     MapLabelValued,
+    MapTransform,
     Orientationd,
     ScaleIntensityRanged,
     Spacingd,
@@ -57,3 +58,17 @@ def channels_to_storage(labels: Mapping[str, int]) -> Optional[MapLabelValued]:
         return None
     mapping = channel_map(labels)
     return MapLabelValued(keys="pred", orig_labels=list(mapping.values()), target_labels=list(mapping))
+
+
+class ChannelsInnermostd(MapTransform):
+    """Hold each key's channel-first tensor (C, H, W, D) with its channels innermost in memory: the
+    same values, shape and metadata, strides (1, W*D*C, D*C, C). torch's argmax over dim 0 of a
+    default-layout tensor is an outer reduction, several times slower on a CPU than over a dimension
+    stored innermost; placed before ``AsDiscreted(argmax=True)``, MONAI's argmax takes the fast path
+    (the timings are in ``benchmarks/trials.md``)."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = d[key].movedim(0, -1).contiguous().movedim(-1, 0)
+        return d
