@@ -149,7 +149,15 @@ def ray_folders():
     return {f for f in os.listdir(tempfile.gettempdir()) if f.startswith("segloop-ray-")}
 
 
+# The ports Ray's head gives its other components by default (`ray start --help`): a head whose GCS
+# port the kernel happened to hand out as 52365 failed to start ("used by other components").
+RAY_DEFAULT_PORTS = {6379, 8265, 10001, 52365}
+
+
 def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
