@@ -57,8 +57,8 @@ def infer_version(url, image="case_004"):
 class InferenceHammer(threading.Thread):
     """Keeps /infer busy while versions are trained and promoted: a request, then a pause
     (``PAUSE_S``). The runs under test train at a lower priority (nice 10) than the server's
-    inference (6-7 s a request here): with a 0.3 s pause they got so little CPU that one 4-s
-    budget run took 70 s to reach its epoch end."""
+    inference: with a pause much shorter than a request they got so little CPU that a 4-s budget
+    run took minutes to reach its epoch end (``benchmarks/trials.md``)."""
 
     PAUSE_S = 2.0
 
