@@ -135,26 +135,30 @@ LATENCY_REPEATS = 3
 
 
 TUMOUR_RECIPE = {"crop_ratios": "[1,1,1,1,4]", "class_weights": "[1,1,1,1,3]"}  # background, liver, spleen, kidney, tumour
+# Each structure's intensity moved by up to 40 HU on its own in a quarter of the crops: about the
+# spread of an organ's enhancement between patients and phases next to the tissue around it.
+STRUCTURE_SHIFT = {"structure_shift_hu": 40.0}
 
 
 def parse_arm(arm: str) -> Dict:
-    """``network`` with optional ``+plan`` (the planned geometry) and ``+tumour`` (tumour-centred
-    crops 4x as often as each other class, tumour loss weight 3: :data:`TUMOUR_RECIPE`) -> its
+    """``network`` with optional ``+plan`` (the planned geometry), ``+tumour`` (tumour-centred
+    crops 4x as often as each other class, tumour loss weight 3: :data:`TUMOUR_RECIPE`) and
+    ``+shift`` (each structure's intensity moved on its own: :data:`STRUCTURE_SHIFT`) -> its
     name, app ``--conf`` and training request options. ``prompt``: the prompt model (its default
     preset), trained on the same labels for the same minutes and served with ``prompt_proposal``:
     its label-only answers merged into a label map (``/infer/prompt_seg``)."""
     if arm == "prompt":
         return {"name": arm, "model": "prompt", "infer": "prompt" + PROPOSAL_SUFFIX, "conf": {"prompt_proposal": "true"}, "request": {}}
     network, *extras = arm.split("+")
-    unknown = [e for e in extras if e not in ("plan", "tumour")]
+    unknown = [e for e in extras if e not in ("plan", "tumour", "shift")]
     if unknown or len(set(extras)) != len(extras):
-        raise ValueError(f"arm {arm!r}: write network, then optionally +plan and/or +tumour")
+        raise ValueError(f"arm {arm!r}: write network, then optionally +plan, +tumour and/or +shift")
     return {
         "name": arm,
         "model": "segmentation",
         "infer": "segmentation",
         "conf": {"network": network, "plan": "auto" if "plan" in extras else "off"},
-        "request": dict(TUMOUR_RECIPE) if "tumour" in extras else {},
+        "request": {**(TUMOUR_RECIPE if "tumour" in extras else {}), **(STRUCTURE_SHIFT if "shift" in extras else {})},
     }
 
 

@@ -158,7 +158,7 @@ TRAIN_EXTRAS = {
     "max_interactions": lambda k, v: _number(k, v, integer=True),
 }
 BOUNDED_TRAIN = {"val_split": 1.0, "replay_ratio": 100.0, "promotion_tolerance": 1.0, "region_share": 1.0,
-                 "train_procs": 64, "train_nodes": 1024}
+                 "train_procs": 64, "train_nodes": 1024, "structure_shift_hu": 500.0}
 PER_CLASS_TRAIN = ("crop_ratios", "class_weights")  # one number per class, background first
 
 

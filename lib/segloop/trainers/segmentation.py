@@ -24,7 +24,9 @@ centre, and its loss weight; they override ``class_sampling``), ``class_sampling
 default: every class equally until the other structures are learnt, then the plan of ``auto``,
 ``trainers/staged_sampling.py``; ``auto``: both lists planned from the labelled structures' sizes by
 ``segloop.planning.sampling`` from the first step; ``equal``: every class equally throughout;
-recorded in the version as ``sampling``), ``promotion_tolerance``, ``nice`` (CPU priority of the run, default 10: inference requests keep
+recorded in the version as ``sampling``), ``structure_shift_hu`` (each labelled structure's intensity
+moved on its own by up to this many HU in a quarter of the crops, ``transforms/label_intensity.py``;
+0 = off), ``promotion_tolerance``, ``nice`` (CPU priority of the run, default 10: inference requests keep
 their speed while a run trains), ``seed``.
 """
 
@@ -80,6 +82,7 @@ from segloop.trainers.quarantine import Quarantine
 from segloop.trainers.split import case_key, select_incremental, stable_split
 from segloop.trainers.staged_sampling import StagedClassSampling, SwitchableLoss, uses_stages
 from segloop.transforms import DEFAULT_HU_WINDOW, load_and_normalize
+from segloop.transforms.label_intensity import RandLabelIntensityShiftd
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +161,7 @@ class SegmentationTrainer(BasicTrainTask):
             "lr_schedule": [lr_schedule] + [s for s in LR_SCHEDULES if s != lr_schedule],
             "grad_clip": grad_clip,
             "samples_per_case": 2,
+            "structure_shift_hu": 0.0,  # per-structure intensity augmentation (transforms/label_intensity.py)
             "crop_ratios": "",
             "class_weights": "",
             # "auto": crop ratios and loss weights planned from the labels' sizes (segloop.planning.sampling)
@@ -298,8 +302,23 @@ class SegmentationTrainer(BasicTrainTask):
             self._cropper,
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+        ] + self.structure_shift(context.request) + [
             SelectItemsd(keys=("image", "label")),
         ]
+
+    def structure_shift(self, request: Mapping) -> List:
+        """The per-structure intensity augmentation of ``structure_shift_hu`` (HU; 0: none), in the
+        image's units after the HU window."""
+        try:
+            hu = float(request.get("structure_shift_hu", 0) or 0)
+        except (TypeError, ValueError):
+            raise ValueError(f"structure_shift_hu must be a number of HU, got {request.get('structure_shift_hu')!r}")
+        if hu < 0 or hu != hu:
+            raise ValueError(f"structure_shift_hu must be >= 0 HU, got {hu}")
+        if hu == 0:
+            return []
+        offset = hu / (self.hu_window[1] - self.hu_window[0])
+        return [RandLabelIntensityShiftd(keys="image", label_key="label", offsets=(-offset, offset), prob=0.25)]
 
     def train_post_transforms(self, context: Context):
         heads = [Lambdad(keys="pred", func=main_head)] if has_deep_supervision(self._network) else []
@@ -540,7 +559,8 @@ class SegmentationTrainer(BasicTrainTask):
             "train_seconds": round(time.time() - start, 1),
             "iterations": state.iteration if state else 0,
             "request": {
-                k: self._run["request"].get(k) for k in ("incremental", "from_scratch", "max_seconds", "lr", "lr_schedule")
+                k: self._run["request"].get(k)
+                for k in ("incremental", "from_scratch", "max_seconds", "lr", "lr_schedule", "structure_shift_hu")
             },
             "geometry": {
                 "planned": self.plan is not None,
