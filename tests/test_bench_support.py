@@ -123,6 +123,7 @@ def test_bench_auto_arms_and_picture(tmp_path):
     assert parse_arm("dynunet_cpu+plan")["conf"] == {"network": "dynunet_cpu", "plan": "auto"}
     tumour = parse_arm("unetr_cpu+plan+tumour")
     assert tumour["conf"]["plan"] == "auto" and set(tumour["request"]) == {"crop_ratios", "class_weights"}
+    assert parse_arm("unetr_cpu+shift")["request"] == {"structure_shift_hu": 40.0}
     for bad in ("unetr_cpu+fast", "unetr_cpu+plan+plan"):
         with pytest.raises(ValueError):
             parse_arm(bad)

@@ -78,6 +78,7 @@ class PromptTrainer(SegmentationTrainer):
         self._config["max_interactions"] = 2
         self._config.pop("class_sampling", None)  # crops centre on a structure, every label equally (crop_ratios)
         self._config["region_share"] = 0.0  # label-free clicks on image regions (prompt_interaction.py)
+        self._config["structure_shift_hu"] = 0.0  # measured for the automatic model only (benchmarks/trials.md)
 
     @property
     def train_crop_size(self):
