@@ -90,9 +90,9 @@ VALIDATE_EVERY = 20  # training iterations between validation rounds during a ru
 LR_SCHEDULES = ("constant", "cosine")
 CLASS_SAMPLINGS = ("staged", "equal", "auto")  # the first is the default
 PLANNED_SAMPLINGS = ("auto", "staged")  # the class samplings planned from the labels' sizes
-# Each structure's intensity moved by up to this many HU on its own in a quarter of the crops: the
-# 30-minute bench auto run (benchmarks/trials.md) found the two held-out spleens that are as dense
-# as the tissue around them with it and not without.
+# Each structure's intensity moved by up to this many HU on its own in a quarter of the crops
+# (transforms/label_intensity.py): about an organ's enhancement spread between phases; chosen by
+# the comparison in benchmarks/trials.md ("Each structure's intensity moved on its own").
 DEFAULT_STRUCTURE_SHIFT_HU = 40.0
 DEFAULT_LR = 3e-3  # AdamW; chosen over 1e-3 and 3e-4 for the small UNETR on a short CPU time budget
 
