@@ -124,7 +124,9 @@ def test_bench_auto_arms_and_picture(tmp_path):
     tumour = parse_arm("unetr_cpu+plan+tumour")
     assert tumour["conf"]["plan"] == "auto" and set(tumour["request"]) == {"crop_ratios", "class_weights"}
     assert parse_arm("unetr_cpu+shift")["request"] == {"structure_shift_hu": 40.0}
-    for bad in ("unetr_cpu+fast", "unetr_cpu+plan+plan"):
+    assert parse_arm("unetr_cpu+tumour+noshift")["request"] == {"crop_ratios": "[1,1,1,1,4]", "class_weights": "[1,1,1,1,3]",
+                                                                "structure_shift_hu": 0.0}
+    for bad in ("unetr_cpu+fast", "unetr_cpu+plan+plan", "unetr_cpu+shift+noshift"):
         with pytest.raises(ValueError):
             parse_arm(bad)
     dice = {"liver": 0.9, "spleen": 0.8, "kidney": 0.85, "tumor": 0.1}

@@ -5,7 +5,8 @@ labelled cases, the same wall-clock CPU training budget each, the same held-out 
 1. Generates ``--train-cases`` labelled and ``--held-out`` unlabelled phantoms (seed 101, random
    sizes and spacings), plus one 128 x 128 x 64 case for the latency target.
 2. Trains each SegLoop arm (``--arms``: ``network``, ``+plan`` for the planned geometry,
-   ``segloop.planning``, ``+tumour`` for tumour-directed crops and loss weight; ``prompt`` for the prompt
+   ``segloop.planning``, ``+tumour`` for tumour-directed crops and loss weight, ``+noshift`` without
+   per-structure intensity augmentation; ``prompt`` for the prompt
    model served as an automatic proposal, ``prompt_proposal``) in-process through the app's own config and trainer for
    ``--train-minutes``, from scratch, seed 0, every label trained on (no validation split).
 3. Trains the radiology app's ``segmentation`` model (SegResNet at 1.5 mm, 96^3 patches, its own
@@ -43,6 +44,7 @@ from segloop.io import atomic_write_json, json_safe
 from segloop.infers.prompt_proposal import PROPOSAL_SUFFIX
 from segloop.labels import DEFAULT_LABELS
 from segloop.metrics.dice import dice_per_label
+from segloop.trainers.segmentation import DEFAULT_STRUCTURE_SHIFT_HU
 from segloop_bench.baselines import hu_ranges, hu_threshold_dice, mean_label_dice
 from segloop_bench.errors import HarnessError
 from segloop_bench.provenance import provenance, write_result
@@ -135,30 +137,33 @@ LATENCY_REPEATS = 3
 
 
 TUMOUR_RECIPE = {"crop_ratios": "[1,1,1,1,4]", "class_weights": "[1,1,1,1,3]"}  # background, liver, spleen, kidney, tumour
-# Each structure's intensity moved by up to 40 HU on its own in a quarter of the crops: about the
-# spread of an organ's enhancement between patients and phases next to the tissue around it.
-STRUCTURE_SHIFT = {"structure_shift_hu": 40.0}
+# Per-structure intensity augmentation (the automatic model's default since it was measured with
+# ``+shift`` against the default of then): ``+noshift`` is the arm without it.
+STRUCTURE_SHIFT = {"structure_shift_hu": DEFAULT_STRUCTURE_SHIFT_HU}
+NO_STRUCTURE_SHIFT = {"structure_shift_hu": 0.0}
+ARM_REQUESTS = {"tumour": TUMOUR_RECIPE, "shift": STRUCTURE_SHIFT, "noshift": NO_STRUCTURE_SHIFT}
 
 
 def parse_arm(arm: str) -> Dict:
     """``network`` with optional ``+plan`` (the planned geometry), ``+tumour`` (tumour-centred
     crops 4x as often as each other class, tumour loss weight 3: :data:`TUMOUR_RECIPE`) and
-    ``+shift`` (each structure's intensity moved on its own: :data:`STRUCTURE_SHIFT`) -> its
+    ``+shift`` / ``+noshift`` (each structure's intensity moved on its own, :data:`STRUCTURE_SHIFT`,
+    the default; or not) -> its
     name, app ``--conf`` and training request options. ``prompt``: the prompt model (its default
     preset), trained on the same labels for the same minutes and served with ``prompt_proposal``:
     its label-only answers merged into a label map (``/infer/prompt_seg``)."""
     if arm == "prompt":
         return {"name": arm, "model": "prompt", "infer": "prompt" + PROPOSAL_SUFFIX, "conf": {"prompt_proposal": "true"}, "request": {}}
     network, *extras = arm.split("+")
-    unknown = [e for e in extras if e not in ("plan", "tumour", "shift")]
-    if unknown or len(set(extras)) != len(extras):
-        raise ValueError(f"arm {arm!r}: write network, then optionally +plan, +tumour and/or +shift")
+    unknown = [e for e in extras if e != "plan" and e not in ARM_REQUESTS]
+    if unknown or len(set(extras)) != len(extras) or {"shift", "noshift"} <= set(extras):
+        raise ValueError(f"arm {arm!r}: write network, then optionally +plan, +tumour and one of +shift / +noshift")
     return {
         "name": arm,
         "model": "segmentation",
         "infer": "segmentation",
         "conf": {"network": network, "plan": "auto" if "plan" in extras else "off"},
-        "request": {**(TUMOUR_RECIPE if "tumour" in extras else {}), **(STRUCTURE_SHIFT if "shift" in extras else {})},
+        "request": {k: v for e in extras for k, v in ARM_REQUESTS.get(e, {}).items()},
     }
 
 

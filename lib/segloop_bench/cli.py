@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-cases", type=int, default=16)
     p.add_argument("--held-out", type=int, default=4)
     p.add_argument("--arms", default="unetr_cpu,unetr_cpu+plan,dynunet_cpu+plan,swinunetr_cpu",
-                   help="SegLoop configurations, comma-separated: a network, then optionally +plan (planned geometry) and +tumour (tumour-centred crops and loss weight); or prompt (the prompt model's label-only answers, merged)")
+                   help="SegLoop configurations, comma-separated: a network, then optionally +plan (planned geometry), +tumour (tumour-centred crops and loss weight) and +shift / +noshift (per-structure intensity augmentation, the default, or none); or prompt (the prompt model's label-only answers, merged)")
     p.add_argument("--skip-upstream", action="store_true")
     p.add_argument(
         "--reuse-training", action="store_true",
